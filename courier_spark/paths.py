@@ -1,0 +1,78 @@
+"""The one place that knows where every table lives under a dataset root.
+
+A root is a local path or any Hadoop-compatible URI; one root holds one
+complete, re-runnable pipeline (bronze -> silver -> gold -> feature store).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/")] + [p.strip("/") for p in parts])
+
+
+@dataclass(frozen=True)
+class TablePaths:
+    root: str
+
+    @classmethod
+    def for_root(cls, root: str) -> "TablePaths":
+        # Local paths become absolute so Spark workers and Delta agree on them.
+        if "://" not in root:
+            root = os.path.abspath(os.path.expanduser(root))
+        return cls(root)
+
+    def table(self, layer: str, name: str) -> str:
+        return _join(self.root, layer, name)
+
+    # bronze: the raw contract tables
+    @property
+    def bronze_items(self) -> str: return self.table("bronze", "items")
+    @property
+    def bronze_impressions(self) -> str: return self.table("bronze", "impressions")
+
+    # quarantine: bad input rows with a reason
+    @property
+    def quarantine_items(self) -> str: return self.table("quarantine", "items")
+    @property
+    def quarantine_impressions(self) -> str: return self.table("quarantine", "impressions")
+
+    # silver: validated (clean) inputs and assembled samples
+    @property
+    def silver_items(self) -> str: return self.table("silver", "items")
+    @property
+    def silver_impressions(self) -> str: return self.table("silver", "impressions")
+    @property
+    def pretrain_samples(self) -> str: return self.table("silver", "pretrain_samples")
+    @property
+    def ctr_samples(self) -> str: return self.table("silver", "ctr_samples")
+
+    # gold: model outputs
+    @property
+    def item_embeddings(self) -> str: return self.table("gold", "item_embeddings")
+    @property
+    def centroids(self) -> str: return self.table("gold", "centroids")
+    @property
+    def predictions(self) -> str: return self.table("gold", "predictions")
+
+    # feature store
+    @property
+    def item_visual_features(self) -> str: return self.table("feature_store", "item_visual")
+    @property
+    def impression_visual_features(self) -> str: return self.table("feature_store", "impression_visual")
+
+    # hidden truth of the synthetic generator: evaluation only, never read by the pipeline
+    @property
+    def truth_item_factors(self) -> str: return self.table("_synthetic_truth", "item_factors")
+    @property
+    def truth_user_tastes(self) -> str: return self.table("_synthetic_truth", "user_tastes")
+
+    # non-table artifacts
+    @property
+    def models(self) -> str: return _join(self.root, "models")
+    @property
+    def reports(self) -> str: return _join(self.root, "reports")
+    @property
+    def run_summaries(self) -> str: return _join(self.root, "_runs")

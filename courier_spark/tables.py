@@ -1,0 +1,48 @@
+"""Reading and writing Delta tables with clear errors."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+
+
+class MissingTableError(RuntimeError):
+    """A table the stage needs does not exist; the message says which stage makes it."""
+
+
+def table_exists(spark: SparkSession, path: str) -> bool:
+    from delta.tables import DeltaTable
+    try:
+        return DeltaTable.isDeltaTable(spark, path)
+    except Exception:  # noqa: BLE001 - a missing parent dir is simply "no table"
+        return False
+
+
+def read_table(spark: SparkSession, path: str, made_by: str | None = None,
+               version: int | None = None) -> DataFrame:
+    if not table_exists(spark, path):
+        hint = f"; run `courier {made_by}` first" if made_by else ""
+        raise MissingTableError(f"no Delta table at {path}{hint}")
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", int(version))
+    return reader.load(path)
+
+
+def write_table(df: DataFrame, path: str, partition_by: Sequence[str] = (),
+                mode: str = "overwrite") -> int:
+    """Write ``df`` as a Delta table (atomic overwrite by default: re-running a
+    job replaces the table in one commit, never appends duplicates).
+    Returns the new table version."""
+    w = df.write.format("delta").mode(mode)
+    if mode == "overwrite":
+        w = w.option("overwriteSchema", "true")
+    if partition_by:
+        w = w.partitionBy(*partition_by)
+    w.save(path)
+    return table_version(df.sparkSession, path)
+
+
+def table_version(spark: SparkSession, path: str) -> int:
+    from delta.tables import DeltaTable
+    return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])

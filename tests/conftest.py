@@ -1,0 +1,40 @@
+"""Shared fixtures: one real local Spark session with Delta for the run."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from courier_spark.config import CourierConfig, load_config
+from courier_spark.paths import TablePaths
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from courier_spark.config import SparkConfig
+    from courier_spark.spark import get_spark
+    s = get_spark(SparkConfig(shuffle_partitions=4, driver_memory="3g", app_name="courier-tests"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def root(tmp_path) -> str:
+    return str(tmp_path / "ds")
+
+
+@pytest.fixture
+def paths(root) -> TablePaths:
+    return TablePaths.for_root(root)
+
+
+def tiny_config(**overrides: object) -> CourierConfig:
+    """A small, fast config: the tiny marketplace used across tests."""
+    sets = {
+        "synthetic.n_users": 60, "synthetic.n_items": 120, "synthetic.n_days": 5,
+        "synthetic.image_size": 32, "synthetic.sessions_per_user_day": 1.0,
+        "spark.shuffle_partitions": 4,
+    }
+    sets.update(overrides)
+    return load_config(None, [f"{k}={v}" for k, v in sets.items()])
