@@ -57,9 +57,9 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         if cfg.master:
             builder = builder.master(cfg.master)
         settings["spark.driver.memory"] = cfg.driver_memory
-        # Workers must run the same interpreter (the project .venv).
-        settings["spark.pyspark.python"] = sys.executable
-        settings["spark.pyspark.driver.python"] = sys.executable
+        # Workers must run the same interpreter (the project .venv); PySpark
+        # reads the worker interpreter from this variable, not from conf.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         if cfg.jars:
             settings["spark.jars"] = cfg.jars
         else:
