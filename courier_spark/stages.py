@@ -94,11 +94,18 @@ def run_samples(ctx: StageContext) -> dict:
     return summary
 
 
-# Stage order of the pipeline; later issues append train, embed, cluster, ...
+def run_train(ctx: StageContext) -> dict:
+    """pre-training samples -> versioned encoder artifact (petastorm -> horovod/torch on Spark)."""
+    from .train_stage import run_train as _run
+    return _run(ctx)
+
+
+# Stage order of the pipeline: raw -> samples -> training -> embeddings -> ...
 STAGES: dict[str, Callable[[StageContext], dict]] = {
     "generate": run_generate,
     "validate": run_validate,
     "samples": run_samples,
+    "train": run_train,
 }
 
 

@@ -1,0 +1,125 @@
+"""The training data path, behind one small interface so the loader can be
+swapped (petastorm is unmaintained upstream; Mosaic Streaming or a plain
+parquet reader would slot in behind ``SampleLoader``).
+
+Spark side: ``pretrain_training_frame`` joins the pre-training samples with
+item images into fixed slots (``pv_img_0..``, ``hist_img_0..``), the Spark way
+(posexplode + join + re-aggregate, no driver collect). Loader side: petastorm
+materialises the frame once (``make_spark_converter``) and every worker reads
+its own shard; the transform decodes, resizes and normalises images with
+``training.images`` (the same decode the embedding job uses).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from .images import decode_slots
+
+
+def _slot_images(samples: DataFrame, images: DataFrame, ids_col: str, prefix: str, n: int) -> DataFrame:
+    """request_id + ``{prefix}_0..n-1`` binary columns in list order (null = padding)."""
+    exploded = samples.select("request_id", F.posexplode(ids_col).alias("slot", "item_id"))
+    joined = exploded.join(images, "item_id", "left")
+    agg = joined.groupBy("request_id").agg(
+        F.map_from_entries(F.collect_list(F.struct("slot", "image"))).alias("_m"))
+    return agg.select("request_id", *[F.col("_m").getItem(i).alias(f"{prefix}_{i}") for i in range(n)])
+
+
+def pretrain_training_frame(samples: DataFrame, items: DataFrame, l_pv: int, l_click: int) -> DataFrame:
+    """Pre-training samples -> one row per page with padded labels and image slots.
+
+    Columns: request_id, pv_labels (int[l_pv], 0 in padding), pv_img_i, hist_img_i
+    (binary or null). Items without a usable image become null slots, i.e.
+    padding: they are masked like absent items."""
+    images = items.select("item_id", "image")
+    pv = _slot_images(samples, images, "pv_item_ids", "pv_img", l_pv)
+    hist = _slot_images(samples, images, "hist_item_ids", "hist_img", l_click)
+    labels = F.concat(F.slice("pv_labels", 1, l_pv),
+                      F.array_repeat(F.lit(0), F.greatest(F.lit(0), F.lit(l_pv) - F.size("pv_labels"))))
+    return (samples.select("request_id", labels.alias("pv_labels"))
+            .join(pv, "request_id").join(hist, "request_id"))
+
+
+def decode_batch(pdf: pd.DataFrame, l_pv: int, l_click: int, size: int) -> dict[str, np.ndarray]:
+    """A pandas batch of the training frame -> numpy arrays the model takes."""
+    pv = [decode_slots([r[f"pv_img_{i}"] for i in range(l_pv)], size) for _, r in pdf.iterrows()]
+    hist = [decode_slots([r[f"hist_img_{i}"] for i in range(l_click)], size) for _, r in pdf.iterrows()]
+    return {
+        "pv_images": np.stack([p[0] for p in pv]), "pv_mask": np.stack([p[1] for p in pv]),
+        "hist_images": np.stack([h[0] for h in hist]), "hist_mask": np.stack([h[1] for h in hist]),
+        "pv_labels": np.stack([np.asarray(x, dtype=np.int64) for x in pdf["pv_labels"]]),
+    }
+
+
+@dataclass
+class LoaderSpec:
+    l_pv: int
+    l_click: int
+    image_size: int
+    batch_size: int
+
+
+class SampleLoader:
+    """Petastorm-backed loader. ``converter`` is picklable, so it can be sent
+    to Horovod / TorchDistributor workers; each worker calls ``batches``."""
+
+    def __init__(self, converter, spec: LoaderSpec) -> None:
+        self.converter = converter
+        self.spec = spec
+
+    @classmethod
+    def from_frame(cls, df: DataFrame, spec: LoaderSpec, cache_dir: str) -> "SampleLoader":
+        from petastorm.spark import SparkDatasetConverter, make_spark_converter
+        df.sparkSession.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF,
+                                 cache_dir if "://" in cache_dir else "file://" + cache_dir)
+        return cls(make_spark_converter(df), spec)
+
+    def __len__(self) -> int:
+        return len(self.converter)
+
+    def _transform_spec(self):
+        from petastorm import TransformSpec
+        s = self.spec
+        removed = [f"pv_img_{i}" for i in range(s.l_pv)] + [f"hist_img_{i}" for i in range(s.l_click)]
+
+        def transform(pdf: pd.DataFrame) -> pd.DataFrame:
+            arrays = decode_batch(pdf, s.l_pv, s.l_click, s.image_size)
+            out = pd.DataFrame({"pv_labels": list(arrays["pv_labels"])})
+            for k in ("pv_images", "pv_mask", "hist_images", "hist_mask"):
+                out[k] = list(arrays[k].astype(np.uint8) if k.endswith("mask") else arrays[k])
+            return out
+
+        img = (3, s.image_size, s.image_size)
+        return TransformSpec(transform, removed_fields=removed, edit_fields=[
+            ("pv_labels", np.int64, (s.l_pv,), False),
+            ("pv_images", np.float32, (s.l_pv, *img), False),
+            ("pv_mask", np.uint8, (s.l_pv,), False),
+            ("hist_images", np.float32, (s.l_click, *img), False),
+            ("hist_mask", np.uint8, (s.l_click,), False),
+        ], selected_fields=["pv_labels", "pv_images", "pv_mask", "hist_images", "hist_mask"])
+
+    def batches(self, shard: int = 0, num_shards: int = 1, num_epochs: int | None = None,
+                workers: int = 2, seed: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Full batches only (every worker must see equal shapes for the
+        global-negative gather); infinite when ``num_epochs`` is None."""
+        bs = self.spec.batch_size
+        with self.converter.make_torch_dataloader(
+                batch_size=bs, num_epochs=num_epochs, cur_shard=shard, shard_count=num_shards,
+                workers_count=workers, transform_spec=self._transform_spec(),
+                shuffling_queue_capacity=4 * bs, seed=seed) as dl:
+            for b in dl:
+                if b["pv_labels"].shape[0] != bs:
+                    continue
+                b["pv_mask"] = b["pv_mask"].bool()
+                b["hist_mask"] = b["hist_mask"].bool()
+                yield b
+
+    def delete(self) -> None:
+        self.converter.delete()

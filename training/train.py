@@ -1,0 +1,252 @@
+"""COURIER pre-training: one worker loop shared by every backend.
+
+Backends (``train.backend``):
+* ``horovod`` (default): ``horovod.spark.run`` over Spark tasks; parameters
+  broadcast from rank 0, ``hvd.DistributedOptimizer`` averages gradients,
+  negatives are all-gathered with gradients (``HorovodCollective``).
+* ``torch_distributor``: Spark's ``TorchDistributor`` (torchrun, gloo, DDP).
+* ``local``: one process, no Spark tasks (debugging).
+
+The loss normalisation in ``training.losses`` makes the averaged gradient of
+W workers equal to the single-process gradient of the union batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+# Ablation and comparison presets: method name -> TrainConfig overrides.
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "courier": {},
+    "courier_no_ucs": {"use_ucs": False},
+    "courier_no_contrast": {"contrast": False},
+    "courier_no_recon": {"attention": "self"},
+    "courier_no_neg_pv": {"use_negative_pv": False},
+    "courier_proj_head": {"projection_head": True},
+    "courier_hinge": {"loss_type": "hinge"},
+    "courier_multihead": {"attention": "multihead"},
+    "simclr": {"objective": "simclr"},
+    "supervised": {"objective": "supervised"},
+}
+
+
+@dataclass
+class TrainConfig:
+    method: str = "courier"
+    objective: str = "courier"          # courier | simclr | supervised (set by the method preset)
+    backbone: str = "small_cnn"
+    embed_dim: int = 256
+    image_size: int = 0                 # 0 = the backbone's default (swin_t 224, resnet18 64, small_cnn 48)
+    weights_path: str | None = None     # local ImageNet-style state dict; random init when unset
+    attention: str = "plain"            # plain (paper) | multihead | self (w/o reconstruction)
+    projection_head: bool = False
+    tau_pv: float = 0.05
+    tau_ucs: float = 0.05
+    tau_simclr: float = 0.2
+    use_ucs: bool = True
+    contrast: bool = True
+    use_negative_pv: bool = True
+    loss_type: str = "infonce"
+    hinge_margin: float = 0.2
+    batch_size: int = 32                # rows (pages) per worker; x10 images
+    steps: int = 150
+    lr: float = 1e-3                    # paper: 1e-4 from ImageNet init; random-init small nets need more
+    weight_decay: float = 1e-6
+    amp: bool = False                   # mixed precision (bf16 on CPU, fp16 on GPU)
+    grad_checkpointing: bool = False
+    backend: str = "horovod"            # horovod | torch_distributor | local
+    num_proc: int = 2
+    loader_workers: int = 2
+    checkpoint_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    max_steps_this_run: int | None = None   # stop early (tests simulate a kill with it)
+
+    def resolved(self) -> "TrainConfig":
+        from .backbones import default_image_size
+        if self.method not in METHOD_PRESETS:
+            raise ValueError(f"unknown train.method {self.method!r}; one of {', '.join(METHOD_PRESETS)}")
+        cfg = dataclasses.replace(self, **METHOD_PRESETS[self.method])
+        if cfg.image_size <= 0:
+            cfg = dataclasses.replace(cfg, image_size=default_image_size(cfg.backbone))
+        if cfg.backend not in ("horovod", "torch_distributor", "local"):
+            raise ValueError(f"train.backend must be horovod, torch_distributor or local, got {cfg.backend!r}")
+        return cfg
+
+
+# --------------------------------------------------------------------------- model + loss per objective
+def build_model(cfg: TrainConfig) -> nn.Module:
+    from .backbones import build_backbone
+    enc = build_backbone(cfg.backbone, cfg.embed_dim, cfg.weights_path,
+                         grad_checkpointing=cfg.grad_checkpointing, projection_head=cfg.projection_head)
+    if cfg.objective == "courier":
+        from .model import CourierModel
+        return CourierModel(enc, attention=cfg.attention)
+    if cfg.objective == "simclr":
+        from .baselines import SimCLRModel
+        return SimCLRModel(enc)
+    if cfg.objective == "supervised":
+        from .baselines import SupervisedClickModel
+        return SupervisedClickModel(enc)
+    raise ValueError(f"unknown objective {cfg.objective!r}")
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    m = model.module if hasattr(model, "module") else model
+    return m.encoder
+
+
+def compute_loss(model: nn.Module, batch: dict, cfg: TrainConfig, collective,
+                 step: int) -> tuple[torch.Tensor, dict]:
+    if cfg.objective == "courier":
+        from .losses import LossConfig, courier_loss
+        out = model(batch["pv_images"], batch["pv_mask"], batch["hist_images"], batch["hist_mask"])
+        lc = LossConfig(tau_pv=cfg.tau_pv, tau_ucs=cfg.tau_ucs, use_ucs=cfg.use_ucs, contrast=cfg.contrast,
+                        use_negative_pv=cfg.use_negative_pv, loss_type=cfg.loss_type,
+                        hinge_margin=cfg.hinge_margin)
+        return courier_loss(out, batch, lc, collective)
+    from . import baselines
+    return baselines.baseline_loss(cfg.objective, model, batch, cfg, collective, step)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    files = sorted(glob.glob(os.path.join(ckpt_dir, "step_*.pt")))
+    return files[-1] if files else None
+
+
+def save_checkpoint(ckpt_dir: str, step: int, model: nn.Module, opt: torch.optim.Optimizer,
+                    history: list) -> str:
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = os.path.join(ckpt_dir, f"step_{step:07d}.pt")
+    tmp = path + ".tmp"
+    m = model.module if hasattr(model, "module") else model
+    torch.save({"step": step, "model": m.state_dict(), "optimizer": opt.state_dict(),
+                "history": history}, tmp)
+    os.replace(tmp, path)  # atomic: a kill never leaves a half checkpoint under the real name
+    return path
+
+
+# --------------------------------------------------------------------------- the worker loop
+@dataclass
+class WorkerResult:
+    rank: int
+    steps_done: int
+    resumed_from: int
+    history: list = field(default_factory=list)   # (step, loss, acc) per logged step
+    images_per_s: float = 0.0
+    checkpoints: list = field(default_factory=list)
+
+
+def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
+    """Runs inside each worker (Spark task / torchrun process / this process)."""
+    torch.set_num_threads(max(1, int(os.environ.get("COURIER_TORCH_THREADS", "1"))))
+    collective, rank, world, hvd = _init_backend(backend)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    history: list = []
+    ck = latest_checkpoint(ckpt_dir)
+    if ck:  # every rank reads the same file (shared FS), so no broadcast needed
+        state = torch.load(ck, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = int(state["step"]), list(state["history"])
+    if backend == "horovod":
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(opt, root_rank=0)
+        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+    elif backend == "torch_distributor":
+        model = nn.parallel.DistributedDataParallel(model)
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.amp and not torch.cuda.is_available()
+                else torch.autocast("cuda", dtype=torch.float16) if cfg.amp else _null())
+    result = WorkerResult(rank, start, start, history)
+    end = cfg.steps if cfg.max_steps_this_run is None else min(cfg.steps, start + cfg.max_steps_this_run)
+    t0, n_img, step = time.perf_counter(), 0, start
+    batches = loader.batches(shard=rank, num_shards=world, num_epochs=None,
+                             workers=cfg.loader_workers, seed=cfg.seed + start)
+    model.train()
+    for batch in batches:
+        if step >= end:
+            break
+        with autocast:
+            loss, metrics = compute_loss(model, batch, cfg, collective, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        n_img += int(batch["pv_mask"].sum() + batch["hist_mask"].sum())
+        if step % cfg.log_every == 0 or step == end or step == start + 1:
+            lv = float(metrics["loss"])
+            acc = float(metrics.get("acc_pv", metrics.get("acc", float("nan"))))
+            history.append((step, lv, acc))
+            if rank == 0:
+                rate = n_img * world / max(time.perf_counter() - t0, 1e-9)
+                print(f"[courier train] {cfg.method} step {step}/{cfg.steps} loss {lv:.4f} "
+                      f"in-batch acc {acc:.3f} images/s {rate:.1f}", flush=True)
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"loss became {lv} at step {step}")
+        if step % cfg.checkpoint_every == 0 or step == end:
+            if rank == 0:
+                result.checkpoints.append(save_checkpoint(ckpt_dir, step, model, opt, history))
+            if backend == "horovod":
+                hvd.allreduce(torch.zeros(1), name=f"ckpt_barrier_{step}")  # wait for rank 0's file
+            elif backend == "torch_distributor":
+                import torch.distributed as dist
+                dist.barrier()
+    result.steps_done = step
+    result.history = history
+    result.images_per_s = n_img * world / max(time.perf_counter() - t0, 1e-9)
+    if backend == "torch_distributor":
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return dataclasses.asdict(result)
+
+
+class _null:
+    def __enter__(self): return self
+    def __exit__(self, *a): return False
+
+
+def _init_backend(backend: str):
+    from .losses import LocalCollective
+    if backend == "horovod":
+        import horovod.torch as hvd
+        hvd.init()
+        from .collectives import HorovodCollective
+        return HorovodCollective(), hvd.rank(), hvd.size(), hvd
+    if backend == "torch_distributor":
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        from .losses import TorchDistributedCollective
+        return TorchDistributedCollective(), dist.get_rank(), dist.get_world_size(), None
+    return LocalCollective(), 0, 1, None
+
+
+def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int) -> list:
+    """Run ``fn(*args, backend)`` on ``num_proc`` workers; results in rank order."""
+    if backend == "horovod":
+        import horovod.spark
+        return horovod.spark.run(fn, args=(*args, "horovod"), num_proc=num_proc, verbose=0)
+    if backend == "torch_distributor":
+        from pyspark.ml.torch.distributor import TorchDistributor
+        out = TorchDistributor(num_processes=num_proc, local_mode=True, use_gpu=False).run(
+            fn, *args, "torch_distributor")
+        return [out]  # TorchDistributor returns rank 0's value
+    return [fn(*args, "local")]
+
+
+def write_json(path: str, obj: dict) -> None:
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
