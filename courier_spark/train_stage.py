@@ -93,7 +93,8 @@ def run_train(ctx) -> dict:
     tail = [h[1] for h in hist[-3:]]
     metrics = {"steps": r0["steps_done"], "initial_loss": float(np.mean(head)), "final_loss": float(np.mean(tail)),
                "final_in_batch_accuracy": float(hist[-1][2]), "images_per_s": r0["images_per_s"],
-               "resumed_from_step": r0["resumed_from"], "history": hist}
+               "resumed_from_step": r0["resumed_from"], "history": hist,
+               "checkpoint_steps": state["checkpoint_steps"]}
     with step("train", "measuring co-click vs random-pair embedding similarity"):
         metrics.update(co_click_similarity(model.encoder, samples, items, tcfg.image_size))
     art = save_artifact(p.models, tcfg.method, model.encoder, model, backbone=tcfg.backbone,

@@ -125,13 +125,13 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
 
 
 def save_checkpoint(ckpt_dir: str, step: int, model: nn.Module, opt: torch.optim.Optimizer,
-                    history: list) -> str:
+                    history: list, saved_steps: list) -> str:
     os.makedirs(ckpt_dir, exist_ok=True)
     path = os.path.join(ckpt_dir, f"step_{step:07d}.pt")
     tmp = path + ".tmp"
     m = model.module if hasattr(model, "module") else model
     torch.save({"step": step, "model": m.state_dict(), "optimizer": opt.state_dict(),
-                "history": history}, tmp)
+                "history": history, "checkpoint_steps": saved_steps + [step]}, tmp)
     os.replace(tmp, path)  # atomic: a kill never leaves a half checkpoint under the real name
     return path
 
@@ -156,12 +156,14 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     history: list = []
+    saved_steps: list = []
     ck = latest_checkpoint(ckpt_dir)
     if ck:  # every rank reads the same file (shared FS), so no broadcast needed
         state = torch.load(ck, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history = int(state["step"]), list(state["history"])
+        saved_steps = list(state["checkpoint_steps"])
     if backend == "horovod":
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(opt, root_rank=0)
@@ -198,7 +200,8 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
                 raise FloatingPointError(f"loss became {lv} at step {step}")
         if step % cfg.checkpoint_every == 0 or step == end:
             if rank == 0:
-                result.checkpoints.append(save_checkpoint(ckpt_dir, step, model, opt, history))
+                result.checkpoints.append(save_checkpoint(ckpt_dir, step, model, opt, history, saved_steps))
+            saved_steps.append(step)
             if backend == "horovod":
                 hvd.allreduce(torch.zeros(1), name=f"ckpt_barrier_{step}")  # wait for rank 0's file
             elif backend == "torch_distributor":

@@ -1,0 +1,265 @@
+"""Clustering of item embeddings with faiss k-means (the "Cluster ID" feature).
+
+Embeddings are L2-normalised and k-means runs spherically (centroids are
+re-normalised every iteration), so the Euclidean nearest centre is also the
+cosine nearest centre. The trained centroids go to ``gold/centroids`` under a
+``centroid_version``:
+
+* ``cluster.centroid_version: auto`` (default) reuses the version whose
+  recorded parameters (model version, k, niter, seed, sampling, init and the
+  Delta version of ``gold/item_embeddings`` that was read) are identical, so
+  re-running the pipeline replaces that version's rows with the same centres
+  instead of minting a new version; otherwise it takes the next ``cNNNN``
+  (``c0001``, ``c0002``, ...).
+* an explicit ``cNNNN`` always (re)writes exactly that version.
+
+Rows of one version are replaced atomically (Delta ``replaceWhere``), never
+appended twice.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+CENTROIDS_SCHEMA = T.StructType([
+    T.StructField("centroid_version", T.StringType(), False),
+    T.StructField("model_version", T.StringType(), False),
+    T.StructField("cluster_id", T.IntegerType(), False),
+    T.StructField("centroid", T.ArrayType(T.FloatType(), False), False),
+    T.StructField("params", T.StringType(), False),      # JSON: how this version was trained
+    T.StructField("created_at", T.TimestampType(), False),
+])
+
+_CVERSION = re.compile(r"^c(\d{4,})$")
+INITS = ("kmeans++", "random")
+
+
+@dataclass
+class ClusterConfig:
+    """``cluster:`` section."""
+    # Which embeddings: "" = the model that embed.method/embed.model_version
+    # resolves to; or an explicit model version such as "courier/v0002".
+    model_version: str = ""
+    k: int = 64                      # ~3000 items -> ~47 items per cluster
+    niter: int = 20
+    seed: int = 1234
+    # faiss trains on a sample of k * max_points_per_centroid points; the stage
+    # collects only that many vectors to the driver.
+    max_points_per_centroid: int = 256
+    nredo: int = 3                   # independent runs, best objective kept
+    init: str = "kmeans++"           # kmeans++ | random (random for very large k)
+    centroid_version: str = "auto"   # auto | cNNNN
+    tiny_cluster_size: int = 3       # clusters with fewer items are reported as tiny
+    gpu: str = "auto"                # auto (use faiss GPUs when present) | yes | no
+
+    def validate(self) -> "ClusterConfig":
+        from .config import ConfigError
+        if self.k < 1:
+            raise ConfigError(f"cluster.k must be >= 1, got {self.k}")
+        if self.niter < 1 or self.nredo < 1:
+            raise ConfigError("cluster.niter and cluster.nredo must be >= 1")
+        if self.max_points_per_centroid < 1:
+            raise ConfigError("cluster.max_points_per_centroid must be >= 1")
+        if self.init not in INITS:
+            raise ConfigError(f"cluster.init must be one of {INITS}, got {self.init!r}")
+        if self.centroid_version != "auto" and not _CVERSION.match(self.centroid_version):
+            raise ConfigError(f"cluster.centroid_version must be 'auto' or like c0001, got {self.centroid_version!r}")
+        if self.gpu not in ("auto", "yes", "no"):
+            raise ConfigError(f"cluster.gpu must be auto, yes or no, got {self.gpu!r}")
+        return self
+
+
+def faiss_gpus() -> int:
+    import faiss
+    try:
+        return int(faiss.get_num_gpus())
+    except AttributeError:  # faiss-cpu builds without the GPU API
+        return 0
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(n == 0):
+        raise ValueError(f"{int((n == 0).sum())} zero vectors cannot be normalised")
+    return np.ascontiguousarray(x / n)
+
+
+def nearest_centroids(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster_id int32 [N], squared L2 distance float32 [N]) of each row's nearest centre.
+
+    faiss finds the nearest centre; the distance is then recomputed per row in
+    numpy so it is bit-identical whatever the batch the row arrived in (faiss
+    switches between BLAS and direct kernels by batch size, which would move
+    the last bits and make unchanged features look changed to a MERGE)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    index = faiss.IndexFlatL2(c.shape[1])
+    index.add(c)
+    return _search(index, c, x)
+
+
+def _search(index, centroids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(x) == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    _, ids = index.search(x, 1)
+    ids = ids[:, 0].astype(np.int32)
+    diff = x - centroids[ids]
+    return ids, np.einsum("ij,ij->i", diff, diff).astype(np.float32)
+
+
+def size_stats(sizes: np.ndarray, tiny: int) -> dict:
+    """Cluster size histogram (log2 buckets) plus empty/tiny clusters."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    edges = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+    hist = {}
+    for lo, hi in zip(edges, edges[1:] + [None]):
+        if hi is None:
+            label, mask = f">={lo}", sizes >= lo
+        else:
+            label, mask = (str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}"), (sizes >= lo) & (sizes < hi)
+        if mask.any():
+            hist[label] = int(mask.sum())
+    return {"clusters": int(len(sizes)), "min_size": int(sizes.min()) if len(sizes) else 0,
+            "max_size": int(sizes.max()) if len(sizes) else 0,
+            "mean_size": float(sizes.mean()) if len(sizes) else 0.0,
+            "empty_clusters": int((sizes == 0).sum()),
+            "tiny_clusters": int(((sizes > 0) & (sizes < tiny)).sum()),  # non-empty, < tiny items
+            "tiny_threshold": int(tiny),
+            "size_histogram": hist}
+
+
+def train_kmeans(embeddings: np.ndarray, k: int, niter: int = 20, seed: int = 1234,
+                 max_points_per_centroid: int = 256, *, nredo: int = 1, init: str = "kmeans++",
+                 spherical: bool = True, gpu: bool | None = None, tiny_cluster_size: int = 3
+                 ) -> tuple[np.ndarray, dict]:
+    """faiss k-means on L2-normalised vectors -> (centroids float32 [k, d], stats).
+
+    When N > k * max_points_per_centroid faiss trains on a random sample of
+    that size (seeded). ``gpu=None`` uses faiss GPUs when this faiss build has
+    any. Stats: ``inertia`` (sum of squared L2 distances of *all* given points
+    to their nearest centre: the k-means objective; 2 - 2 cos per point),
+    ``objective_per_iter`` (faiss's own objective on the training sample, a
+    sum of inner products when spherical), cluster sizes and their histogram.
+    """
+    import faiss
+
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    x = l2_normalise(embeddings) if spherical else np.ascontiguousarray(embeddings, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array, got shape {x.shape}")
+    n, d = x.shape
+    if n < k:
+        raise ValueError(f"cannot make {k} clusters from {n} vectors; lower cluster.k")
+    use_gpu = faiss_gpus() > 0 if gpu is None else bool(gpu)
+    init_method = (faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS if init == "kmeans++"
+                   else faiss.ClusteringInitMethod_RANDOM)
+    km = faiss.Kmeans(d, int(k), niter=int(niter), seed=int(seed), spherical=spherical, nredo=int(nredo),
+                      max_points_per_centroid=int(max_points_per_centroid), init_method=init_method,
+                      gpu=use_gpu, verbose=False)
+    t0 = time.perf_counter()
+    km.train(x)
+    train_s = time.perf_counter() - t0
+    centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
+    ids, dist = nearest_centroids(x, centroids)
+    sizes = np.bincount(ids, minlength=k)
+    stats = {"n_points": int(n), "dim": int(d), "k": int(k), "niter": int(niter), "nredo": int(nredo),
+             "seed": int(seed), "init": init, "spherical": spherical, "gpu": use_gpu,
+             "n_train": int(min(n, k * max_points_per_centroid)),
+             "train_seconds": round(train_s, 3),
+             "inertia": float(dist.astype(np.float64).sum()),
+             "mean_sq_distance": float(dist.mean()),
+             "objective_per_iter": [float(v) for v in (km.obj if km.obj is not None else [])],
+             **size_stats(sizes, tiny_cluster_size)}
+    return centroids, stats
+
+
+# ---------------------------------------------------------------- gold/centroids
+
+def centroids_frame(spark: SparkSession, centroids: np.ndarray, centroid_version: str,
+                    model_version: str, params: dict) -> DataFrame:
+    import datetime as dt
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    pj = json.dumps(params, sort_keys=True, default=str)
+    rows = [(centroid_version, model_version, i, [float(v) for v in c], pj, now)
+            for i, c in enumerate(np.asarray(centroids, dtype=np.float32))]
+    return spark.createDataFrame(rows, CENTROIDS_SCHEMA)
+
+
+def _sql_str(v: str) -> str:
+    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def replace_rows(df: DataFrame, path: str, column: str, value: str) -> int:
+    """Atomically replace the rows with ``column = value`` (creating the
+    table partitioned by ``column`` on first write). Returns the table version."""
+    from .tables import table_exists, table_version
+
+    spark = df.sparkSession
+    w = df.write.format("delta")
+    if table_exists(spark, path):
+        # Delta checks that every written row satisfies the predicate.
+        w.mode("overwrite").option("replaceWhere", f"{column} = {_sql_str(value)}").save(path)
+    else:
+        w.mode("overwrite").partitionBy(column).save(path)
+    return table_version(spark, path)
+
+
+def existing_versions(spark: SparkSession, path: str) -> dict[str, dict]:
+    """centroid_version -> {model_version, params(dict), k} of gold/centroids."""
+    from .tables import table_exists
+    if not table_exists(spark, path):
+        return {}
+    rows = (spark.read.format("delta").load(path)
+            .groupBy("centroid_version")
+            .agg(F.first("model_version").alias("model_version"), F.first("params").alias("params"),
+                 F.count("*").alias("k"))
+            .collect())
+    return {r["centroid_version"]: {"model_version": r["model_version"], "params": json.loads(r["params"]),
+                                    "k": int(r["k"])} for r in rows}
+
+
+def choose_centroid_version(existing: dict[str, dict], requested: str, params: dict) -> tuple[str, bool]:
+    """-> (version, reused). See the module docstring for the rule."""
+    if requested != "auto":
+        return requested, requested in existing
+    for v in sorted(existing, key=lambda s: int(s[1:]) if _CVERSION.match(s) else -1):
+        if existing[v]["params"] == json.loads(json.dumps(params, sort_keys=True, default=str)):
+            return v, True
+    nums = [int(v[1:]) for v in existing if _CVERSION.match(v)]
+    return f"c{(max(nums) + 1 if nums else 1):04d}", False
+
+
+def load_centroids(spark: SparkSession, path: str, centroid_version: str = "latest"
+                   ) -> tuple[str, str, np.ndarray]:
+    """-> (centroid_version, model_version, centroids [k, d] ordered by cluster_id).
+    ``latest`` is the highest cNNNN in the table."""
+    from .tables import read_table
+
+    df = read_table(spark, path, made_by="cluster")
+    have = sorted((r[0] for r in df.select("centroid_version").distinct().collect()),
+                  key=lambda s: int(s[1:]) if _CVERSION.match(s) else -1)
+    if not have:
+        raise LookupError(f"{path} holds no centroids; run `courier cluster` first")
+    if centroid_version == "latest":
+        centroid_version = have[-1]
+    if centroid_version not in have:
+        raise LookupError(f"centroid version {centroid_version!r} is not in {path}; available: {', '.join(have)}")
+    pdf = (df.filter(F.col("centroid_version") == centroid_version)
+           .select("cluster_id", "model_version", "centroid").toPandas().sort_values("cluster_id"))
+    if list(pdf["cluster_id"]) != list(range(len(pdf))):
+        raise ValueError(f"centroid version {centroid_version} in {path} has non-contiguous cluster ids")
+    mv = set(pdf["model_version"])
+    if len(mv) != 1:
+        raise ValueError(f"centroid version {centroid_version} mixes model versions {sorted(mv)}")
+    return centroid_version, mv.pop(), np.ascontiguousarray(np.stack(pdf["centroid"].to_numpy()), dtype=np.float32)

@@ -1,0 +1,173 @@
+"""Embedding job: every item image -> an L2-normalised embedding of one model version.
+
+How the model reaches the workers: the encoder's state dict (``encoder.pt``
+bytes) is broadcast once per job (``sc.broadcast``), so each executor fetches
+it once, whatever the number of tasks, and it works on a cluster whose workers
+cannot see the driver's local ``models/`` directory. Each Python worker builds
+the encoder once and keeps it in a module global keyed by the broadcast id
+(PySpark reuses Python workers across tasks), then runs batched forwards over
+``mapInPandas`` batches: no per-row model calls.
+
+Items whose image is missing or undecodable get no embedding row; the stage
+(``visual_stages.run_embed``) counts them from the written table, by reason.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+EMBEDDINGS_SCHEMA = T.StructType([
+    T.StructField("item_id", T.LongType(), False),
+    T.StructField("model_version", T.StringType(), False),
+    T.StructField("embedding", T.ArrayType(T.FloatType(), False), False),
+])
+
+
+@dataclass
+class EmbedConfig:
+    """``embed:`` section."""
+    method: str = "courier"          # models/<method>/...
+    model_version: str = "latest"    # v0001, ... or latest
+    batch_size: int = 64             # images per forward pass inside a worker
+    # torch intra-op threads per Python worker: Spark already runs one task per
+    # core, so more threads only oversubscribe the CPU.
+    torch_threads: int = 1
+    device: str = "auto"             # auto (cuda when the worker has one) | cpu | cuda
+    # Minimum number of input partitions (0 = Spark's default parallelism), so
+    # a single-file silver/items table still uses every core.
+    min_partitions: int = 0
+
+    def validate(self) -> "EmbedConfig":
+        from .config import ConfigError
+        if self.batch_size < 1:
+            raise ConfigError(f"embed.batch_size must be >= 1, got {self.batch_size}")
+        if self.torch_threads < 1:
+            raise ConfigError(f"embed.torch_threads must be >= 1, got {self.torch_threads}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"embed.device must be auto, cpu or cuda, got {self.device!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class _EncoderSpec:
+    """What a worker needs besides the weights (small; pickled with the task)."""
+    backbone: str
+    embed_dim: int
+    image_size: int
+    projection_head: bool
+    model_version: str
+    batch_size: int
+    torch_threads: int
+    device: str
+
+
+# Per-Python-worker cache: broadcast key -> (encoder, torch device).
+_ENCODERS: dict[str, Any] = {}
+
+
+def _worker_encoder(key: str, spec: _EncoderSpec, weights_bc) -> tuple[Any, Any]:
+    import torch
+
+    if key not in _ENCODERS:
+        from training.backbones import build_backbone
+
+        torch.set_num_threads(spec.torch_threads)
+        dev = "cuda" if spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available()) else "cpu"
+        # Same construction as ModelArtifact.load_encoder, from broadcast bytes.
+        enc = build_backbone(spec.backbone, spec.embed_dim, projection_head=spec.projection_head)
+        enc.load_state_dict(torch.load(io.BytesIO(weights_bc.value), map_location="cpu", weights_only=True))
+        _ENCODERS.clear()  # one model per worker at a time: an old version's weights are garbage now
+        _ENCODERS[key] = (enc.eval().to(dev), torch.device(dev))
+    return _ENCODERS[key]
+
+
+def _embed_batches(batches: Iterator[pd.DataFrame], key: str, spec: _EncoderSpec, weights_bc
+                   ) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: (item_id, image) batches -> (item_id, model_version, embedding)."""
+    import torch
+
+    from training.images import decode_image
+
+    enc, dev = _worker_encoder(key, spec, weights_bc)
+    for pdf in batches:
+        for lo in range(0, len(pdf), spec.batch_size):
+            chunk = pdf.iloc[lo:lo + spec.batch_size]
+            ids, arrs = [], []
+            for item_id, data in zip(chunk["item_id"].to_numpy(), chunk["image"]):
+                arr = decode_image(data, spec.image_size)
+                if arr is not None:  # undecodable: no row; counted by the stage
+                    ids.append(int(item_id))
+                    arrs.append(arr)
+            if not ids:
+                continue
+            with torch.inference_mode():
+                out = enc(torch.from_numpy(np.stack(arrs)).to(dev))
+                out = torch.nn.functional.normalize(out.float(), dim=1).cpu().numpy()
+            yield pd.DataFrame({"item_id": np.asarray(ids, dtype=np.int64),
+                                "model_version": spec.model_version,
+                                "embedding": list(out.astype(np.float32))})
+
+
+def embed_items(items_df: DataFrame, artifact, batch_size: int = 64, *,
+                torch_threads: int = 1, device: str = "auto", min_partitions: int = 0) -> DataFrame:
+    """Items (``item_id``, ``image`` bytes nullable) -> ``item_id, model_version,
+    embedding`` (array<float>, L2-normalised) for every decodable image.
+
+    ``artifact`` is a ``training.artifact.ModelArtifact``; images are decoded
+    with ``training.images.decode_image(bytes, artifact.image_size)``, exactly as
+    in training. Missing/undecodable images produce no row.
+    """
+    for c in ("item_id", "image"):
+        if c not in items_df.columns:
+            raise ValueError(f"embed_items: input lacks column {c!r} (has {', '.join(items_df.columns)})")
+    import os
+
+    weights_file = os.path.join(artifact.path, "encoder.pt")
+    if not os.path.exists(weights_file):
+        raise FileNotFoundError(f"model {artifact.model_version}: no encoder weights at {weights_file}")
+    spark: SparkSession = items_df.sparkSession
+    with open(weights_file, "rb") as fh:
+        weights_bc = spark.sparkContext.broadcast(fh.read())
+    spec = _EncoderSpec(artifact.backbone, int(artifact.embed_dim), int(artifact.image_size),
+                        bool((artifact.config or {}).get("projection_head", False)),
+                        artifact.model_version, int(batch_size), int(torch_threads), device)
+    df = items_df.filter(F.col("image").isNotNull()).select(F.col("item_id").cast("long"), "image")
+    want = min_partitions or spark.sparkContext.defaultParallelism
+    if df.rdd.getNumPartitions() < want:
+        df = df.repartition(want)  # the forward pass dominates: spread it over all cores
+    # A module-level function + partial pickles by reference, so the worker's
+    # module global (the encoder cache) survives across tasks; the key is
+    # unique per broadcast.
+    fn = functools.partial(_embed_batches, key=uuid.uuid4().hex, spec=spec, weights_bc=weights_bc)
+    return df.mapInPandas(fn, schema=EMBEDDINGS_SCHEMA)
+
+
+def read_embeddings(spark: SparkSession, path: str, model_version: str) -> DataFrame:
+    """gold/item_embeddings rows of one model version (clear error when absent)."""
+    from .tables import read_table
+
+    df = read_table(spark, path, made_by="embed")
+    out = df.filter(F.col("model_version") == model_version)
+    if out.limit(1).count() == 0:
+        have = sorted(r[0] for r in df.select("model_version").distinct().collect())
+        raise LookupError(f"no embeddings of model {model_version!r} in {path}; "
+                          f"available: {', '.join(have) or 'none'}; run `courier embed` for it first")
+    return out
+
+
+def embeddings_to_numpy(df: DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(item_ids int64 [N], vectors float32 [N, d]) collected to the driver."""
+    pdf = df.select("item_id", "embedding").toPandas()
+    if len(pdf) == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return (pdf["item_id"].to_numpy(np.int64),
+            np.ascontiguousarray(np.stack(pdf["embedding"].to_numpy()).astype(np.float32)))

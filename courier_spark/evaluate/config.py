@@ -1,0 +1,131 @@
+"""Typed view of the free-form ``evaluate`` config section.
+
+Read it with ``load_evaluate_config(cfg)`` (a thin wrapper over
+``courier_spark.config.section(cfg, "evaluate", EvaluateConfig)``); unknown
+keys are errors there, bad values are errors here (``__post_init__``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import ConfigError, CourierConfig, section
+
+IMAGE_FEATURES = ("none", "vector", "simscore", "cluster_id")
+MODEL_KINDS = ("dnn", "lgbm")
+GAUC_WEIGHTINGS = ("impressions", "uniform")
+
+
+@dataclass
+class DnnConfig:
+    """The downstream DNN CTR model (paper appendix), sized for 2 CPU cores.
+
+    Defaults train ~100k rows in well under a minute on 2 threads."""
+    epochs: int = 2
+    batch_size: int = 512
+    lr: float = 3e-3
+    weight_decay: float = 1e-6
+    emb_dim: int = 16
+    # Hash bucket counts (index 0 is reserved for padding / missing).
+    item_buckets: int = 50_000
+    user_buckets: int = 50_000
+    token_buckets: int = 4_096
+    cluster_buckets: int = 8_192
+    max_title_tokens: int = 12
+    max_position: int = 64
+    price_buckets: int = 16
+    history_len: int = 20            # last N clicked item ids through attention
+    attn_heads: int = 2
+    vector_proj_dim: int = 16
+    # Hidden widths of the MLP; the output layer makes it len+1 layers (5 by default).
+    mlp_hidden: list = field(default_factory=lambda: [128, 64, 32, 16])
+    dropout: float = 0.0
+    num_threads: int = 2
+    log_every_s: float = 10.0        # progress line cadence inside an epoch
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "emb_dim", "item_buckets", "user_buckets",
+                     "token_buckets", "cluster_buckets", "max_title_tokens", "max_position",
+                     "price_buckets", "history_len", "attn_heads", "vector_proj_dim", "num_threads"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"evaluate.dnn.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.emb_dim % self.attn_heads:
+            raise ConfigError(f"evaluate.dnn.emb_dim ({self.emb_dim}) must be divisible by "
+                              f"evaluate.dnn.attn_heads ({self.attn_heads})")
+        if not isinstance(self.mlp_hidden, (list, tuple)) or not self.mlp_hidden \
+                or any(int(h) < 1 for h in self.mlp_hidden):
+            raise ConfigError(f"evaluate.dnn.mlp_hidden must be a non-empty list of widths, "
+                              f"got {self.mlp_hidden!r}")
+        self.mlp_hidden = [int(h) for h in self.mlp_hidden]
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"evaluate.dnn.dropout must be within [0, 1), got {self.dropout!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"evaluate.dnn.lr must be > 0, got {self.lr!r}")
+
+
+@dataclass
+class LgbmConfig:
+    """LightGBM screen on tabular features."""
+    num_boost_round: int = 200
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.9
+    bagging_fraction: float = 0.8
+    bagging_freq: int = 1
+    lambda_l2: float = 1.0
+    # Train rows get out-of-fold target statistics from this many folds so a
+    # row's own label never enters its features.
+    stat_folds: int = 5
+    # Additive smoothing of CTR statistics towards the global train CTR.
+    stat_prior_weight: float = 20.0
+    num_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_boost_round < 1 or self.num_leaves < 2 or self.min_data_in_leaf < 1:
+            raise ConfigError("evaluate.lgbm: num_boost_round >= 1, num_leaves >= 2, "
+                              "min_data_in_leaf >= 1 are required")
+        if self.stat_folds < 2:
+            raise ConfigError(f"evaluate.lgbm.stat_folds must be >= 2, got {self.stat_folds!r}")
+        if self.stat_prior_weight < 0:
+            raise ConfigError("evaluate.lgbm.stat_prior_weight must be >= 0")
+
+
+@dataclass
+class EvaluateConfig:
+    model_kinds: list = field(default_factory=lambda: ["dnn", "lgbm"])
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    main_model: str = "dnn"           # the model whose numbers are the headline metrics
+    baseline: str = "baseline"        # variant name the lifts are measured against
+    gauc_weighting: str = "impressions"
+    # A difference is "real" when |mean diff| > real_k * pooled seed std.
+    real_k: float = 2.0
+    dnn: DnnConfig = field(default_factory=DnnConfig)
+    lgbm: LgbmConfig = field(default_factory=LgbmConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model_kinds, str):
+            self.model_kinds = [self.model_kinds]
+        bad = [k for k in self.model_kinds if k not in MODEL_KINDS]
+        if bad or not self.model_kinds:
+            raise ConfigError(f"evaluate.model_kinds must be a non-empty subset of {list(MODEL_KINDS)}, "
+                              f"got {self.model_kinds!r}")
+        if isinstance(self.seeds, int):
+            self.seeds = [self.seeds]
+        try:
+            self.seeds = [int(s) for s in self.seeds]
+        except (TypeError, ValueError):
+            raise ConfigError(f"evaluate.seeds must be a list of ints, got {self.seeds!r}") from None
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"evaluate.seeds must be non-empty and distinct, got {self.seeds!r}")
+        if self.main_model not in MODEL_KINDS:
+            raise ConfigError(f"evaluate.main_model must be one of {list(MODEL_KINDS)}, got {self.main_model!r}")
+        if self.gauc_weighting not in GAUC_WEIGHTINGS:
+            raise ConfigError(f"evaluate.gauc_weighting must be one of {list(GAUC_WEIGHTINGS)}, "
+                              f"got {self.gauc_weighting!r}")
+        if self.real_k <= 0:
+            raise ConfigError(f"evaluate.real_k must be > 0, got {self.real_k!r}")
+
+
+def load_evaluate_config(cfg: CourierConfig) -> EvaluateConfig:
+    """The typed ``evaluate`` section of a loaded CourierConfig."""
+    return section(cfg, "evaluate", EvaluateConfig)

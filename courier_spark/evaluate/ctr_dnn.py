@@ -1,0 +1,331 @@
+"""The downstream DNN CTR model (after the COURIER paper's appendix), small.
+
+Item side: hashed item-ID embedding, category embedding, hashed title tokens
+(mean-pooled), price bucket, position. User side: hashed user-ID embedding
+and the last ``history_len`` clicked item IDs (+ a recency embedding) through
+multi-head self-attention + residual + layer norm, mean-pooled over the valid
+slots and projected. The query is hashed into the title token table and
+pooled the same way ("query treated like titles"). Everything is
+concatenated into an MLP (5 linear layers by default) trained with BCE.
+
+The image feature is one flag, ``image_feature``:
+
+* ``none``       - baseline, no image feature.
+* ``vector``     - linear projection of ``target_embedding`` + a missing flag
+                   (all-zero vector = item without embedding).
+* ``simscore``   - the K similarity scores (NaN -> 0) plus K missing indicators.
+* ``cluster_id`` - one hashed cluster-ID embedding table shared by the target
+                   cluster and the history clusters. The history is summarised
+                   two ways, both fed to the MLP with their element-wise product
+                   with the target: (a) target attention (scaled dot product of
+                   the target cluster over the valid history clusters), which
+                   picks out "user clicked this kind of look before", and
+                   (b) the mean over valid history clusters, which keeps *how
+                   many* history clicks match (softmax normalises that away).
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..progress import say
+from .config import IMAGE_FEATURES, DnnConfig, EvaluateConfig
+from .frames import check_ctr_frame, stack_fixed
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def hash_ids(ids: np.ndarray, buckets: int) -> np.ndarray:
+    """Stable hash of integer ids into [1, buckets) (0 = padding/missing).
+    Fibonacci hashing spreads structured ids (e.g. multiples of 7) evenly."""
+    a = np.asarray(ids).astype(np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = (a * _GOLDEN) >> np.uint64(33)
+    return (1 + (h % np.uint64(buckets - 1))).astype(np.int64)
+
+
+def _token_matrix(texts: pd.Series, max_tokens: int, buckets: int) -> np.ndarray:
+    """[n, max_tokens] hashed token ids (0 = padding); tokenises each distinct text once."""
+    codes, uniques = pd.factorize(texts.fillna("").astype(str), sort=False)
+    mat = np.zeros((len(uniques), max_tokens), dtype=np.int64)
+    for r, text in enumerate(uniques):
+        toks = _TOKEN.findall(text.lower())[:max_tokens]
+        for c, t in enumerate(toks):
+            mat[r, c] = 1 + zlib.crc32(t.encode("utf-8")) % (buckets - 1)
+    if len(uniques) == 0:
+        return np.zeros((len(texts), max_tokens), dtype=np.int64)
+    return mat[codes]
+
+
+def _last_n_matrix(lists: pd.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-aligned [rows, n] matrix of the last n values of each list (the
+    newest in column n-1) and the full list lengths; -1 where empty."""
+    seqs = [np.asarray(v if v is not None else [], dtype=np.int64) for v in lists]
+    lens = np.fromiter((s.size for s in seqs), dtype=np.int64, count=len(seqs))
+    flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lens)
+    take = np.minimum(lens, n)
+    cols = np.arange(n)[None, :]
+    valid = cols >= (n - take)[:, None]
+    src = ends[:, None] - n + cols
+    out = np.full((len(seqs), n), -1, dtype=np.int64)
+    out[valid] = flat[src[valid]]
+    return out, lens
+
+
+@dataclass
+class DnnPreprocessor:
+    """Everything learned from the train frame to turn a frame into tensors."""
+    image_feature: str
+    cfg: DnnConfig
+    categories: dict = field(default_factory=dict)   # category -> index (0 = unknown)
+    price_edges: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_slots: int = 0        # K of sim_scores / hist_cluster_ids
+    vector_dim: int = 0     # d of target_embedding
+
+    @classmethod
+    def fit(cls, df: pd.DataFrame, image_feature: str, cfg: DnnConfig) -> "DnnPreprocessor":
+        cats = sorted(str(c) for c in df["category"].dropna().unique()) if "category" in df else []
+        p = cls(image_feature, cfg, {c: i + 1 for i, c in enumerate(cats)})
+        if "price" in df:
+            lp = np.log1p(pd.to_numeric(df["price"], errors="coerce").to_numpy(float))
+            lp = lp[np.isfinite(lp)]
+            if lp.size:
+                qs = np.linspace(0, 1, cfg.price_buckets + 1)[1:-1]
+                p.price_edges = np.unique(np.quantile(lp, qs))
+        if image_feature == "simscore":
+            p.n_slots = max((len(v) for v in df["sim_scores"] if v is not None), default=0)
+        elif image_feature == "cluster_id":
+            p.n_slots = max((len(v) for v in df["hist_cluster_ids"] if v is not None), default=0)
+        elif image_feature == "vector":
+            p.vector_dim = max((len(v) for v in df["target_embedding"] if v is not None), default=0)
+        if image_feature != "none" and max(p.n_slots, p.vector_dim) == 0:
+            raise ValueError(f"image_feature={image_feature!r}: the train frame's image columns are empty")
+        return p
+
+    def transform(self, df: pd.DataFrame) -> dict[str, torch.Tensor]:
+        cfg, n = self.cfg, len(df)
+        out: dict[str, torch.Tensor] = {}
+        out["item"] = torch.from_numpy(hash_ids(df["item_id"].to_numpy(), cfg.item_buckets))
+        out["user"] = torch.from_numpy(hash_ids(df["user_id"].to_numpy(), cfg.user_buckets))
+        cat = df["category"] if "category" in df else pd.Series([None] * n)
+        out["cat"] = torch.from_numpy(cat.map(lambda c: self.categories.get(str(c), 0) if c is not None
+                                              else 0).to_numpy(np.int64))
+        pos = pd.to_numeric(df["position"], errors="coerce") if "position" in df else pd.Series(np.nan, index=df.index)
+        pos_idx = np.where(pos.isna(), 0, np.clip(pos.fillna(0).to_numpy(float), 0, cfg.max_position - 1) + 1)
+        out["pos"] = torch.from_numpy(pos_idx.astype(np.int64))
+        price = pd.to_numeric(df["price"], errors="coerce").to_numpy(float) if "price" in df else np.full(n, np.nan)
+        lp = np.log1p(price)
+        out["price"] = torch.from_numpy(np.where(np.isfinite(lp), 1 + np.searchsorted(self.price_edges, lp), 0)
+                                        .astype(np.int64))
+        empty = pd.Series([None] * n, index=df.index)
+        out["title"] = torch.from_numpy(_token_matrix(df["title"] if "title" in df else empty,
+                                                      cfg.max_title_tokens, cfg.token_buckets))
+        out["query"] = torch.from_numpy(_token_matrix(df["query"] if "query" in df else empty,
+                                                      cfg.max_title_tokens, cfg.token_buckets))
+        hist, lens = _last_n_matrix(df["hist_item_ids"], cfg.history_len)
+        out["hist"] = torch.from_numpy(np.where(hist >= 0, hash_ids(np.maximum(hist, 0), cfg.item_buckets), 0))
+        out["hist_len"] = torch.from_numpy(np.log1p(lens).astype(np.float32)[:, None])
+        if self.image_feature == "vector":
+            v = stack_fixed(df["target_embedding"], None, np.float32, 0.0)
+            if v.shape[1] != self.vector_dim:
+                raise ValueError(f"target_embedding has dim {v.shape[1]}, the model was trained with {self.vector_dim}")
+            v = np.nan_to_num(v)
+            out["vec"] = torch.from_numpy(v)
+            out["vec_missing"] = torch.from_numpy((np.abs(v).sum(1) == 0).astype(np.float32)[:, None])
+        elif self.image_feature == "simscore":
+            s = stack_fixed(df["sim_scores"], None, np.float32, np.nan)
+            if s.shape[1] != self.n_slots:
+                raise ValueError(f"sim_scores has {s.shape[1]} slots, the model was trained with {self.n_slots}")
+            miss = np.isnan(s)
+            out["sim"] = torch.from_numpy(np.concatenate([np.where(miss, 0.0, s), miss], 1).astype(np.float32))
+        elif self.image_feature == "cluster_id":
+            tc = pd.to_numeric(df["target_cluster_id"], errors="coerce").fillna(-1).to_numpy(np.int64)
+            hc = stack_fixed(df["hist_cluster_ids"], self.n_slots, np.int64, -1)
+            out["tc"] = torch.from_numpy(np.where(tc >= 0, hash_ids(np.maximum(tc, 0), cfg.cluster_buckets), 0))
+            out["hc"] = torch.from_numpy(np.where(hc >= 0, hash_ids(np.maximum(hc, 0), cfg.cluster_buckets), 0))
+        return out
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of x [b, n, e] where mask [b, n] is 1; zeros for empty rows."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class CtrDnn(nn.Module):
+    def __init__(self, prep: DnnPreprocessor) -> None:
+        super().__init__()
+        cfg, e = prep.cfg, prep.cfg.emb_dim
+        self.image_feature = prep.image_feature
+        # The big hashed tables get sparse gradients (SparseAdam): a dense Adam
+        # step over every bucket would dominate CPU time.
+        self.item = nn.Embedding(cfg.item_buckets, e, padding_idx=0, sparse=True)
+        self.user = nn.Embedding(cfg.user_buckets, e, sparse=True)
+        self.cat = nn.Embedding(len(prep.categories) + 1, e)
+        self.tok = nn.Embedding(cfg.token_buckets, e, padding_idx=0, sparse=True)
+        self.pos = nn.Embedding(cfg.max_position + 1, e)
+        self.price = nn.Embedding(cfg.price_buckets + 2, e)
+        self.recency = nn.Embedding(cfg.history_len, e)
+        self.attn = nn.MultiheadAttention(e, cfg.attn_heads, batch_first=True)
+        self.norm = nn.LayerNorm(e)
+        self.hist_proj = nn.Linear(e, e)
+        width = 8 * e + 1
+        if prep.image_feature == "vector":
+            self.vec_proj = nn.Linear(prep.vector_dim, cfg.vector_proj_dim)
+            width += cfg.vector_proj_dim + 1
+        elif prep.image_feature == "simscore":
+            width += 2 * prep.n_slots
+        elif prep.image_feature == "cluster_id":
+            self.cluster = nn.Embedding(cfg.cluster_buckets, e, padding_idx=0, sparse=True)
+            width += 5 * e
+        layers: list[nn.Module] = []
+        for h in cfg.mlp_hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if cfg.dropout > 0:
+                layers.append(nn.Dropout(cfg.dropout))
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+        self.register_buffer("slots", torch.arange(cfg.history_len), persistent=False)
+
+    def _pooled_tokens(self, tok: torch.Tensor) -> torch.Tensor:
+        return _masked_mean(self.tok(tok), tok > 0)
+
+    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        hist = b["hist"]
+        valid = hist > 0
+        h = self.item(hist) + self.recency(self.slots)[None]
+        # Rows without history: unmask one (zero-padding) slot so attention is
+        # defined; the masked mean below still returns zeros for them.
+        kpm = ~valid
+        kpm[:, -1] = kpm[:, -1] & valid.any(1)
+        a, _ = self.attn(h, h, h, key_padding_mask=kpm, need_weights=False)
+        h = self.norm(h + a)
+        user_hist = self.hist_proj(_masked_mean(h, valid))
+        parts = [self.item(b["item"]), self.user(b["user"]), self.cat(b["cat"]),
+                 self._pooled_tokens(b["title"]), self._pooled_tokens(b["query"]),
+                 self.pos(b["pos"]), self.price(b["price"]), user_hist, b["hist_len"]]
+        if self.image_feature == "vector":
+            parts += [self.vec_proj(b["vec"]), b["vec_missing"]]
+        elif self.image_feature == "simscore":
+            parts.append(b["sim"])
+        elif self.image_feature == "cluster_id":
+            t = self.cluster(b["tc"])                       # [B, e]
+            hc = self.cluster(b["hc"])                      # [B, K, e]
+            hmask = b["hc"] > 0
+            logits = (hc @ t.unsqueeze(-1)).squeeze(-1) / math.sqrt(t.shape[-1])
+            w = torch.softmax(logits.masked_fill(~hmask, -1e9), dim=1) * hmask
+            att = (w.unsqueeze(-1) * hc).sum(1)             # zeros when no valid slot
+            mean = _masked_mean(hc, hmask)
+            parts += [t, att, t * att, mean, t * mean]
+        return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)
+
+
+@dataclass
+class DnnModel:
+    net: CtrDnn
+    prep: DnnPreprocessor
+    image_feature: str
+    seed: int
+    epoch_losses: list[float]
+    train_seconds: float
+
+
+def _resolve_cfg(cfg: DnnConfig | EvaluateConfig | None) -> DnnConfig:
+    if cfg is None:
+        return DnnConfig()
+    return cfg.dnn if isinstance(cfg, EvaluateConfig) else cfg
+
+
+class _Threads:
+    """Pin torch's intra-op threads for a block, then restore them."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.old)
+
+
+def _batch(t: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[idx] for k, v in t.items()}
+
+
+def train_dnn(train_df: pd.DataFrame, variant: str, cfg: DnnConfig | EvaluateConfig | None = None,
+              seed: int = 0, log_prefix: str = "") -> DnnModel:
+    """Train the DNN CTR model with image feature ``variant`` (one of
+    ``none|vector|simscore|cluster_id``) on ``train_df``; deterministic for a seed."""
+    if variant not in IMAGE_FEATURES:
+        raise ValueError(f"variant (image_feature) must be one of {IMAGE_FEATURES}, got {variant!r}")
+    cfg = _resolve_cfg(cfg)
+    check_ctr_frame(train_df, variant, "train frame")
+    y_np = pd.to_numeric(train_df["label"], errors="coerce").to_numpy(float)
+    if not np.isin(y_np, (0.0, 1.0)).all():
+        raise ValueError("train frame: label must be 0/1 without nulls")
+    t0 = time.perf_counter()
+    with _Threads(cfg.num_threads):
+        torch.manual_seed(seed)
+        prep = DnnPreprocessor.fit(train_df, variant, cfg)
+        data = prep.transform(train_df)
+        y = torch.from_numpy(y_np.astype(np.float32))
+        net = CtrDnn(prep)
+        sparse = [m.weight for m in net.modules() if isinstance(m, nn.Embedding) and m.sparse]
+        dense = [p for p in net.parameters() if all(p is not q for q in sparse)]
+        opts = [torch.optim.SparseAdam(sparse, lr=cfg.lr),
+                torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+        loss_fn = nn.BCEWithLogitsLoss()
+        gen = torch.Generator().manual_seed(seed)
+        n, losses = len(y), []
+        tag = f"dnn[{variant}{', ' + log_prefix if log_prefix else ''}] seed {seed}"
+        say("evaluate", f"{tag}: training on {n} rows, {cfg.epochs} epoch(s), "
+                        f"batch {cfg.batch_size}, {sum(p.numel() for p in net.parameters())} params")
+        last_log = time.perf_counter()
+        net.train()
+        for epoch in range(cfg.epochs):
+            perm = torch.randperm(n, generator=gen)
+            total, seen = 0.0, 0
+            for start in range(0, n, cfg.batch_size):
+                idx = perm[start:start + cfg.batch_size]
+                loss = loss_fn(net(_batch(data, idx)), y[idx])
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for opt in opts:
+                    opt.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+                if time.perf_counter() - last_log > cfg.log_every_s:
+                    last_log = time.perf_counter()
+                    say("evaluate", f"{tag}: epoch {epoch + 1}/{cfg.epochs} {seen}/{n} rows "
+                                    f"loss {total / seen:.4f} elapsed {last_log - t0:.1f}s")
+            losses.append(total / max(seen, 1))
+            say("evaluate", f"{tag}: epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f} "
+                            f"elapsed {time.perf_counter() - t0:.1f}s")
+    net.eval()
+    return DnnModel(net, prep, variant, seed, losses, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def score_dnn(model: DnnModel, test_df: pd.DataFrame, batch_size: int = 8192) -> np.ndarray:
+    """Click probabilities (float64) for every row of ``test_df``."""
+    check_ctr_frame(test_df, model.image_feature, "test frame")
+    with _Threads(model.prep.cfg.num_threads):
+        data = model.prep.transform(test_df)
+        model.net.eval()
+        out = [torch.sigmoid(model.net(_batch(data, torch.arange(s, min(s + batch_size, len(test_df))))))
+               for s in range(0, len(test_df), batch_size)]
+    return torch.cat(out).double().numpy()

@@ -1,0 +1,162 @@
+"""Delta feature tables: keyed MERGE upserts, column comments, time travel.
+
+``merge_upsert`` keeps one row per entity key:
+* the table is created on first write with a comment on every column,
+* a key already present is updated only when one of its values (including
+  ``model_version`` / ``centroid_version``) differs, so ``updated_at`` moves
+  only when something really changed and a re-run is a no-op,
+* a new key is inserted.
+Every write is one Delta commit: a consumer reads an earlier state with
+``read_features(spark, path, version=N)`` (time travel).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .tables import table_exists
+
+UPDATED_AT = "updated_at"
+
+ITEM_VISUAL_KEYS = ["item_id"]
+ITEM_VISUAL_COMMENTS = {
+    "item_id": "Item key (silver/items.item_id).",
+    "courier_cluster_id": "Nearest COURIER centroid of the item's embedding (ID feature); "
+                          "cluster ids are only comparable within one centroid_version.",
+    "distance": "Squared Euclidean distance of the L2-normalised embedding to that centroid (= 2 - 2 cos).",
+    "model_version": "Encoder that made the embedding (<method>/<vNNNN>, gold/item_embeddings).",
+    "centroid_version": "k-means run that made the centroids (gold/centroids).",
+    UPDATED_AT: "When these values last changed (UTC); unchanged on a re-run with the same values.",
+}
+
+IMPRESSION_VISUAL_KEYS = ["event_id"]
+IMPRESSION_VISUAL_COMMENTS = {
+    "event_id": "Impression key (silver/ctr_samples.event_id).",
+    "sim_scores": "SimScore: cos(target item, k-th latest history click), slot 0 = most recent click; "
+                  "null when the slot has no click or an item has no embedding.",
+    "hist_cluster_ids": "COURIER cluster ids of the same history clicks, same slot order; null when missing.",
+    "target_cluster_id": "COURIER cluster id of the impressed item (null without an embedding).",
+    "model_version": "Encoder that made the embeddings (<method>/<vNNNN>).",
+    "centroid_version": "k-means run the cluster ids refer to.",
+    UPDATED_AT: "When these values last changed (UTC); unchanged on a re-run with the same values.",
+}
+
+
+class FeatureVersionError(LookupError):
+    """A requested feature-table version does not exist (message lists the available ones)."""
+
+
+def _q(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _create_table(spark: SparkSession, path: str, schema: T.StructType, keys: Sequence[str],
+                  comments: Mapping[str, str]) -> None:
+    from delta.tables import DeltaTable
+
+    builder = DeltaTable.createIfNotExists(spark).location(path)
+    for f in schema.fields:
+        # Keys NOT NULL; values nullable whatever the first batch looked like
+        # (a later batch may carry nulls, e.g. an item without an embedding).
+        builder = builder.addColumn(f.name, f.dataType, nullable=f.name not in keys,
+                                    comment=comments.get(f.name))
+    builder.execute()
+
+
+def column_comments(spark: SparkSession, path: str) -> dict[str, str]:
+    """Column -> comment of a Delta table (from its schema metadata)."""
+    schema = spark.read.format("delta").load(path).schema
+    return {f.name: f.metadata["comment"] for f in schema.fields if "comment" in (f.metadata or {})}
+
+
+def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[str],
+                 comments: Mapping[str, str] | None = None, *, check_unique: bool = True) -> dict:
+    """Upsert ``df`` into the Delta table at ``path`` keyed by ``keys``.
+
+    ``df`` holds the keys and value columns (``model_version`` and
+    ``centroid_version`` included); ``updated_at`` is added here. Returns
+    ``{"version", "inserted", "updated", "unchanged_or_untouched", "source_rows"}``
+    from Delta's own operation metrics.
+    """
+    from delta.tables import DeltaTable
+
+    keys = list(keys)
+    if not keys:
+        raise ValueError("merge_upsert needs at least one key column")
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise ValueError(f"merge_upsert into {path}: key column(s) {missing} not in the input "
+                         f"({', '.join(df.columns)})")
+    if UPDATED_AT in df.columns:
+        df = df.drop(UPDATED_AT)
+    values = [c for c in df.columns if c not in keys]
+    src = df.withColumn(UPDATED_AT, F.current_timestamp())
+    if check_unique:
+        # MERGE would insert both rows of a duplicated new key: refuse instead.
+        dup = df.groupBy(*keys).count().filter("count > 1").limit(3).collect()
+        if dup:
+            raise ValueError(f"merge_upsert into {path}: the input repeats key(s) "
+                             f"{[tuple(r[k] for k in keys) for r in dup]}; keys {keys} must be unique")
+    if not table_exists(spark, path):
+        _create_table(spark, path, src.schema, keys, comments or {})
+    target = DeltaTable.forPath(spark, path)
+    have = target.toDF().columns
+    if sorted(have) != sorted(src.columns):
+        raise ValueError(f"merge_upsert into {path}: input columns {sorted(src.columns)} differ from "
+                         f"the table's {sorted(have)}")
+    on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in keys)
+    changed = " OR ".join(f"NOT (t.{_q(c)} <=> s.{_q(c)})" for c in values) or "false"
+    (target.alias("t").merge(src.alias("s"), on)
+     .whenMatchedUpdate(condition=changed, set={c: f"s.{_q(c)}" for c in values + [UPDATED_AT]})
+     .whenNotMatchedInsert(values={c: f"s.{_q(c)}" for c in src.columns})
+     .execute())
+    last = target.history(1).collect()[0]
+    m = last["operationMetrics"] or {}
+    return {"version": int(last["version"]),
+            "source_rows": int(m.get("numSourceRows", 0)),
+            "inserted": int(m.get("numTargetRowsInserted", 0)),
+            "updated": int(m.get("numTargetRowsUpdated", 0)),
+            "unchanged_or_untouched": int(m.get("numTargetRowsCopied", 0))}
+
+
+def feature_versions(spark: SparkSession, path: str) -> list[dict]:
+    """The table's commits, oldest first: version, timestamp, operation."""
+    from delta.tables import DeltaTable
+
+    if not table_exists(spark, path):
+        raise FeatureVersionError(f"no feature table at {path}; run `courier features` first")
+    rows = DeltaTable.forPath(spark, path).history().select("version", "timestamp", "operation").collect()
+    return sorted(({"version": int(r["version"]), "timestamp": r["timestamp"], "operation": r["operation"]}
+                   for r in rows), key=lambda d: d["version"])
+
+
+def read_features(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
+    """The feature table now, or as of Delta ``version`` (time travel)."""
+    if not table_exists(spark, path):
+        raise FeatureVersionError(f"no feature table at {path}; run `courier features` first")
+    reader = spark.read.format("delta")
+    if version is None:
+        return reader.load(path)
+    have = [v["version"] for v in feature_versions(spark, path)]
+    if int(version) not in have:
+        raise FeatureVersionError(
+            f"feature table {path} has no version {version}; available versions: "
+            f"{have[0]}..{have[-1]}" if have else f"feature table {path} has no versions")
+    try:
+        df = reader.option("versionAsOf", int(version)).load(path)
+        df.schema  # noqa: B018 - resolve now so a vacuumed/cleaned-up version fails here
+        return df
+    except Exception as e:  # noqa: BLE001 - re-raised with the table and version named
+        raise FeatureVersionError(f"feature table {path}: version {version} cannot be read "
+                                  f"(log or files cleaned up?): {e}") from e
+
+
+def join_visual_features(samples: DataFrame, item_visual: DataFrame, impression_visual: DataFrame) -> DataFrame:
+    """Attach both feature tables to CTR samples by key (left joins: a sample
+    without features keeps nulls; the caller zero-fills per its policy)."""
+    iv = item_visual.select("item_id", "courier_cluster_id", "distance")
+    ev = impression_visual.select("event_id", "sim_scores", "hist_cluster_ids")
+    return samples.join(iv, "item_id", "left").join(ev, "event_id", "left")

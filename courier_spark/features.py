@@ -1,0 +1,200 @@
+"""CTR features from embeddings: nearest-centroid cluster IDs and SimScores.
+
+* ``assign_cluster_ids``: the centroids are broadcast once (``sc.broadcast``);
+  each Python worker builds one faiss ``IndexFlatL2`` per broadcast (cached in
+  a module global keyed by the broadcast id, reused across tasks) and assigns
+  whole Arrow batches (``mapInPandas``): no per-row calls. New items are
+  assigned against the current centroid version without re-clustering
+  (``assign_new_items``), which is how production handles new items between
+  the rare full re-clusterings (method.md).
+* ``similarity_features``: cos(target, k-th latest history click) per slot
+  and the history items' cluster IDs, with Spark joins (see the function).
+
+Distances are squared Euclidean distances to the nearest centre (for unit
+vectors: 2 - 2 cos), the k-means objective's per-item term.
+"""
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+ASSIGN_SCHEMA = T.StructType([
+    T.StructField("item_id", T.LongType(), False),
+    T.StructField("cluster_id", T.IntegerType(), False),
+    T.StructField("distance", T.FloatType(), False),
+])
+
+
+@dataclass
+class FeaturesConfig:
+    """``features:`` section."""
+    centroid_version: str = "latest"   # cNNNN or latest (highest in gold/centroids)
+    k: int = 5                         # SimScore / history cluster-id slots (latest k clicks)
+    # Only assign items not yet in feature_store/item_visual for this centroid
+    # version; false re-assigns every item (unchanged rows are still not rewritten).
+    incremental: bool = True
+    faiss_threads: int = 1             # per Python worker; Spark already runs one task per core
+    # Broadcast-join the embedding table into the SimScore joins when it has
+    # at most this many MiB (vectors only); larger tables use shuffle joins.
+    broadcast_embeddings_mb: int = 64
+
+    def validate(self) -> "FeaturesConfig":
+        from .config import ConfigError
+        if self.k < 1:
+            raise ConfigError(f"features.k must be >= 1, got {self.k}")
+        if self.faiss_threads < 1:
+            raise ConfigError("features.faiss_threads must be >= 1")
+        return self
+
+
+# Per-Python-worker cache: broadcast key -> (faiss index, centroids).
+_INDEXES: dict[str, tuple[Any, np.ndarray]] = {}
+
+
+def _worker_index(key: str, centroids_bc, threads: int) -> tuple[Any, np.ndarray]:
+    if key not in _INDEXES:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+        c = np.ascontiguousarray(centroids_bc.value, dtype=np.float32)
+        index = faiss.IndexFlatL2(c.shape[1])
+        index.add(c)
+        _INDEXES.clear()  # one centroid set per worker at a time
+        _INDEXES[key] = (index, c)
+    return _INDEXES[key]
+
+
+def _assign_batches(batches: Iterator[pd.DataFrame], key: str, centroids_bc, threads: int
+                    ) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: (item_id, embedding) -> (item_id, cluster_id, distance)."""
+    from .cluster import _search
+
+    index, c = _worker_index(key, centroids_bc, threads)
+    for pdf in batches:
+        if len(pdf) == 0:
+            continue
+        x = np.ascontiguousarray(np.stack(pdf["embedding"].to_numpy()), dtype=np.float32)
+        if x.shape[1] != c.shape[1]:
+            raise ValueError(f"embedding dimension {x.shape[1]} != centroid dimension {c.shape[1]}")
+        ids, dist = _search(index, c, x)
+        yield pd.DataFrame({"item_id": pdf["item_id"].to_numpy(np.int64), "cluster_id": ids, "distance": dist})
+
+
+def assign_cluster_ids(embeddings_df: DataFrame, centroids: np.ndarray, spark: SparkSession | None = None,
+                       *, faiss_threads: int = 1) -> DataFrame:
+    """``item_id, embedding`` -> ``item_id, cluster_id (int), distance (float,
+    squared L2)`` of each item's nearest centroid. Rows with a null embedding
+    are skipped."""
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    if c.ndim != 2 or len(c) == 0:
+        raise ValueError(f"centroids must be a non-empty [k, d] array, got shape {c.shape}")
+    spark = spark or embeddings_df.sparkSession
+    bc = spark.sparkContext.broadcast(c)
+    # A module-level function + partial pickles by reference, so the worker's
+    # index cache (a module global) survives across tasks; the key (unique per
+    # broadcast) tells workers when the centroids changed.
+    fn = functools.partial(_assign_batches, key=uuid.uuid4().hex, centroids_bc=bc, threads=int(faiss_threads))
+    return (embeddings_df.filter(F.col("embedding").isNotNull())
+            .select(F.col("item_id").cast("long"), "embedding")
+            .mapInPandas(fn, schema=ASSIGN_SCHEMA))
+
+
+def assign_new_items(spark: SparkSession, embeddings_df: DataFrame, centroids: np.ndarray,
+                     centroid_version: str, model_version: str, feature_path: str,
+                     *, faiss_threads: int = 1) -> DataFrame:
+    """Like ``assign_cluster_ids`` but only for items that have no row in the
+    item feature table (``feature_path``) for this centroid and model version:
+    new items get the nearest existing centre without re-clustering."""
+    from .tables import table_exists
+
+    todo = embeddings_df
+    if table_exists(spark, feature_path):
+        done = (spark.read.format("delta").load(feature_path)
+                .filter((F.col("centroid_version") == centroid_version)
+                        & (F.col("model_version") == model_version))
+                .select("item_id"))
+        todo = embeddings_df.join(done, "item_id", "left_anti")
+    return assign_cluster_ids(todo, centroids, spark, faiss_threads=faiss_threads)
+
+
+def item_visual_rows(assigned: DataFrame, model_version: str, centroid_version: str) -> DataFrame:
+    """Assignment -> the feature_store/item_visual row shape (without updated_at)."""
+    return assigned.select("item_id", F.col("cluster_id").alias("courier_cluster_id"), "distance",
+                           F.lit(model_version).alias("model_version"),
+                           F.lit(centroid_version).alias("centroid_version"))
+
+
+def array_dot(a: Column, b: Column) -> Column:
+    """Dot product of two array<float> columns (null when either is null)."""
+    # Double accumulation: float32 products summed in order, deterministic per row.
+    return F.aggregate(F.zip_with(a, b, lambda x, y: x.cast("double") * y.cast("double")),
+                       F.lit(0.0).cast("double"), lambda acc, v: acc + v)
+
+
+def similarity_features(ctr_samples_df: DataFrame, embeddings_df: DataFrame, cluster_ids_df: DataFrame,
+                        k: int = 5, *, broadcast_embeddings: bool = False) -> DataFrame:
+    """Per impression: ``event_id, sim_scores array<float>[k], hist_cluster_ids
+    array<int>[k], target_cluster_id int``.
+
+    Slot 0 is the most recent history click (``hist_item_ids`` is oldest ->
+    newest, so slot j is its (j+1)-th element from the end). ``sim_scores[j]``
+    = cos(target embedding, slot-j click embedding), null when the slot has no
+    click or either item has no embedding; ``hist_cluster_ids[j]`` is the
+    click's cluster id (null when missing).
+
+    Why explode + join + aggregate rather than a UDF over a broadcast
+    embedding dict: it stays in the JVM (no Python serialisation of vectors)
+    and scales to embedding tables that do not fit in one worker's memory
+    (production: ~6e7 items). When the table is small the caller sets
+    ``broadcast_embeddings`` and the joins become map-side lookups, the same
+    data movement as a broadcast dict, so nothing is lost either way.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    emb = embeddings_df.select("item_id", "embedding",
+                               F.sqrt(array_dot(F.col("embedding"), F.col("embedding"))).alias("norm"))
+    emb = F.broadcast(emb) if broadcast_embeddings else emb
+    cids = cluster_ids_df.select("item_id", "cluster_id")
+    events = ctr_samples_df.select("event_id", F.col("item_id").cast("long").alias("item_id"),
+                                   F.coalesce("hist_item_ids", F.array().cast("array<bigint>")).alias("hist"))
+    # Latest k clicks, newest first: slot 0 = last element.
+    slots = events.select("event_id", "item_id",
+                          F.posexplode(F.slice(F.reverse("hist"), 1, k)).alias("slot", "hist_item_id"))
+    t = emb.select(F.col("item_id"), F.col("embedding").alias("t_emb"), F.col("norm").alias("t_norm"))
+    h = emb.select(F.col("item_id").alias("hist_item_id"), F.col("embedding").alias("h_emb"),
+                   F.col("norm").alias("h_norm"))
+    hc = cids.select(F.col("item_id").alias("hist_item_id"), F.col("cluster_id").alias("h_cid"))
+    per_slot = (slots.join(t, "item_id", "left").join(h, "hist_item_id", "left").join(hc, "hist_item_id", "left")
+                .select("event_id", "slot",
+                        (array_dot(F.col("t_emb"), F.col("h_emb")) / (F.col("t_norm") * F.col("h_norm")))
+                        .cast("float").alias("sim"),
+                        F.col("h_cid").cast("int").alias("cid")))
+    by_event = (per_slot.groupBy("event_id")
+                .agg(F.map_from_entries(F.collect_list(F.struct("slot", F.struct("sim", "cid")))).alias("m")))
+    idx = F.sequence(F.lit(0), F.lit(k - 1))
+    target = cids.select(F.col("item_id"), F.col("cluster_id").cast("int").alias("target_cluster_id"))
+    # try_element_at: a missing slot is null (plain [] errors under ANSI mode).
+    return (events.select("event_id", "item_id")
+            .join(by_event, "event_id", "left")
+            .join(target, "item_id", "left")
+            .select("event_id",
+                    F.transform(idx, lambda i: F.try_element_at("m", i)["sim"]).cast("array<float>")
+                    .alias("sim_scores"),
+                    F.transform(idx, lambda i: F.try_element_at("m", i)["cid"]).cast("array<int>")
+                    .alias("hist_cluster_ids"),
+                    "target_cluster_id"))
+
+
+def impression_visual_rows(sims: DataFrame, model_version: str, centroid_version: str) -> DataFrame:
+    """similarity_features output -> the feature_store/impression_visual row shape."""
+    return sims.select("event_id", "sim_scores", "hist_cluster_ids", "target_cluster_id",
+                       F.lit(model_version).alias("model_version"),
+                       F.lit(centroid_version).alias("centroid_version"))
