@@ -65,16 +65,17 @@ def run_train(ctx) -> dict:
                      "silver/items": table_version(spark, p.silver_items)}
     frame = pretrain_training_frame(samples, items, scfg.l_pv, scfg.l_click)
     spec = LoaderSpec(scfg.l_pv, scfg.l_click, tcfg.image_size, tcfg.batch_size)
+    workers = 1 if tcfg.backend == "local" else tcfg.num_proc
     with step("train", "materialising the training frame for petastorm"):
-        loader = SampleLoader.from_frame(frame, spec, os.path.join(p.root, "_cache", "petastorm"))
+        loader = SampleLoader.from_frame(frame, spec, os.path.join(p.root, "_cache", "petastorm"), workers)
     n_rows = len(loader)
-    if n_rows < tcfg.batch_size * tcfg.num_proc:
+    if n_rows < tcfg.batch_size * workers:
         raise ValueError(f"only {n_rows} pre-training rows: fewer than one global batch "
-                         f"({tcfg.batch_size} x {tcfg.num_proc} workers); lower train.batch_size")
+                         f"({tcfg.batch_size} x {workers} workers); lower train.batch_size")
     ckpt_dir = os.path.join(p.models, "_checkpoints", f"{tcfg.method}-{_config_hash(tcfg)}")
     resume = latest_checkpoint(ckpt_dir)
     say("train", f"method={tcfg.method} backbone={tcfg.backbone}@{tcfg.image_size}px backend={tcfg.backend} "
-                 f"workers={tcfg.num_proc} rows={n_rows} global batch={tcfg.batch_size * tcfg.num_proc} "
+                 f"workers={workers} rows={n_rows} global batch={tcfg.batch_size * workers} "
                  f"steps={tcfg.steps}" + (f" (resuming from {os.path.basename(resume)})" if resume else ""))
     try:
         results = run_distributed(train_worker, (tcfg, loader, ckpt_dir), tcfg.backend, tcfg.num_proc)

@@ -38,3 +38,19 @@ def tiny_config(**overrides: object) -> CourierConfig:
     }
     sets.update(overrides)
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])
+
+
+# Bad rows injected into the shared tiny dataset (validation tests count them).
+TINY_INJECT = {"synthetic.bad_null_keys": 6, "synthetic.bad_unknown_items": 4,
+               "synthetic.bad_duplicate_events": 5, "synthetic.bad_images": 3}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(spark, tmp_path_factory):
+    """generate -> validate -> samples once per test run on the tiny marketplace;
+    returns (StageContext, {stage: summary}). Shared by the pipeline tests."""
+    from courier_spark.stages import StageContext, run_stage
+    root = str(tmp_path_factory.mktemp("tiny") / "ds")
+    ctx = StageContext(spark, tiny_config(**TINY_INJECT), TablePaths.for_root(root))
+    out = {s: run_stage(s, ctx) for s in ("generate", "validate", "samples")}
+    return ctx, out

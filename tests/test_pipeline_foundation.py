@@ -7,22 +7,13 @@ import os
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.paths import TablePaths
-from courier_spark.stages import StageContext, run_stage
+from courier_spark.stages import run_stage
 from courier_spark.tables import read_table, table_version
 
-from .conftest import tiny_config
 
-INJECT = {"synthetic.bad_null_keys": 6, "synthetic.bad_unknown_items": 4,
-          "synthetic.bad_duplicate_events": 5, "synthetic.bad_images": 3}
-
-
-@pytest.fixture(scope="module")
-def built(spark, tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("found") / "ds")
-    ctx = StageContext(spark, tiny_config(**INJECT), TablePaths.for_root(root))
-    out = {s: run_stage(s, ctx) for s in ("generate", "validate", "samples")}
-    return ctx, out
+@pytest.fixture
+def built(tiny_dataset):
+    return tiny_dataset
 
 
 def test_quarantine_counts_equal_injected_bad_rows(built, spark):

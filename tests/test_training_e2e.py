@@ -24,12 +24,8 @@ TRAIN = {"train.backbone": "small_cnn", "train.embed_dim": 64, "train.image_size
 
 
 @pytest.fixture(scope="module")
-def samples_root(spark, tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("train") / "ds")
-    ctx = StageContext(spark, tiny_config(), TablePaths.for_root(root))
-    for s in ("generate", "validate", "samples"):
-        run_stage(s, ctx)
-    return root
+def samples_root(tiny_dataset):
+    return tiny_dataset[0].paths.root
 
 
 def test_horovod_training_learns(spark, samples_root):
@@ -53,7 +49,6 @@ def test_horovod_training_learns(spark, samples_root):
 def test_killed_training_resumes_from_checkpoint(samples_root):
     sets = {**TRAIN, "train.steps": 40, "train.checkpoint_every": 10, "train.backend": "local",
             "train.method": "courier_no_ucs", "train.log_every": 1}
-    sets.update({"synthetic.n_users": 60})
     args = [sys.executable, "-m", "courier_spark.cli", "train", "--root", samples_root]
     for k, v in sets.items():
         args += ["--set", f"{k}={v}"]

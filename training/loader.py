@@ -75,11 +75,15 @@ class SampleLoader:
         self.spec = spec
 
     @classmethod
-    def from_frame(cls, df: DataFrame, spec: LoaderSpec, cache_dir: str) -> "SampleLoader":
+    def from_frame(cls, df: DataFrame, spec: LoaderSpec, cache_dir: str,
+                   num_shards: int = 1) -> "SampleLoader":
         from petastorm.spark import SparkDatasetConverter, make_spark_converter
         df.sparkSession.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF,
                                  cache_dir if "://" in cache_dir else "file://" + cache_dir)
-        return cls(make_spark_converter(df), spec)
+        # Petastorm shards by parquet row group: every worker needs several,
+        # so write a few files with small row groups.
+        df = df.repartition(max(4, 4 * num_shards))
+        return cls(make_spark_converter(df, parquet_row_group_size_bytes=1 << 20), spec)
 
     def __len__(self) -> int:
         return len(self.converter)
@@ -87,7 +91,6 @@ class SampleLoader:
     def _transform_spec(self):
         from petastorm import TransformSpec
         s = self.spec
-        removed = [f"pv_img_{i}" for i in range(s.l_pv)] + [f"hist_img_{i}" for i in range(s.l_click)]
 
         def transform(pdf: pd.DataFrame) -> pd.DataFrame:
             arrays = decode_batch(pdf, s.l_pv, s.l_click, s.image_size)
@@ -97,7 +100,7 @@ class SampleLoader:
             return out
 
         img = (3, s.image_size, s.image_size)
-        return TransformSpec(transform, removed_fields=removed, edit_fields=[
+        return TransformSpec(transform, edit_fields=[
             ("pv_labels", np.int64, (s.l_pv,), False),
             ("pv_images", np.float32, (s.l_pv, *img), False),
             ("pv_mask", np.uint8, (s.l_pv,), False),

@@ -175,6 +175,7 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
     result = WorkerResult(rank, start, start, history)
     end = cfg.steps if cfg.max_steps_this_run is None else min(cfg.steps, start + cfg.max_steps_this_run)
     t0, n_img, step = time.perf_counter(), 0, start
+    window: list[tuple[float, float]] = []  # (loss, acc) since the last log line
     batches = loader.batches(shard=rank, num_shards=world, num_epochs=None,
                              workers=cfg.loader_workers, seed=cfg.seed + start)
     model.train()
@@ -183,14 +184,17 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
             break
         with autocast:
             loss, metrics = compute_loss(model, batch, cfg, collective, step)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
         step += 1
         n_img += int(batch["pv_mask"].sum() + batch["hist_mask"].sum())
+        window.append((float(metrics["loss"]), float(metrics.get("acc_pv", metrics.get("acc", float("nan"))))))
         if step % cfg.log_every == 0 or step == end or step == start + 1:
-            lv = float(metrics["loss"])
-            acc = float(metrics.get("acc_pv", metrics.get("acc", float("nan"))))
+            # mean over the steps since the last line: a steadier curve than one batch
+            lv = sum(w[0] for w in window) / len(window)
+            acc = sum(w[1] for w in window) / len(window)
+            window.clear()
             history.append((step, lv, acc))
             if rank == 0:
                 rate = n_img * world / max(time.perf_counter() - t0, 1e-9)

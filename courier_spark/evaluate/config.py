@@ -21,7 +21,7 @@ class DnnConfig:
 
     Defaults train ~100k rows in well under a minute on 2 threads."""
     epochs: int = 2
-    batch_size: int = 512
+    batch_size: int = 1024
     lr: float = 3e-3
     weight_decay: float = 1e-6
     emb_dim: int = 16
@@ -39,7 +39,10 @@ class DnnConfig:
     # Hidden widths of the MLP; the output layer makes it len+1 layers (5 by default).
     mlp_hidden: list = field(default_factory=lambda: [128, 64, 32, 16])
     dropout: float = 0.0
-    num_threads: int = 2
+    # torch intra-op threads. 1 by default: the model's ops are small, and with
+    # 2 OpenMP threads every op waits for the slower core - measured 10-15x
+    # slower per step when the other core is busy (Spark, another job).
+    num_threads: int = 1
     log_every_s: float = 10.0        # progress line cadence inside an epoch
 
     def __post_init__(self) -> None:

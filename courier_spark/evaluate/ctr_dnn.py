@@ -163,6 +163,28 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+class SmallMultiheadAttention(nn.Module):
+    """Multi-head self-attention written out with bmm: for head dims of 8 and
+    sequences of 20 it is several times faster on CPU than the fused kernel
+    behind ``nn.MultiheadAttention``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.dh = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        b, n, e = x.shape
+        q, k, v = (t.reshape(b, n, self.heads, self.dh).transpose(1, 2).reshape(b * self.heads, n, self.dh)
+                   for t in self.qkv(x).chunk(3, dim=-1))
+        scores = torch.bmm(q, k.transpose(1, 2)) / math.sqrt(self.dh)
+        mask = key_valid.repeat_interleave(self.heads, dim=0).unsqueeze(1)   # [b*h, 1, n]
+        w = torch.softmax(scores.masked_fill(~mask, -1e9), dim=-1)
+        o = torch.bmm(w, v).reshape(b, self.heads, n, self.dh).transpose(1, 2).reshape(b, n, e)
+        return self.out(o)
+
+
 class CtrDnn(nn.Module):
     def __init__(self, prep: DnnPreprocessor) -> None:
         super().__init__()
@@ -177,7 +199,7 @@ class CtrDnn(nn.Module):
         self.pos = nn.Embedding(cfg.max_position + 1, e)
         self.price = nn.Embedding(cfg.price_buckets + 2, e)
         self.recency = nn.Embedding(cfg.history_len, e)
-        self.attn = nn.MultiheadAttention(e, cfg.attn_heads, batch_first=True)
+        self.attn = SmallMultiheadAttention(e, cfg.attn_heads)
         self.norm = nn.LayerNorm(e)
         self.hist_proj = nn.Linear(e, e)
         width = 8 * e + 1
@@ -206,12 +228,9 @@ class CtrDnn(nn.Module):
         hist = b["hist"]
         valid = hist > 0
         h = self.item(hist) + self.recency(self.slots)[None]
-        # Rows without history: unmask one (zero-padding) slot so attention is
-        # defined; the masked mean below still returns zeros for them.
-        kpm = ~valid
-        kpm[:, -1] = kpm[:, -1] & valid.any(1)
-        a, _ = self.attn(h, h, h, key_padding_mask=kpm, need_weights=False)
-        h = self.norm(h + a)
+        # Rows without history attend uniformly over padding (finite -1e9 mask,
+        # no NaN); the masked mean below returns zeros for them anyway.
+        h = self.norm(h + self.attn(h, valid))
         user_hist = self.hist_proj(_masked_mean(h, valid))
         parts = [self.item(b["item"]), self.user(b["user"]), self.cat(b["cat"]),
                  self._pooled_tokens(b["title"]), self._pooled_tokens(b["query"]),

@@ -26,7 +26,7 @@ Generative story
   sessions are hours apart. A session has ``1 + Poisson(pages_per_session - 1)``
   pages (at most 12), 1-10 minutes apart. A page's category is drawn from the
   user's interests; its items are drawn from that category by popularity
-  without replacement (Gumbel top-k), in draw order, positions ``0..n-1``.
+  without replacement, in draw order, positions ``0..n-1``.
   A share ``query_rate`` of pages are searches (query = a category word), the
   rest recommendations (query None). All impressions of a page share
   ``request_id`` and ``event_ts``.
@@ -57,11 +57,13 @@ visual_click_share ~0.27.
 
 Determinism: one ``np.random.SeedSequence(seed)`` is split into independent
 streams (items, images, users, pages, clicks, bad rows), so e.g. changing
-``n_days`` leaves the items and their images unchanged.
+``n_days`` leaves the items and their images unchanged; every image has its
+own child seed (so rendering could be parallelised without changing bytes).
 """
 from __future__ import annotations
 
 import colorsys
+import functools
 import io
 from dataclasses import dataclass, field
 
@@ -201,10 +203,17 @@ def _shape_mask(shape: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(im, dtype=np.float32) / 255.0
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> np.ndarray:
+    g = np.mgrid[0:size, 0:size].astype(np.float32)
+    g.setflags(write=False)  # shared between calls
+    return g
+
+
 def _texture(pattern: int, size: int, primary: np.ndarray, secondary: np.ndarray,
              rng: np.random.Generator) -> np.ndarray:
     """size x size x 3 texture of the pattern in primary/secondary colours."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = _grid(size)
     period = size * rng.uniform(0.12, 0.2)
     px, py = rng.uniform(0, period, 2)  # pattern phase jitter
     name = PATTERNS[pattern]
@@ -279,8 +288,16 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _ids(prefix: str, n: int, width: int) -> np.ndarray:
-    # Zero-padded sequential ids as an object array of str (what pandas/Spark expect).
-    return np.array([f"{prefix}{k:0{width}d}" for k in range(n)], dtype=object)
+    """Zero-padded sequential ids ("e0000000042") as an object array of str.
+    Built digit by digit in numpy: a Python f-string loop over ~5M rows takes seconds."""
+    if n and n > 10 ** width:
+        raise ValueError(f"{n} ids do not fit in {width} digits")
+    buf = np.empty((n, len(prefix) + width), dtype=np.uint8)
+    buf[:, :len(prefix)] = np.frombuffer(prefix.encode(), dtype=np.uint8)
+    k = np.arange(n, dtype=np.int64)
+    for d in range(width):
+        buf[:, len(prefix) + width - 1 - d] = 48 + (k // 10 ** d) % 10
+    return buf.view(f"S{buf.shape[1]}").ravel().astype(str).astype(object)
 
 
 def _validate(p: MarketplaceParams) -> None:
@@ -303,7 +320,7 @@ def _validate(p: MarketplaceParams) -> None:
 
 # --------------------------------------------------------------------------- generation
 
-def _make_items(p: MarketplaceParams, rng: np.random.Generator, rng_img: np.random.Generator,
+def _make_items(p: MarketplaceParams, rng: np.random.Generator, img_seed: np.random.SeedSequence,
                 start_ns: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     n = p.n_items
     n_cat = len(CATEGORIES)
@@ -335,8 +352,11 @@ def _make_items(p: MarketplaceParams, rng: np.random.Generator, rng_img: np.rand
     # ids deliberately sparse and offset: code must never assume dense 0..n-1 ids
     item_id = (100_000 + np.arange(n, dtype=np.int64) * 7).astype(np.int64)
     fmt = p.image_format.lower()
-    images = [render_item_image(int(colour[i]), int(pattern[i]), int(shape[i]), p.image_size, rng_img, fmt)
-              for i in range(n)]
+    # one seed per item: an image depends only on (seed, item index), so the
+    # rendering (the slow part at scale) can be split across workers unchanged
+    images = [render_item_image(int(colour[i]), int(pattern[i]), int(shape[i]), p.image_size,
+                                np.random.default_rng(ss), fmt)
+              for i, ss in enumerate(img_seed.spawn(n))]
     cat_names = np.array([c.name for c in CATEGORIES], dtype=object)[cat]
     items = pd.DataFrame({
         "item_id": item_id,
@@ -420,31 +440,68 @@ def _sample_pages(p: MarketplaceParams, rng: np.random.Generator, interest: np.n
     order = np.lexsort((pg_user, pg_ts))
     pg_user, pg_ts, pg_cat = pg_user[order], pg_ts[order], pg_cat[order]
     is_query, query_word = is_query[order], query_word[order]
-    # items: Gumbel top-k per page within its category (= sequential sampling
-    # by popularity without replacement); chunked to bound memory
+    # items: sequential popularity sampling without replacement per page
     kpp = p.items_per_page
     slots = np.full((n_pages, kpp), -1, dtype=np.int64)
     for c in range(n_cat):
         cat_items = np.flatnonzero(item_cat == c)
         rows = np.flatnonzero(pg_cat == c)
-        if len(rows) == 0:
-            continue
-        lw = log_pop[cat_items].astype(np.float32)
-        kk = min(kpp, len(cat_items))
-        chunk = max(1, int(2e7 // len(cat_items)))
-        for a in range(0, len(rows), chunk):
-            r = rows[a:a + chunk]
-            e = rng.standard_exponential((len(r), len(cat_items)), dtype=np.float32)
-            keys = lw[None, :] - np.log(np.maximum(e, np.float32(1e-30)))  # -log(Exp) is Gumbel
-            if kk < len(cat_items):
-                top = np.argpartition(-keys, kk - 1, axis=1)[:, :kk]
-            else:
-                top = np.broadcast_to(np.arange(len(cat_items)), (len(r), len(cat_items)))
-            top_keys = np.take_along_axis(keys, top, axis=1)
-            top = np.take_along_axis(top, np.argsort(-top_keys, axis=1, kind="stable"), axis=1)
-            slots[r, :kk] = cat_items[top]
+        if len(rows):
+            slots[rows, :min(kpp, len(cat_items))] = cat_items[
+                _sample_without_replacement(rng, np.exp(log_pop[cat_items]), len(rows), kpp)]
     return {"user": pg_user, "ts": pg_ts, "cat": pg_cat, "is_query": is_query,
             "query_word": query_word, "slots": slots}
+
+
+def _sample_without_replacement(rng: np.random.Generator, weights: np.ndarray, n_rows: int,
+                                k: int) -> np.ndarray:
+    """(n_rows, min(k, len(weights))) local indices, each row drawn one by one
+    with probability proportional to `weights` among the not-yet-drawn ones.
+
+    Why not Gumbel top-k over the whole category: that costs rows x items
+    random numbers (~1e9 at the large setting). Drawing with replacement and
+    skipping repeats is the same process, and 4k draws per row almost always
+    give k distinct items. A row that got only j < k keeps those j (a valid
+    start of the process) and takes the rest by exact Gumbel top-(k-j) over
+    the items it has not drawn yet; tiny categories (k >= n) take that path
+    with j = 0."""
+    n = len(weights)
+    k = min(k, n)
+    out = np.empty((n_rows, k), dtype=np.int64)
+    prefix = np.full((n_rows, k), -1, dtype=np.int64)  # distinct draws so far, in order
+    n_pre = np.zeros(n_rows, dtype=np.int64)
+    if k < n:
+        cdf = np.cumsum(weights / weights.sum())
+        draws = np.minimum(np.searchsorted(cdf, rng.random((n_rows, 4 * k)) * cdf[-1], side="right"), n - 1)
+        # first occurrence of each value in its row (a stable sort keeps draw order)
+        order = np.argsort(draws, axis=1, kind="stable")
+        srt = np.take_along_axis(draws, order, axis=1)
+        first_sorted = np.ones_like(srt, dtype=bool)
+        first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        first = np.empty_like(first_sorted)
+        np.put_along_axis(first, order, first_sorted, axis=1)
+        # move the first occurrences to the front, in draw order
+        front = np.argsort(~first, axis=1, kind="stable")[:, :k]
+        n_pre = np.minimum(first.sum(axis=1), k)
+        col = np.arange(k)[None, :]
+        prefix = np.where(col < n_pre[:, None], np.take_along_axis(draws, front, axis=1), -1)
+    done = n_pre == k
+    out[done] = prefix[done]
+    rest = np.flatnonzero(~done)
+    lw = np.log(weights)
+    chunk = max(1, int(2e7 // n))
+    for a in range(0, len(rest), chunk):
+        r = rest[a:a + chunk]
+        e = rng.standard_exponential((len(r), n))
+        keys = lw[None, :] - np.log(np.maximum(e, 1e-300))  # -log(Exp(1)) is Gumbel
+        pre, j = prefix[r], n_pre[r]
+        rr, cc = np.nonzero(pre >= 0)
+        keys[rr, pre[rr, cc]] = -np.inf  # already drawn: never again
+        top = np.argsort(-keys, axis=1, kind="stable")[:, :k]  # descending key = draw order
+        col = np.arange(k)[None, :]
+        fill = np.take_along_axis(top, np.maximum(col - j[:, None], 0), axis=1)
+        out[r] = np.where(col < j[:, None], pre, fill)
+    return out
 
 
 def generate_marketplace(params: MarketplaceParams) -> Marketplace:
@@ -452,13 +509,13 @@ def generate_marketplace(params: MarketplaceParams) -> Marketplace:
     p = params
     _validate(p)
     streams = np.random.SeedSequence(p.seed).spawn(6)
-    rng_items, rng_img, rng_users, rng_pages, rng_clicks, rng_bad = (np.random.default_rng(s) for s in streams)
+    rng_items, _, rng_users, rng_pages, rng_clicks, rng_bad = (np.random.default_rng(s) for s in streams)
     start = pd.Timestamp(p.start_date)
     if start.tzinfo is not None:  # naive timestamps below mean UTC
         start = start.tz_convert("UTC").tz_localize(None)
     start_ns = int(start.value)
 
-    items, factors = _make_items(p, rng_items, rng_img, start_ns)
+    items, factors = _make_items(p, rng_items, streams[1], start_ns)
     users = _make_users(p, rng_users)
     cat_index = {c.name: i for i, c in enumerate(CATEGORIES)}
     item_cat = factors["category"].map(cat_index).to_numpy(np.int64)

@@ -1,0 +1,195 @@
+"""LightGBM screen on tabular features (fast; used to screen variants).
+
+Feature sets by ``image_feature``:
+
+* ``none`` (baseline): position, price, category (categorical), history
+  length, query present / query equals category, and smoothed click-through
+  statistics of the item, user and category with their impression counts.
+* ``simscore``: + the K similarity scores (NaN stays missing) and their
+  max / mean / count of valid slots.
+* ``cluster_id``: + ``target_cluster_id`` as a categorical feature, its smoothed
+  CTR, and how many / which share of the history clusters equal the target
+  cluster (and whether the most recent one does). A tree cannot compare two
+  ID columns by itself, and the cluster ID alone is item-level, so the match
+  features are how a tabular model sees "this user clicked this look before".
+* ``vector``: + the raw embedding dimensions.
+
+No leakage: every statistic comes from the train frame only. Train rows get
+*out-of-fold* statistics (folds by request_id hash, so a page's own labels
+never enter its features); test rows get statistics over all of train.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from ..progress import say
+from .config import IMAGE_FEATURES, EvaluateConfig, LgbmConfig
+from .frames import check_ctr_frame, stack_fixed
+
+_STAT_KEYS = {"item": "item_id", "user": "user_id", "category": "category"}
+
+
+def _fold_of(df: pd.DataFrame, k: int) -> np.ndarray:
+    key = df["request_id"] if "request_id" in df else pd.Series(np.arange(len(df)))
+    return (pd.util.hash_pandas_object(key.astype(str), index=False).to_numpy() % np.uint64(k)).astype(np.int64)
+
+
+def _key(s: pd.Series) -> pd.Series:
+    # One hashable dtype for ids and strings alike; missing -> "<na>".
+    return s.astype(object).where(s.notna(), "<na>").astype(str)
+
+
+@dataclass
+class _Stat:
+    """Click/impression sums per key over the whole train frame."""
+    sums: pd.DataFrame   # index key -> columns clicks, imps
+
+
+def _oof_stat(keys: pd.Series, y: np.ndarray, folds: np.ndarray, k: int, prior: float,
+              w: float) -> tuple[np.ndarray, np.ndarray, _Stat]:
+    """Out-of-fold smoothed CTR and impression count for train rows."""
+    d = pd.DataFrame({"k": keys.to_numpy(), "f": folds, "y": y})
+    tot = d.groupby("k").agg(clicks=("y", "sum"), imps=("y", "size"))
+    per = d.groupby(["k", "f"]).agg(clicks=("y", "sum"), imps=("y", "size"))
+    t = tot.reindex(d["k"]).to_numpy(float)
+    p = per.reindex(pd.MultiIndex.from_arrays([d["k"], d["f"]])).to_numpy(float)
+    clicks, imps = t[:, 0] - p[:, 0], t[:, 1] - p[:, 1]
+    # Rescale out-of-fold counts to the full-train scale the test rows see.
+    return (clicks + w * prior) / (imps + w), np.log1p(imps * k / (k - 1)), _Stat(tot)
+
+
+def _apply_stat(stat: _Stat, keys: pd.Series, prior: float, w: float) -> tuple[np.ndarray, np.ndarray]:
+    t = stat.sums.reindex(keys.to_numpy()).fillna(0.0).to_numpy(float)
+    return (t[:, 0] + w * prior) / (t[:, 1] + w), np.log1p(t[:, 1])
+
+
+@dataclass
+class LgbmModel:
+    booster: lgb.Booster
+    image_feature: str
+    cfg: LgbmConfig
+    seed: int
+    prior: float
+    stats: dict
+    categories: dict
+    n_slots: int
+    vector_dim: int
+    feature_names: list = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def _resolve_cfg(cfg: LgbmConfig | EvaluateConfig | None) -> LgbmConfig:
+    if cfg is None:
+        return LgbmConfig()
+    return cfg.lgbm if isinstance(cfg, EvaluateConfig) else cfg
+
+
+def _features(df: pd.DataFrame, m: LgbmModel, train_stats: dict | None) -> pd.DataFrame:
+    """Feature frame; ``train_stats`` holds out-of-fold stats for train rows,
+    None means "apply the full-train stats" (test rows)."""
+    n = len(df)
+    X = pd.DataFrame(index=pd.RangeIndex(n))
+    X["position"] = pd.to_numeric(df["position"], errors="coerce").to_numpy(float) if "position" in df else np.nan
+    price = pd.to_numeric(df["price"], errors="coerce").to_numpy(float) if "price" in df else np.full(n, np.nan)
+    X["log_price"] = np.log1p(price)
+    cat = df["category"] if "category" in df else pd.Series([None] * n)
+    X["category"] = pd.Categorical(cat.map(lambda c: m.categories.get(str(c), -1) if c is not None else -1)
+                                   .to_numpy(np.int64), categories=list(range(-1, len(m.categories))))
+    X["hist_len"] = df["hist_item_ids"].map(lambda h: 0 if h is None else len(h)).to_numpy(float)
+    q = df["query"] if "query" in df else pd.Series([None] * n)
+    X["has_query"] = q.notna().to_numpy(float)
+    X["query_is_category"] = (q.astype(object).fillna("").astype(str).str.lower().to_numpy()
+                              == cat.astype(object).fillna("\0").astype(str).str.lower().to_numpy()).astype(float)
+    stat_cols = dict(_STAT_KEYS)
+    if m.image_feature == "cluster_id":
+        stat_cols["cluster"] = "target_cluster_id"
+    for name, col in stat_cols.items():
+        if train_stats is not None:
+            ctr, cnt = train_stats[name]
+        else:
+            keys = _key(df[col]) if col in df else pd.Series(["<na>"] * n)
+            ctr, cnt = _apply_stat(m.stats[name], keys, m.prior, m.cfg.stat_prior_weight)
+        X[f"{name}_ctr"], X[f"{name}_log_imps"] = ctr, cnt
+    if m.image_feature == "simscore":
+        s = stack_fixed(df["sim_scores"], m.n_slots, np.float32, np.nan).astype(float)
+        for j in range(m.n_slots):
+            X[f"sim_{j}"] = s[:, j]
+        valid = ~np.isnan(s)
+        with np.errstate(all="ignore"):
+            X["sim_max"] = np.where(valid.any(1), np.nanmax(np.where(valid, s, -np.inf), 1), np.nan)
+            X["sim_mean"] = np.where(valid.any(1), np.nansum(s, 1) / np.maximum(valid.sum(1), 1), np.nan)
+        X["sim_n_valid"] = valid.sum(1).astype(float)
+    elif m.image_feature == "cluster_id":
+        tc = pd.to_numeric(df["target_cluster_id"], errors="coerce").fillna(-1).to_numpy(np.int64)
+        hc = stack_fixed(df["hist_cluster_ids"], m.n_slots, np.int64, -1)
+        # Cluster ids as a numeric column flagged categorical (LightGBM needs ints >= 0; -1 -> missing).
+        X["target_cluster_id"] = np.where(tc >= 0, tc, np.nan)
+        valid = hc >= 0
+        match = valid & (hc == tc[:, None]) & (tc[:, None] >= 0)
+        X["cluster_match_count"] = match.sum(1).astype(float)
+        X["cluster_match_frac"] = np.where(valid.any(1), match.sum(1) / np.maximum(valid.sum(1), 1), np.nan)
+        X["cluster_match_recent"] = np.where(valid[:, 0], match[:, 0], np.nan) if m.n_slots else np.nan
+    elif m.image_feature == "vector":
+        v = stack_fixed(df["target_embedding"], m.vector_dim, np.float32, 0.0).astype(float)
+        for j in range(m.vector_dim):
+            X[f"emb_{j}"] = v[:, j]
+    return X
+
+
+def train_lgbm(train_df: pd.DataFrame, variant: str, seed: int = 0,
+               cfg: LgbmConfig | EvaluateConfig | None = None) -> LgbmModel:
+    """Train the LightGBM screen with image feature ``variant`` on ``train_df``."""
+    if variant not in IMAGE_FEATURES:
+        raise ValueError(f"variant (image_feature) must be one of {IMAGE_FEATURES}, got {variant!r}")
+    cfg = _resolve_cfg(cfg)
+    check_ctr_frame(train_df, variant, "train frame")
+    y = pd.to_numeric(train_df["label"], errors="coerce").to_numpy(float)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("train frame: label must be 0/1 without nulls")
+    t0 = time.perf_counter()
+    cats = sorted(str(c) for c in train_df["category"].dropna().unique()) if "category" in train_df else []
+    n_slots = vector_dim = 0
+    if variant == "simscore":
+        n_slots = max((len(v) for v in train_df["sim_scores"] if v is not None), default=0)
+    elif variant == "cluster_id":
+        n_slots = max((len(v) for v in train_df["hist_cluster_ids"] if v is not None), default=0)
+    elif variant == "vector":
+        vector_dim = max((len(v) for v in train_df["target_embedding"] if v is not None), default=0)
+    prior = float(y.mean())
+    m = LgbmModel(booster=None, image_feature=variant, cfg=cfg, seed=seed, prior=prior, stats={},  # type: ignore[arg-type]
+                  categories={c: i for i, c in enumerate(cats)}, n_slots=n_slots, vector_dim=vector_dim)
+    folds = _fold_of(train_df, cfg.stat_folds)
+    oof = {}
+    stat_cols = dict(_STAT_KEYS, **({"cluster": "target_cluster_id"} if variant == "cluster_id" else {}))
+    for name, col in stat_cols.items():
+        keys = _key(train_df[col]) if col in train_df else pd.Series(["<na>"] * len(train_df))
+        ctr, cnt, stat = _oof_stat(keys, y, folds, cfg.stat_folds, prior, cfg.stat_prior_weight)
+        oof[name], m.stats[name] = (ctr, cnt), stat
+    X = _features(train_df, m, oof)
+    m.feature_names = list(X.columns)
+    cat_feats = ["category"] + (["target_cluster_id"] if variant == "cluster_id" else [])
+    params = {
+        "objective": "binary", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
+        "min_data_in_leaf": cfg.min_data_in_leaf, "feature_fraction": cfg.feature_fraction,
+        "bagging_fraction": cfg.bagging_fraction, "bagging_freq": cfg.bagging_freq,
+        "lambda_l2": cfg.lambda_l2, "num_threads": cfg.num_threads, "seed": seed,
+        "deterministic": True, "force_row_wise": True, "verbose": -1,
+    }
+    ds = lgb.Dataset(X, label=y, categorical_feature=cat_feats, free_raw_data=True)
+    m.booster = lgb.train(params, ds, num_boost_round=cfg.num_boost_round)
+    m.train_seconds = time.perf_counter() - t0
+    say("evaluate", f"lgbm[{variant}] seed {seed}: {len(X)} rows, {X.shape[1]} features, "
+                    f"{cfg.num_boost_round} rounds in {m.train_seconds:.1f}s")
+    return m
+
+
+def score_lgbm(model: LgbmModel, test_df: pd.DataFrame) -> np.ndarray:
+    """Click probabilities (float64) for every row of ``test_df``."""
+    check_ctr_frame(test_df, model.image_feature, "test frame")
+    X = _features(test_df, model, None)
+    return np.asarray(model.booster.predict(X, num_threads=model.cfg.num_threads), dtype=np.float64)
