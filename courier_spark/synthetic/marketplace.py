@@ -610,24 +610,24 @@ def _inject_bad_rows(p: MarketplaceParams, rng: np.random.Generator, imps: pd.Da
         # duplicates: identical copies of rows that are otherwise valid, appended
         # (a late re-delivery); only the copy counts as bad
         dups = imps.iloc[np.sort(dup_rows)].copy() if n_dup else None
-        # null keys, spread round-robin over the key columns; nullable dtypes
-        # only for integer/bool columns that actually receive a null
+        # null keys, spread round-robin over the key columns. An int/bool column
+        # that receives a null becomes object dtype (Python int/bool + None):
+        # unlike pandas Int64/boolean, that converts to Spark LongType /
+        # BooleanType with and without Arrow.
         for j, col_name in enumerate(NULL_KEY_COLUMNS):
             rows = null_rows[j::len(NULL_KEY_COLUMNS)]
             if len(rows) == 0:
                 continue
-            if col_name in ("user_id", "item_id"):
-                imps[col_name] = imps[col_name].astype("Int64")
-                imps.loc[rows, col_name] = pd.NA
-            elif col_name == "clicked":
-                imps[col_name] = imps[col_name].astype("boolean")
-                imps.loc[rows, col_name] = pd.NA
+            if col_name in ("user_id", "item_id", "clicked"):
+                vals = imps[col_name].to_numpy().astype(object)  # numpy scalars -> Python int/bool
+                vals[rows] = None
+                imps[col_name] = pd.Series(vals, index=imps.index, dtype=object)
             elif col_name == "event_ts":
                 imps.loc[rows, col_name] = pd.NaT
             else:
                 imps.loc[rows, col_name] = None
         if dups is not None:
-            for c in dups.columns:  # keep the (possibly nullable) dtypes of the main frame
+            for c in dups.columns:  # match the main frame (object where nulls were injected)
                 dups[c] = dups[c].astype(imps[c].dtype)
             imps = pd.concat([imps, dups], ignore_index=True)
     if p.bad_images:
