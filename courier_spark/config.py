@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping, get_type_hints
 
 import yaml
 
+from .synthetic.marketplace import MarketplaceParams
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULT_CONFIG = CONF_DIR / "local.yaml"
 
@@ -38,27 +40,9 @@ class SparkConfig:
     extra: dict = field(default_factory=dict)  # any other spark.* setting
 
 
-@dataclass
-class SyntheticConfig:
-    seed: int = 7
-    n_users: int = 1500
-    n_items: int = 3000
-    n_days: int = 10
-    start_date: str = "2026-09-01"
-    sessions_per_user_day: float = 0.6
-    pages_per_session: float = 3.0
-    items_per_page: int = 10
-    image_size: int = 64
-    image_format: str = "png"
-    query_rate: float = 0.7
-    base_logit: float = -2.6
-    w_popularity: float = 0.8
-    w_position: float = 0.35
-    w_visual: float = 2.0
-    bad_null_keys: int = 0
-    bad_unknown_items: int = 0
-    bad_duplicate_events: int = 0
-    bad_images: int = 0
+# The synthetic marketplace's parameters are its own dataclass (one
+# definition of the knobs, used by the generator and the config alike).
+SyntheticConfig = MarketplaceParams
 
 
 @dataclass

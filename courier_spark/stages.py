@@ -25,10 +25,10 @@ class StageContext:
 
 def run_generate(ctx: StageContext) -> dict:
     """Write the synthetic marketplace as bronze tables (+ hidden truth)."""
-    from .synthetic import MarketplaceParams, generate_marketplace
+    from .synthetic import generate_marketplace
     from .synthetic.spark_io import marketplace_to_spark
 
-    params = MarketplaceParams(**dataclasses.asdict(ctx.cfg.synthetic))
+    params = ctx.cfg.synthetic
     with step("generate", f"synthesising marketplace (users={params.n_users}, items={params.n_items}, "
                           f"days={params.n_days}, seed={params.seed})"):
         market = generate_marketplace(params)

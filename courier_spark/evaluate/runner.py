@@ -1,0 +1,220 @@
+"""Train every (variant, model kind, seed), score the test split, summarise.
+
+Lifts are measured against the baseline variant on the *same* test rows
+(checked by event_id): ``lift_*_pct = 100 * (metric / baseline_metric - 1)``
+(relative %), ``auc_delta`` = absolute AUC difference. ``real`` applies
+``metrics.is_real_difference`` (|mean diff| > real_k * pooled seed std) to
+the per-seed values of the variant and of the baseline.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..progress import say
+from .config import IMAGE_FEATURES, EvaluateConfig
+from .frames import check_ctr_frame
+from .metrics import auc, gauc, is_real_difference, per_category_auc, per_category_lift, summarize_seeds
+
+PREDICTION_COLUMNS = ["variant", "model_kind", "event_id", "request_id", "session_id", "category",
+                      "label", "score"]
+_METRICS = ("auc", "gauc", "gauc_session")
+REAL_RULE = "real = |mean(variant) - mean(baseline)| > {k} * sqrt((var_variant + var_baseline) / 2) over seeds (ddof=1)"
+LIFT_DEFINITION = "lift_<metric>_pct = 100 * (variant / baseline - 1) (relative %); auc_delta = variant - baseline"
+
+
+def _train_and_score(kind: str, train_df: pd.DataFrame, test_df: pd.DataFrame, image_feature: str,
+                     seed: int, cfg: EvaluateConfig, tag: str) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    if kind == "dnn":
+        from .ctr_dnn import score_dnn, train_dnn   # torch is imported only when needed
+        scores = score_dnn(train_dnn(train_df, image_feature, cfg.dnn, seed, log_prefix=tag), test_df)
+    elif kind == "lgbm":
+        from .lgbm import score_lgbm, train_lgbm
+        scores = score_lgbm(train_lgbm(train_df, image_feature, seed, cfg.lgbm), test_df)
+    else:
+        raise ValueError(f"unknown model kind {kind!r} (expected dnn or lgbm)")
+    return scores, time.perf_counter() - t0
+
+
+def _pick_baseline(variants: Sequence[tuple[str, str]], wanted: str) -> str | None:
+    names = [n for n, _ in variants]
+    if wanted in names:
+        return wanted
+    return next((n for n, f in variants if f == "none"), None)
+
+
+def evaluate_variants(frames: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]],
+                      variants: Sequence[tuple[str, str]],
+                      model_kinds: Sequence[str] | None = None,
+                      seeds: Sequence[int] | None = None,
+                      cfg: EvaluateConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluate ``variants`` [(name, image_feature)] on ``frames[name] = (train, test)``.
+
+    ``model_kinds``/``seeds`` default to ``cfg.model_kinds``/``cfg.seeds``
+    (("dnn", "lgbm"), (0, 1, 2)). Returns ``(results, predictions)``: one
+    results row per (variant, model_kind) with seed mean/std of AUC, GAUC by
+    request_id and by session_id, lifts over the baseline and whether they are
+    real; predictions of the first seed (``PREDICTION_COLUMNS``).
+    """
+    cfg = cfg or EvaluateConfig()
+    model_kinds = list(model_kinds if model_kinds is not None else cfg.model_kinds)
+    seeds = [int(s) for s in (seeds if seeds is not None else cfg.seeds)]
+    if not variants or not seeds or not model_kinds:
+        raise ValueError("evaluate_variants needs at least one variant, one seed and one model kind")
+    names = [n for n, _ in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate variant names in {names}")
+    for name, feat in variants:
+        if feat not in IMAGE_FEATURES:
+            raise ValueError(f"variant {name!r}: image_feature must be one of {IMAGE_FEATURES}, got {feat!r}")
+        if name not in frames:
+            raise KeyError(f"variant {name!r} has no frames (frames has {sorted(frames)})")
+        check_ctr_frame(frames[name][0], feat, f"{name} train frame")
+        check_ctr_frame(frames[name][1], feat, f"{name} test frame")
+        for col in ("request_id", "session_id"):
+            if col not in frames[name][1].columns:
+                raise KeyError(f"{name} test frame: missing column {col!r} (needed for GAUC)")
+    base = _pick_baseline(variants, cfg.baseline)
+    if base is not None and "event_id" in frames[base][1].columns:
+        ref = set(frames[base][1]["event_id"])
+        for name, _ in variants:
+            other = frames[name][1]
+            if "event_id" not in other.columns or set(other["event_id"]) != ref:
+                raise ValueError(f"variant {name!r}: its test rows differ from the baseline's ({base!r}); "
+                                 "lifts are only meaningful on the same test impressions")
+
+    t_all = time.perf_counter()
+    runs, preds = [], []
+    for name, feat in variants:
+        train_df, test_df = frames[name]
+        y = pd.to_numeric(test_df["label"]).to_numpy(np.int64)
+        for kind in model_kinds:
+            for seed in seeds:
+                scores, secs = _train_and_score(kind, train_df, test_df, feat, seed, cfg, name)
+                row = {"variant": name, "image_feature": feat, "model_kind": kind, "seed": seed,
+                       "train_seconds": secs, "n_train": len(train_df), "n_test": len(test_df),
+                       "auc": auc(y, scores)}
+                for metric, col in (("gauc", "request_id"), ("gauc_session", "session_id")):
+                    g = gauc(y, scores, test_df[col], cfg.gauc_weighting)
+                    row[metric], row[f"{metric}_groups"] = g.value, g.n_groups_used
+                runs.append(row)
+                say("evaluate", f"{name} / {kind} / seed {seed}: auc {row['auc']:.4f} gauc {row['gauc']:.4f} "
+                                f"gauc_session {row['gauc_session']:.4f} ({secs:.1f}s, total "
+                                f"{time.perf_counter() - t_all:.0f}s)")
+                if seed == seeds[0]:
+                    p = pd.DataFrame({c: test_df[c].to_numpy() if c in test_df.columns else None
+                                      for c in PREDICTION_COLUMNS[2:-2]})
+                    p.insert(0, "model_kind", kind)
+                    p.insert(0, "variant", name)
+                    p["label"] = y
+                    p["score"] = scores
+                    preds.append(p)
+    runs_df = pd.DataFrame(runs)
+    results = summarize_runs(runs_df, base, cfg.real_k, cfg.gauc_weighting)
+    results.attrs.update({"baseline": base, "real_k": cfg.real_k, "gauc_weighting": cfg.gauc_weighting,
+                          "seeds": seeds, "prediction_seed": seeds[0], "main_model": cfg.main_model})
+    predictions = pd.concat(preds, ignore_index=True)[PREDICTION_COLUMNS]
+    return results, predictions
+
+
+def summarize_runs(runs: pd.DataFrame, baseline: str | None, real_k: float = 2.0,
+                   gauc_weighting: str = "impressions") -> pd.DataFrame:
+    """Per-seed run rows -> one row per (variant, model_kind) with mean/std, lifts and ``real``."""
+    out = []
+    for (name, kind), part in runs.groupby(["variant", "model_kind"], sort=False):
+        part = part.sort_values("seed")
+        row: dict = {"variant": name, "image_feature": part["image_feature"].iloc[0], "model_kind": kind,
+                     "is_baseline": name == baseline, "n_seeds": len(part),
+                     "n_train": int(part["n_train"].iloc[0]), "n_test": int(part["n_test"].iloc[0])}
+        for m in _METRICS:
+            s = summarize_seeds(part[m].tolist())
+            row[m], row[f"{m}_std"], row[f"{m}_seeds"] = s.mean, s.std, part[m].tolist()
+        row["gauc_groups"] = int(part["gauc_groups"].iloc[0])
+        row["gauc_session_groups"] = int(part["gauc_session_groups"].iloc[0])
+        row["train_seconds"] = float(part["train_seconds"].mean())
+        out.append(row)
+    res = pd.DataFrame(out)
+    for m in _METRICS:
+        res[f"lift_{m}_pct"] = np.nan
+        res[f"real_{m}"] = False
+    res["auc_delta"] = np.nan
+    if baseline is not None:
+        for i, r in res.iterrows():
+            b = res[(res["variant"] == baseline) & (res["model_kind"] == r["model_kind"])]
+            if b.empty:
+                continue
+            b = b.iloc[0]
+            res.at[i, "auc_delta"] = r["auc"] - b["auc"]
+            for m in _METRICS:
+                res.at[i, f"lift_{m}_pct"] = 100.0 * (r[m] / b[m] - 1.0)
+                res.at[i, f"real_{m}"] = (not r["is_baseline"]) and is_real_difference(
+                    r[f"{m}_seeds"], b[f"{m}_seeds"], real_k)
+    res = res.rename(columns={"real_auc": "real"})
+    res["gauc_weighting"] = gauc_weighting
+    return res
+
+
+def per_category_results(predictions: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
+    """Per (model_kind, variant, category) AUC from the predictions, with lift over ``baseline``."""
+    return per_category_lift(per_category_auc(predictions), baseline)
+
+
+def _clean(v: object) -> object:
+    if isinstance(v, (np.floating, float)):
+        return None if math.isnan(float(v)) else float(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_clean(x) for x in v]
+    return v
+
+
+_JSON_KEYS = ["image_feature", "n_seeds", "n_train", "n_test",
+              "auc", "auc_std", "gauc", "gauc_std", "gauc_session", "gauc_session_std",
+              "gauc_weighting", "gauc_groups", "gauc_session_groups",
+              "lift_auc_pct", "lift_gauc_pct", "lift_gauc_session_pct", "auc_delta",
+              "real", "real_gauc", "real_gauc_session", "auc_seeds", "gauc_seeds", "gauc_session_seeds",
+              "train_seconds"]
+
+
+def metrics_dict(results: pd.DataFrame, main_model: str | None = None) -> dict:
+    """``{"variants": {NAME: {...}}}`` for the main model (DNN unless absent),
+    plus one sibling dict per other model kind, e.g. ``{"lgbm": {"variants": ...}}``."""
+    kinds = list(dict.fromkeys(results["model_kind"]))
+    main = main_model or results.attrs.get("main_model", "dnn")
+    if main not in kinds:
+        main = kinds[0]
+
+    def block(kind: str) -> dict:
+        part = results[results["model_kind"] == kind]
+        return {r["variant"]: {k: _clean(r[k]) for k in _JSON_KEYS if k in r.index}
+                for _, r in part.iterrows()}
+
+    out: dict = {"main_model": main, "baseline": results.attrs.get("baseline"),
+                 "gauc_weighting": results.attrs.get("gauc_weighting",
+                                                     _clean(results["gauc_weighting"].iloc[0])),
+                 "seeds": results.attrs.get("seeds"),
+                 "real_rule": REAL_RULE.format(k=results.attrs.get("real_k", 2.0)),
+                 "lift_definition": LIFT_DEFINITION,
+                 "variants": block(main)}
+    for kind in kinds:
+        if kind != main:
+            out[kind] = {"variants": block(kind)}
+    return out
+
+
+def write_metrics_json(path: str, results: pd.DataFrame, main_model: str | None = None) -> str:
+    """Write ``metrics_dict(results)`` as JSON to ``path`` (parent dirs created)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(metrics_dict(results, main_model), fh, indent=2, sort_keys=True)
+    return path
