@@ -217,6 +217,8 @@ def test_injected_bad_rows_exact_and_detectable():
     assert null_row.sum() == 13
     assert (imps[keys].isna().sum(axis=1) <= 1).all()  # one null key per bad row
     assert (imps[keys].isna().sum() >= 2).all()          # spread over every key column
+    for c in ("user_id", "item_id", "clicked"):  # Spark-convertible without Arrow: Python values + None
+        assert {type(v) for v in imps[c] if v is not None} == ({bool} if c == "clicked" else {int})
     unknown = imps["item_id"].notna() & ~imps["item_id"].isin(m.items["item_id"])
     assert unknown.sum() == 7
     assert not (unknown & null_row).any()

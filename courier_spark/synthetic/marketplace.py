@@ -13,11 +13,12 @@ Generative story
 ----------------
 * Items: category (``CATEGORIES``, fixed shares), colour (8 hues), pattern
   (solid / stripes / dots / checks), shape (circle / square / triangle / star /
-  cross), Zipf-like popularity ``pop = rank ** -ZIPF_EXPONENT`` (random rank within
-  the category),
-  lognormal price by category, a title from brand + adjective + category noun
-  (no look words), an image rendered from the factors with background, size,
-  position, hue and pattern-phase jitter plus pixel noise (no two identical).
+  cross), Zipf-like popularity ``pop = rank ** -ZIPF_EXPONENT`` (random rank
+  within the category), lognormal price by category, a title from brand +
+  adjective + category noun (no look words), an image rendered from the
+  factors with background, size, position, tilt, hue and pattern-phase jitter
+  plus pixel noise (no two identical). Ids are sparse on purpose
+  (item_id = 100000 + 7 i, user_id = 5000000 + 3 u).
 * Users: favourite colour, pattern and shape (uniform), category interests
   (85 % of the mass on 2-3 favourite categories via a Dirichlet, the rest
   spread by category share), and a click bias ``b_u ~ N(0, 0.6)``.
@@ -52,8 +53,8 @@ visual term" is then a user who is indifferent to an item's look, so
 ``visual_click_share = (sum p - sum p_without_visual) / sum p`` over all
 impressions reads as the share of clicks caused by looks. (Centring on the
 mean match would leave only the Jensen gap of the sigmoid, ~0.1, for the same
-click behaviour.) With the defaults: CTR ~0.09 (visual categories ~0.10, others ~0.07) and
-visual_click_share ~0.27.
+click behaviour.) With the defaults: CTR ~0.09 (visual categories ~0.10,
+others ~0.07) and visual_click_share ~0.27.
 
 Determinism: one ``np.random.SeedSequence(seed)`` is split into independent
 streams (items, images, users, pages, clicks, bad rows), so e.g. changing
@@ -152,6 +153,18 @@ class MarketplaceParams:
 
 @dataclass
 class Marketplace:
+    """Generated data.
+
+    items: item_id int64, category str, title str, price float64, image bytes,
+        updated_at datetime64[ns] (naive, UTC).
+    impressions: event_id str, request_id str, user_id int64, query str/None,
+        item_id int64, position int32, event_ts datetime64[ns] (naive, UTC),
+        clicked bool; ordered by event_ts, page by page. A key column that
+        received injected nulls is object dtype (Python values + None).
+    item_factors / user_tastes: hidden truth, evaluation only.
+    injected: bad rows per reason (what a validator must count).
+    stats: click-model numbers, computed before bad-row injection.
+    """
     items: pd.DataFrame
     impressions: pd.DataFrame
     item_factors: pd.DataFrame
