@@ -107,6 +107,7 @@ def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[s
     if sorted(have) != sorted(src.columns):
         raise ValueError(f"merge_upsert into {path}: input columns {sorted(src.columns)} differ from "
                          f"the table's {sorted(have)}")
+    before = int(target.history(1).select("version").collect()[0][0])
     on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in keys)
     changed = " OR ".join(f"NOT (t.{_q(c)} <=> s.{_q(c)})" for c in values) or "false"
     (target.alias("t").merge(src.alias("s"), on)
@@ -114,6 +115,8 @@ def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[s
      .whenNotMatchedInsert(values={c: f"s.{_q(c)}" for c in src.columns})
      .execute())
     last = target.history(1).collect()[0]
+    if int(last["version"]) == before:  # nothing to merge (empty source): Delta made no commit
+        return {"version": before, "source_rows": 0, "inserted": 0, "updated": 0, "unchanged_or_untouched": 0}
     m = last["operationMetrics"] or {}
     return {"version": int(last["version"]),
             "source_rows": int(m.get("numSourceRows", 0)),

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import time
 import zlib
 from dataclasses import dataclass, field

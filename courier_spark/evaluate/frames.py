@@ -78,7 +78,8 @@ def make_toy_ctr_frames(n_users: int = 300, n_items: int = 1500, seed: int = 0,
                         items_per_page: int = 10, pages_per_session: int = 2,
                         n_styles: int = 12, n_categories: int = 6, emb_dim: int = 16,
                         k_slots: int = 10, test_fraction: float = 0.25,
-                        missing_embedding_rate: float = 0.05, return_truth: bool = False):
+                        missing_embedding_rate: float = 0.05, return_truth: bool = False
+                        ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]] | tuple[dict, pd.DataFrame]:
     """Toy CTR frames: ``{variant_name: (train_df, test_df)}`` for ``TOY_VARIANTS``.
 
     Every frame carries all image-feature columns, so each variant reads the
