@@ -100,12 +100,17 @@ def run_train(ctx: StageContext) -> dict:
     return _run(ctx)
 
 
+from .visual_stages import run_cluster, run_embed, run_features  # noqa: E402
+
 # Stage order of the pipeline: raw -> samples -> training -> embeddings -> ...
 STAGES: dict[str, Callable[[StageContext], dict]] = {
     "generate": run_generate,
     "validate": run_validate,
     "samples": run_samples,
     "train": run_train,
+    "embed": run_embed,
+    "cluster": run_cluster,
+    "features": run_features,
 }
 
 

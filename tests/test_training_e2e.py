@@ -72,3 +72,21 @@ def test_killed_training_resumes_from_checkpoint(samples_root):
     steps = [h[0] for h in m["history"]]
     assert steps == sorted(set(steps)) and steps[-1] == 40
     assert all(h[1] == h[1] and h[1] < 1e6 for h in m["history"])  # finite
+
+
+def test_trained_encoder_flows_to_feature_store(spark, samples_root):
+    """train (above) -> embed -> cluster -> features through the stage functions."""
+    from courier_spark.tables import read_table
+    cfg = tiny_config(**{"cluster.k": 8})
+    ctx = StageContext(spark, cfg, TablePaths.for_root(samples_root))
+    for s in ("embed", "cluster", "features"):
+        run_stage(s, ctx)
+    p = ctx.paths
+    items = read_table(spark, p.silver_items)
+    emb = read_table(spark, p.item_embeddings)
+    with_image = items.filter("image is not null").count()
+    assert emb.select("item_id").distinct().count() == with_image  # items without images: none
+    iv = read_table(spark, p.item_visual_features)
+    assert iv.count() == with_image and iv.select("courier_cluster_id").distinct().count() > 1
+    imp = read_table(spark, p.impression_visual_features)
+    assert imp.count() == read_table(spark, p.ctr_samples).count()

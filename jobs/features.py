@@ -1,0 +1,5 @@
+"""spark-submit entry point for `courier features` (see README)."""
+from courier_spark.cli import job_main
+
+if __name__ == "__main__":
+    job_main("features")
