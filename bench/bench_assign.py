@@ -78,7 +78,6 @@ def main() -> None:
     import faiss
     from pyspark.ml.clustering import KMeans
     from pyspark.ml.functions import array_to_vector
-    from pyspark.sql import functions as F
 
     from courier_spark.cluster import train_kmeans
     from courier_spark.config import SparkConfig

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..progress import say
 from .config import IMAGE_FEATURES, DnnConfig, EvaluateConfig
-from .frames import check_ctr_frame, stack_fixed
+from .frames import check_ctr_frame, stack_fixed, train_labels
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -287,13 +287,8 @@ def train_dnn(train_df: pd.DataFrame, variant: str, cfg: DnnConfig | EvaluateCon
               seed: int = 0, log_prefix: str = "") -> DnnModel:
     """Train the DNN CTR model with image feature ``variant`` (one of
     ``none|vector|simscore|cluster_id``) on ``train_df``; deterministic for a seed."""
-    if variant not in IMAGE_FEATURES:
-        raise ValueError(f"variant (image_feature) must be one of {IMAGE_FEATURES}, got {variant!r}")
+    y_np = train_labels(train_df, variant)
     cfg = _resolve_cfg(cfg)
-    check_ctr_frame(train_df, variant, "train frame")
-    y_np = pd.to_numeric(train_df["label"], errors="coerce").to_numpy(float)
-    if not np.isin(y_np, (0.0, 1.0)).all():
-        raise ValueError("train frame: label must be 0/1 without nulls")
     t0 = time.perf_counter()
     with _Threads(cfg.num_threads):
         torch.manual_seed(seed)

@@ -192,3 +192,14 @@ def make_toy_ctr_frames(n_users: int = 300, n_items: int = 1500, seed: int = 0,
     truth = pd.DataFrame({"item_id": item_ids, "category": cats[cat_idx], "style": style,
                           "has_embedding": has_emb, "embedding": list(emb)})
     return frames, truth
+
+
+def train_labels(train_df: pd.DataFrame, variant: str) -> np.ndarray:
+    """Check a training frame for image feature ``variant``; its 0/1 labels."""
+    if variant not in IMAGE_FEATURES:
+        raise ValueError(f"variant (image_feature) must be one of {IMAGE_FEATURES}, got {variant!r}")
+    check_ctr_frame(train_df, variant, "train frame")
+    y = pd.to_numeric(train_df["label"], errors="coerce").to_numpy(float)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("train frame: label must be 0/1 without nulls")
+    return y

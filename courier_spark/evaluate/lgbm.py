@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..progress import say
 from .config import IMAGE_FEATURES, EvaluateConfig, LgbmConfig
-from .frames import check_ctr_frame, stack_fixed
+from .frames import check_ctr_frame, stack_fixed, train_labels
 
 _STAT_KEYS = {"item": "item_id", "user": "user_id", "category": "category"}
 
@@ -144,13 +144,8 @@ def _features(df: pd.DataFrame, m: LgbmModel, train_stats: dict | None) -> pd.Da
 def train_lgbm(train_df: pd.DataFrame, variant: str, seed: int = 0,
                cfg: LgbmConfig | EvaluateConfig | None = None) -> LgbmModel:
     """Train the LightGBM screen with image feature ``variant`` on ``train_df``."""
-    if variant not in IMAGE_FEATURES:
-        raise ValueError(f"variant (image_feature) must be one of {IMAGE_FEATURES}, got {variant!r}")
+    y = train_labels(train_df, variant)
     cfg = _resolve_cfg(cfg)
-    check_ctr_frame(train_df, variant, "train frame")
-    y = pd.to_numeric(train_df["label"], errors="coerce").to_numpy(float)
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("train frame: label must be 0/1 without nulls")
     t0 = time.perf_counter()
     cats = sorted(str(c) for c in train_df["category"].dropna().unique()) if "category" in train_df else []
     n_slots = vector_dim = 0
