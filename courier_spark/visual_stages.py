@@ -91,7 +91,8 @@ def run_cluster(ctx) -> dict:
     # items come from the distributed assignment job below.
     sample = emb if n <= cap else emb.orderBy(F.xxhash64("item_id", F.lit(cfg.seed))).limit(cap)
     with step("cluster", f"collecting {min(n, cap)} of {n} embeddings of {mv} to the driver"):
-        _, x = embeddings_to_numpy(sample)
+        ids, x = embeddings_to_numpy(sample)
+    x = x[np.argsort(ids, kind="stable")]  # fixed row order: same inputs -> same faiss sample -> same centres
     gpu = None if cfg.gpu == "auto" else cfg.gpu == "yes"
     with step("cluster", f"faiss k-means k={cfg.k} niter={cfg.niter} nredo={cfg.nredo} init={cfg.init}"):
         centroids, train_stats = train_kmeans(x, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid,
@@ -101,6 +102,16 @@ def run_cluster(ctx) -> dict:
               "max_points_per_centroid": cfg.max_points_per_centroid, "init": cfg.init, "spherical": True,
               "embeddings_table_version": emb_table_version, "n_items": n}
     cv, reused = choose_centroid_version(existing_versions(spark, p.centroids), cfg.centroid_version, params)
+    change = None
+    if reused:
+        # Rewriting a version that features may already use: they stay valid
+        # only if the centres are the same (incremental assignment skips items
+        # already assigned to this version).
+        old = load_centroids(spark, p.centroids, cv)[2]
+        change = float(np.abs(old - centroids).max()) if old.shape == centroids.shape else float("inf")
+        if change > 1e-5:
+            say("cluster", f"WARNING: {cv} is rewritten with different centres (max change {change:.2g}); "
+                           f"re-run features with --set features.incremental=false")
     with step("cluster", f"{'replacing' if reused else 'writing'} centroid_version={cv} in gold/centroids"):
         tv = replace_rows(centroids_frame(spark, centroids, cv, mv, params), p.centroids, "centroid_version", cv)
     with step("cluster", "assigning every item to its nearest centroid (Spark, broadcast centroids)"):
@@ -114,7 +125,8 @@ def run_cluster(ctx) -> dict:
     full = {"n_items": n, "inertia": inertia, "mean_sq_distance": inertia / max(n, 1),
             "mean_cosine_to_centroid": 1.0 - inertia / max(n, 1) / 2.0,
             **size_stats(sizes, cfg.tiny_cluster_size)}
-    summary = {"centroid_version": cv, "reused_version": reused, "model_version": mv, "params": params,
+    summary = {"centroid_version": cv, "reused_version": reused, "max_centroid_change": change,
+               "model_version": mv, "params": params,
                "collected_to_driver": int(len(x)), "train": train_stats, "all_items": full,
                "table_version": tv}
     say("cluster", f"{cv}: k={cfg.k} over {n} items, inertia={inertia:.2f} "

@@ -267,7 +267,7 @@ def test_stages_end_to_end_and_rerun(spark, artifact, tmp_path):
     assert c1["centroid_version"] == "c0001" and not c1["reused_version"]
     assert sum(c1["all_items"]["size_histogram"].values()) == 4 and c1["all_items"]["n_items"] == 48
     c2 = run_cluster(ctx)                              # same inputs + params: same version, replaced
-    assert c2["centroid_version"] == "c0001" and c2["reused_version"]
+    assert c2["centroid_version"] == "c0001" and c2["reused_version"] and c2["max_centroid_change"] == 0.0
     cents = spark.read.format("delta").load(paths.centroids)
     assert cents.count() == 4 and cents.select("cluster_id").distinct().count() == 4
     assert json.loads(cents.first()["params"])["k"] == 4
