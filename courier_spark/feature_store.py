@@ -11,12 +11,16 @@ Every write is one Delta commit: a consumer reads an earlier state with
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import random
+import re
+import time
+from typing import Callable, Mapping, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from .progress import say
 from .tables import table_exists
 
 UPDATED_AT = "updated_at"
@@ -73,13 +77,19 @@ def column_comments(spark: SparkSession, path: str) -> dict[str, str]:
 
 
 def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[str],
-                 comments: Mapping[str, str] | None = None, *, check_unique: bool = True) -> dict:
+                 comments: Mapping[str, str] | None = None, *, check_unique: bool = True,
+                 max_attempts: int = 5) -> dict:
     """Upsert ``df`` into the Delta table at ``path`` keyed by ``keys``.
 
     ``df`` holds the keys and value columns (``model_version`` and
     ``centroid_version`` included); ``updated_at`` is added here. Returns
     ``{"version", "inserted", "updated", "unchanged_or_untouched", "source_rows"}``
-    from Delta's own operation metrics.
+    from Delta's own operation metrics, plus ``retries``.
+
+    Safe with concurrent writers: a MERGE (or the first write's table
+    creation) that loses Delta's optimistic-concurrency race is re-run against
+    the new snapshot, up to ``max_attempts`` times, with a log line each time;
+    keys stay unique because every attempt re-matches against committed rows.
     """
     from delta.tables import DeltaTable
 
@@ -100,29 +110,82 @@ def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[s
         if dup:
             raise ValueError(f"merge_upsert into {path}: the input repeats key(s) "
                              f"{[tuple(r[k] for k in keys) for r in dup]}; keys {keys} must be unique")
-    if not table_exists(spark, path):
-        _create_table(spark, path, src.schema, keys, comments or {})
-    target = DeltaTable.forPath(spark, path)
-    have = target.toDF().columns
-    if sorted(have) != sorted(src.columns):
-        raise ValueError(f"merge_upsert into {path}: input columns {sorted(src.columns)} differ from "
-                         f"the table's {sorted(have)}")
-    before = int(target.history(1).select("version").collect()[0][0])
     on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in keys)
     changed = " OR ".join(f"NOT (t.{_q(c)} <=> s.{_q(c)})" for c in values) or "false"
-    (target.alias("t").merge(src.alias("s"), on)
-     .whenMatchedUpdate(condition=changed, set={c: f"s.{_q(c)}" for c in values + [UPDATED_AT]})
-     .whenNotMatchedInsert(values={c: f"s.{_q(c)}" for c in src.columns})
-     .execute())
-    last = target.history(1).collect()[0]
-    if int(last["version"]) == before:  # nothing to merge (empty source): Delta made no commit
-        return {"version": before, "source_rows": 0, "inserted": 0, "updated": 0, "unchanged_or_untouched": 0}
-    m = last["operationMetrics"] or {}
-    return {"version": int(last["version"]),
-            "source_rows": int(m.get("numSourceRows", 0)),
-            "inserted": int(m.get("numTargetRowsInserted", 0)),
-            "updated": int(m.get("numTargetRowsUpdated", 0)),
-            "unchanged_or_untouched": int(m.get("numTargetRowsCopied", 0))}
+
+    def attempt() -> dict:
+        if not table_exists(spark, path):
+            _create_table(spark, path, src.schema, keys, comments or {})
+        target = DeltaTable.forPath(spark, path)
+        have = target.toDF().columns
+        if sorted(have) != sorted(src.columns):
+            raise ValueError(f"merge_upsert into {path}: input columns {sorted(src.columns)} differ from "
+                             f"the table's {sorted(have)}")
+        before = int(target.history(1).select("version").collect()[0][0])
+        res = (target.alias("t").merge(src.alias("s"), on)
+               .whenMatchedUpdate(condition=changed, set={c: f"s.{_q(c)}" for c in values + [UPDATED_AT]})
+               .whenNotMatchedInsert(values={c: f"s.{_q(c)}" for c in src.columns})
+               .execute())
+        last = target.history(1).collect()[0]
+        if int(last["version"]) == before:  # nothing to merge (empty source): Delta made no commit
+            return {"version": before, "source_rows": 0, "inserted": 0, "updated": 0,
+                    "unchanged_or_untouched": 0}
+        if int(last["version"]) == before + 1:
+            # Exactly one commit since we read the table, and ours succeeded: it is ours.
+            m = last["operationMetrics"] or {}
+            return {"version": int(last["version"]),
+                    "source_rows": int(m.get("numSourceRows", 0)),
+                    "inserted": int(m.get("numTargetRowsInserted", 0)),
+                    "updated": int(m.get("numTargetRowsUpdated", 0)),
+                    "unchanged_or_untouched": int(m.get("numTargetRowsCopied", 0))}
+        # Another writer committed around ours: the newest commit may be theirs,
+        # so the counts come from MERGE's own result row instead.
+        own = res.first() if res is not None and res.columns else None
+        return {"version": int(last["version"]), "source_rows": None,
+                "inserted": int(own["num_inserted_rows"]) if own else None,
+                "updated": int(own["num_updated_rows"]) if own else None,
+                "unchanged_or_untouched": None}
+
+    out, retries = _with_commit_retries(attempt, path, max_attempts)
+    out["retries"] = retries
+    return out
+
+
+# Delta's optimistic concurrency: a commit that lost the race against another
+# writer fails with one of these (nothing of it was committed, so running the
+# whole operation again against the new snapshot is safe).
+_CONFLICT = re.compile(r"(Concurrent\w*Exception|MetadataChangedException|ProtocolChangedException|"
+                       r"DELTA_CONCURRENT_\w+|DELTA_METADATA_CHANGED|DELTA_PROTOCOL_CHANGED|"
+                       r"DELTA_TABLE_ALREADY_EXISTS)")
+
+
+class ConcurrentWriteError(RuntimeError):
+    """A MERGE kept losing against concurrent writers after every retry."""
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """True when ``exc`` is Delta reporting a lost optimistic-concurrency race."""
+    return bool(_CONFLICT.search(f"{type(exc).__name__}: {exc}"[:4000]))
+
+
+def _with_commit_retries(fn: Callable[[], dict], path: str, max_attempts: int) -> tuple[dict, int]:
+    for attempt in range(1, max_attempts + 1):
+        try:
+            return fn(), attempt - 1
+        except Exception as e:  # noqa: BLE001 - only Delta commit conflicts are retried
+            if not is_commit_conflict(e):
+                raise
+            kind = _CONFLICT.search(f"{type(e).__name__}: {e}"[:4000]).group(1)
+            if attempt == max_attempts:
+                raise ConcurrentWriteError(
+                    f"MERGE into {path} lost {max_attempts} times in a row to concurrent writers "
+                    f"({kind}); nothing of this write was committed") from e
+            # Jittered backoff so two writers that collided do not collide again in lockstep.
+            wait = min(5.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random())
+            say("merge", f"concurrent commit on {path} ({kind}); retrying MERGE "
+                         f"(attempt {attempt + 1}/{max_attempts}) in {wait:.2f}s")
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def feature_versions(spark: SparkSession, path: str) -> list[dict]:

@@ -17,6 +17,7 @@ import glob
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -241,17 +242,143 @@ def _init_backend(backend: str):
     return LocalCollective(), 0, 1, None
 
 
-def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int) -> list:
-    """Run ``fn(*args, backend)`` on ``num_proc`` workers; results in rank order."""
+class DistributedTrainingError(RuntimeError):
+    """A distributed training job failed or stalled; the message names the worker and the cause."""
+
+
+def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int, *,
+                    timeout_s: float | None = None) -> list:
+    """Run ``fn(*args, backend)`` on ``num_proc`` workers; results in rank order.
+
+    With ``horovod``, a worker that raises, crashes or is killed fails the
+    whole job with a ``DistributedTrainingError`` naming the rank and its
+    error (Horovod itself only says "a process exited with non-zero status").
+    ``timeout_s`` (default: ``COURIER_DISTRIBUTED_TIMEOUT_S`` when set) bounds
+    the whole run, so a worker that hangs - not dead, but never reaching the
+    next collective - cancels the job instead of blocking it forever.
+    """
+    if num_proc < 1:
+        raise ValueError(f"train.num_proc must be >= 1, got {num_proc}")
+    if timeout_s is None and os.environ.get("COURIER_DISTRIBUTED_TIMEOUT_S"):
+        timeout_s = float(os.environ["COURIER_DISTRIBUTED_TIMEOUT_S"])
     if backend == "horovod":
-        import horovod.spark
-        return horovod.spark.run(fn, args=(*args, "horovod"), num_proc=num_proc, verbose=0)
+        return _run_horovod(fn, args, num_proc, timeout_s)
     if backend == "torch_distributor":
         from pyspark.ml.torch.distributor import TorchDistributor
         out = TorchDistributor(num_processes=num_proc, local_mode=True, use_gpu=False).run(
             fn, *args, "torch_distributor")
         return [out]  # TorchDistributor returns rank 0's value
     return [fn(*args, "local")]
+
+
+class _TeeLines:
+    """A text stream that forwards to ``dst`` and keeps the last lines, so the
+    driver can name the worker error after Horovod has torn the job down."""
+
+    def __init__(self, dst, keep: int = 4000) -> None:
+        import collections
+        import threading
+        self.dst, self.lines, self._part = dst, collections.deque(maxlen=keep), ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            try:
+                self.dst.write(text)
+            except Exception:  # noqa: BLE001 - a closed console must not kill the forwarder
+                pass
+            parts = (self._part + text).split("\n")
+            self._part = parts.pop()
+            self.lines.extend(parts)
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.dst.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+_RANK_ERROR = re.compile(r"^\[(\d+)\]<std(?:err|out)>:((?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b.*)$")
+_EXIT = re.compile(r"Process name:\s*(\d+)\s*Exit code:\s*(-?\d+)", re.S)
+_PEER_FAILED = ("Horovod has been shut down", "HorovodInternalError", "Connection reset by peer",
+                "Connection closed by peer", "Read error", "Wait timeout")
+
+
+def explain_worker_failure(lines: list[str], exc: BaseException | None, *, generic: bool = True) -> str:
+    """One sentence naming the failed rank(s) and cause from the workers' forwarded output."""
+    root: dict[int, str] = {}
+    secondary: dict[int, str] = {}
+    for line in lines:
+        m = _RANK_ERROR.match(line.strip())
+        if m:
+            rank, err = int(m.group(1)), m.group(2).strip()
+            (secondary if any(p in err for p in _PEER_FAILED) else root)[rank] = err  # last error per rank
+    parts = [f"rank {r} raised {e}" for r, e in sorted(root.items())]
+    m = _EXIT.search(str(exc or ""))
+    if m:
+        rank, code = int(m.group(1)), int(m.group(2))
+        if rank not in root:
+            how = (f"was killed by signal {-code}" if code < 0 else
+                   f"was killed by signal {code - 128}" if code > 128 else f"exited with code {code}")
+            parts.append(f"rank {rank} {how} without a Python error (crash, out of memory, os._exit or kill)")
+    if not parts and secondary:
+        parts = [f"rank {r}: {e}" for r, e in sorted(secondary.items())]
+    if parts:
+        return "; ".join(parts)
+    first = str(exc or "").strip().splitlines()[:1]
+    return f"{type(exc).__name__}: {first[0]}" if generic and first else "no worker reported an error"
+
+
+def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | None) -> list:
+    import sys
+    import threading
+
+    import horovod.spark
+    from horovod.spark.driver import job_id
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        raise DistributedTrainingError("horovod backend needs an active SparkSession")
+    # All Horovod workers must run at once; on a local master with fewer task
+    # slots Horovod would wait start_timeout (10 min) and then fail obscurely.
+    if (sc.master or "").startswith("local") and num_proc > sc.defaultParallelism:
+        raise DistributedTrainingError(
+            f"train.num_proc={num_proc} but Spark master {sc.master} runs only {sc.defaultParallelism} "
+            f"task(s) at once; every Horovod worker needs its own task slot (lower train.num_proc)")
+    out, err = _TeeLines(sys.stdout), _TeeLines(sys.stderr)
+    group = f"horovod.spark.run.{job_id.JOB_ID + 1}"  # the job group horovod.spark.run will use
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        # A stalled worker: cancelling the Spark tasks ends their Horovod
+        # processes, so the launcher below returns with an error.
+        timed_out.set()
+        sc.cancelJobGroup(group)
+
+    # horovod.spark.run installs signal handlers, so it must run on this
+    # (main) thread; the watchdog is the timer thread.
+    watchdog = threading.Timer(timeout_s, on_timeout) if timeout_s else None
+    if watchdog:
+        watchdog.daemon = True
+        watchdog.start()
+    t0 = time.perf_counter()
+    try:
+        return horovod.spark.run(fn, args=(*args, "horovod"), num_proc=num_proc, verbose=0,
+                                 stdout=out, stderr=err)
+    except Exception as e:  # noqa: BLE001 - re-raised with the failed rank and cause named
+        why = explain_worker_failure(list(err.lines) + list(out.lines), e, generic=not timed_out.is_set())
+        if timed_out.is_set():
+            raise DistributedTrainingError(
+                f"horovod training did not finish within {timeout_s:.0f}s and was cancelled "
+                f"(a worker hung or stopped reaching collectives); {why}") from e
+        raise DistributedTrainingError(
+            f"horovod training failed after {time.perf_counter() - t0:.0f}s with {num_proc} workers: "
+            f"{why}") from e
+    finally:
+        if watchdog:
+            watchdog.cancel()
 
 
 def write_json(path: str, obj: dict) -> None:
