@@ -1,11 +1,12 @@
 """Validation: split bronze into clean (silver) rows and quarantined rows.
 
 Every input row ends in exactly one place: the clean table or quarantine
-(with a ``reason``). The one exception is an item whose image is missing or
+(with a ``reason``). The one exception is an item whose image is missing, empty or
 undecodable: the item itself is still good (impressions reference it), so it
-stays clean with ``image = null`` and ``image_status`` saying why; an
-undecodable image is *also* recorded in quarantine with ``row_dropped =
-false`` so the bad bytes are kept for inspection.
+stays clean with ``image = null`` and ``image_status`` saying why; an empty
+or undecodable image is *also* recorded in quarantine (reason
+``empty_image`` / ``undecodable_image``) with ``row_dropped = false`` so the
+bad bytes are kept for inspection.
 """
 from __future__ import annotations
 
@@ -21,16 +22,24 @@ from .config import ValidateConfig
 from .contract import (IMPRESSIONS_SCHEMA, ITEMS_SCHEMA, check_schema, conform)
 
 IMAGE_OK, IMAGE_MISSING, IMAGE_UNDECODABLE = "ok", "missing", "undecodable"
+# Zero bytes: the producer wrote a placeholder instead of the image. Kept
+# apart from "undecodable" because the fix is upstream (an export bug), not
+# in the file itself.
+IMAGE_EMPTY = "empty"
+# image_status -> quarantine reason for a clean item whose image is kept out.
+BAD_IMAGE_REASONS = {IMAGE_UNDECODABLE: "undecodable_image", IMAGE_EMPTY: "empty_image"}
 
 
 @F.pandas_udf(T.StringType())
 def image_status_udf(images: pd.Series) -> pd.Series:
-    """'ok' / 'missing' / 'undecodable' for encoded image bytes (full decode)."""
+    """'ok' / 'missing' / 'empty' / 'undecodable' for encoded image bytes (full decode)."""
     from PIL import Image
 
     def status(b: bytes | None) -> str:
         if b is None:
             return IMAGE_MISSING
+        if len(b) == 0:
+            return IMAGE_EMPTY
         try:
             with Image.open(io.BytesIO(b)) as im:
                 im.load()  # verify() alone misses truncated pixel data
@@ -109,11 +118,16 @@ def validate_items(items: DataFrame, cfg: ValidateConfig) -> tuple[DataFrame, Da
         df = df.withColumn("image_status", image_status_udf(F.col("image")))
     else:
         df = df.withColumn("image_status",
-                           F.when(F.col("image").isNull(), IMAGE_MISSING).otherwise(IMAGE_OK))
+                           F.when(F.col("image").isNull(), IMAGE_MISSING)
+                            .when(F.length("image") == 0, IMAGE_EMPTY).otherwise(IMAGE_OK))
     df = df.cache()  # the image decode is the expensive part: run it once
     rejected = df.filter(F.col("reason").isNotNull()).withColumn("row_dropped", F.lit(True))
-    bad_image = (df.filter(F.col("reason").isNull() & (F.col("image_status") == IMAGE_UNDECODABLE))
-                 .withColumn("reason", F.lit("undecodable_image"))
+    bad_reason = F.lit(None).cast("string")
+    for status, name in BAD_IMAGE_REASONS.items():
+        bad_reason = F.when(F.col("image_status") == status, F.lit(name)).otherwise(bad_reason)
+    # The bad bytes are kept for inspection; the item itself stays clean.
+    bad_image = (df.filter(F.col("reason").isNull() & F.col("image_status").isin(*BAD_IMAGE_REASONS))
+                 .withColumn("reason", bad_reason)
                  .withColumn("row_dropped", F.lit(False)))
     quarantine = rejected.unionByName(bad_image)
     clean = (df.filter(F.col("reason").isNull())
