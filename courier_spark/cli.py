@@ -1,5 +1,6 @@
-"""``courier STAGE --root DIR [--config FILE] [--set key=value ...]`` and
-``courier pipeline --root DIR [--from STAGE] [--until STAGE]``."""
+"""``courier STAGE --root DIR [--config FILE] [--set key=value ...]``,
+``courier pipeline --root DIR [--from STAGE] [--until STAGE]`` and
+``courier sql FILE --root DIR [--limit N] [--out CSV]`` (analyst SQL over the Delta tables)."""
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,30 @@ def build_parser() -> argparse.ArgumentParser:
     common(pp)
     pp.add_argument("--from", dest="start", default=None, help="first stage")
     pp.add_argument("--until", dest="until", default=None, help="last stage (inclusive)")
+    sp = sub.add_parser("sql", help="run one sql/*.sql file (${root} substituted) and print the result")
+    common(sp)
+    sp.add_argument("file", help="SQL file (a name in sql/ also works, e.g. per_category_auc_lift.sql)")
+    sp.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
+    sp.add_argument("--out", default=None, help="also write the full result as CSV here")
     return ap
+
+
+def run_sql_command(spark, root: str, file: str, limit: int, out: str | None) -> int:
+    from .evaluate.sql_runner import run_sql_file
+    from .tables import MissingTableError
+    try:
+        df = run_sql_file(spark, file, root)
+    except (FileNotFoundError, MissingTableError, ValueError) as exc:
+        print(f"courier sql: error: {exc}", file=sys.stderr)
+        return 2
+    pdf = df.toPandas()
+    with __import__("pandas").option_context("display.max_columns", None, "display.width", 200):
+        print(pdf.head(limit).to_string(index=False))
+    print(f"({len(pdf)} rows{'' if len(pdf) <= limit else f', first {limit} shown'})")
+    if out:
+        pdf.to_csv(out, index=False)
+        print(f"wrote {out}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,11 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         names = (pipeline_stages(args.start, args.until) if args.command == "pipeline"
-                 else [args.command])
+                 else [] if args.command == "sql" else [args.command])
     except (ConfigError, KeyError) as exc:
         print(f"courier: error: {exc}", file=sys.stderr)
         return 2
     ctx = StageContext(get_spark(cfg.spark), cfg, TablePaths.for_root(args.root))
+    if args.command == "sql":
+        return run_sql_command(ctx.spark, ctx.paths.root, args.file, args.limit, args.out)
     for name in names:
         run_stage(name, ctx)
     return 0

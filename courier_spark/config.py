@@ -224,3 +224,15 @@ def load_config(config_file: str | Path | None = None,
 def section(cfg: CourierConfig, name: str, cls: type) -> Any:
     """Typed view of a free-form stage section (train/embed/...), validated."""
     return _build(cls, getattr(cfg, name) or {}, f"{name}.")
+
+
+def with_section_values(cfg: CourierConfig, **sections: Mapping[str, Any]) -> CourierConfig:
+    """A copy of ``cfg`` with keys of free-form sections replaced, e.g.
+    ``with_section_values(cfg, train={"method": "simclr"})`` (the original is untouched)."""
+    changes = {}
+    for name, values in sections.items():
+        current = getattr(cfg, name)
+        if not isinstance(current, dict):
+            raise ConfigError(f"with_section_values: {name!r} is not a free-form section")
+        changes[name] = {**current, **values}
+    return dataclasses.replace(cfg, **changes)

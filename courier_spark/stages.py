@@ -101,8 +101,10 @@ def run_train(ctx: StageContext) -> dict:
 
 
 from .visual_stages import run_cluster, run_embed, run_features  # noqa: E402
+from .evaluate.stages import run_comparisons, run_evaluate, run_report  # noqa: E402
 
-# Stage order of the pipeline: raw -> samples -> training -> embeddings -> ...
+# Stage order of the pipeline: raw -> samples -> training -> embeddings ->
+# clusters -> features -> comparison methods -> CTR evaluation -> report.
 STAGES: dict[str, Callable[[StageContext], dict]] = {
     "generate": run_generate,
     "validate": run_validate,
@@ -111,6 +113,9 @@ STAGES: dict[str, Callable[[StageContext], dict]] = {
     "embed": run_embed,
     "cluster": run_cluster,
     "features": run_features,
+    "comparisons": run_comparisons,
+    "evaluate": run_evaluate,
+    "report": run_report,
 }
 
 

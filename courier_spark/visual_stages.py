@@ -31,6 +31,19 @@ def _embed_model_version(ctx) -> str:
     return load_artifact(ctx.paths.models, ecfg.method, ecfg.model_version).model_version
 
 
+def latest_centroid_version(spark, paths, model_version: str) -> str:
+    """Highest ``cNNNN`` in ``gold/centroids`` made from ``model_version`` (clear error if none)."""
+    have = existing_versions(spark, paths.centroids)
+    mine = sorted((v for v, meta in have.items() if meta["model_version"] == model_version),
+                  key=lambda s: int(s[1:]))
+    if not mine:
+        made = sorted({m["model_version"] for m in have.values()})
+        raise LookupError(f"gold/centroids has no centroid version for model {model_version}; "
+                          f"it has centroids for {made or 'no model'} - run `courier cluster` "
+                          f"with --set embed.method=<method>")
+    return mine[-1]
+
+
 def run_embed(ctx) -> dict:
     """silver/items + artifact -> gold/item_embeddings (that model version's rows replaced)."""
     from training.artifact import load_artifact
@@ -141,7 +154,11 @@ def run_features(ctx) -> dict:
     """centroids + embeddings + ctr_samples -> feature_store/item_visual, impression_visual (MERGE)."""
     cfg = section(ctx.cfg, "features", FeaturesConfig).validate()
     spark, p = ctx.spark, ctx.paths
-    cv, mv, centroids = load_centroids(spark, p.centroids, cfg.centroid_version)
+    # "latest" = the newest centroids of the serving model (embed.method), not
+    # of whichever method was clustered last (comparison runs add versions).
+    wanted = (latest_centroid_version(spark, p, _embed_model_version(ctx))
+              if cfg.centroid_version == "latest" else cfg.centroid_version)
+    cv, mv, centroids = load_centroids(spark, p.centroids, wanted)
     emb = read_embeddings(spark, p.item_embeddings, mv)
     say("features", f"centroid_version={cv} (k={len(centroids)}) model_version={mv} "
                     f"{'incremental' if cfg.incremental else 'full'} item assignment")

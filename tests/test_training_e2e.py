@@ -90,3 +90,56 @@ def test_trained_encoder_flows_to_feature_store(spark, samples_root):
     assert iv.count() == with_image and iv.select("courier_cluster_id").distinct().count() > 1
     imp = read_table(spark, p.impression_visual_features)
     assert imp.count() == read_table(spark, p.ctr_samples).count()
+
+
+def test_comparisons_evaluate_report(spark, samples_root):
+    """comparisons -> evaluate -> report on the tiny data (after the feature-store
+    test above): every variant scored, versions recorded, metrics.json in the
+    issue's shape, SQL per-category AUC equal to Python's."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from courier_spark.evaluate.metrics import auc
+    from courier_spark.tables import read_table
+    cfg = tiny_config(**TRAIN, **{
+        "cluster.k": 8, "train.steps": 6, "train.backend": "local", "train.log_every": 3,
+        "evaluate.methods": "[courier, simclr]", "evaluate.seeds": "[0, 1]",
+        "evaluate.dnn.epochs": 1, "evaluate.lgbm.num_boost_round": 20})
+    ctx = StageContext(spark, cfg, TablePaths.for_root(samples_root))
+    comp = run_stage("comparisons", ctx)
+    assert list(comp["methods"]) == ["simclr"]   # courier is the serving method, trained by `train`
+    assert comp["methods"]["simclr"]["model_version"].startswith("simclr/v")
+    ev = run_stage("evaluate", ctx)
+    assert ev["variants"] == ["baseline", "courier_cluster_id", "courier_simscore", "courier_vector",
+                              "simclr_cluster_id"]
+    assert ev["feature_sources"] == {"courier": "feature_store", "simclr": "computed"}
+    metrics = json.load(open(os.path.join(ctx.paths.reports, "metrics.json")))
+    for name in ev["variants"]:
+        v = metrics["variants"][name]
+        assert 0.0 < v["auc"] < 1.0 and v["auc_std"] >= 0.0 and len(v["auc_seeds"]) == 2
+        assert 0.0 < v["gauc"] < 1.0 and "gauc_std" in v
+    assert "lgbm" in metrics and set(metrics["lgbm"]["variants"]) == set(ev["variants"])
+
+    preds = read_table(spark, ctx.paths.predictions).toPandas()
+    n_test = read_table(spark, ctx.paths.ctr_samples).filter("split = 'test'").count()
+    assert len(preds) == n_test * len(ev["variants"]) * 2          # first seed, dnn + lgbm
+    sim = preds[preds["variant"] == "simclr_cluster_id"]
+    assert set(sim["model_version"]) == {comp["methods"]["simclr"]["model_version"]}
+    assert set(sim["centroid_version"]) == {comp["methods"]["simclr"]["centroid_version"]}
+    assert preds.loc[preds["variant"] == "baseline", "model_version"].isna().all()
+    # metrics.json's first-seed AUC is the AUC of the stored predictions
+    b = preds[(preds["variant"] == "courier_cluster_id") & (preds["model_kind"] == "dnn")]
+    assert abs(auc(b["label"], b["score"]) - metrics["variants"]["courier_cluster_id"]["auc_seeds"][0]) < 1e-9
+
+    rep = run_stage("report", ctx)
+    assert rep["sql_vs_python_max_abs_diff"] < 1e-6
+    text = open(rep["report"]).read()
+    for heading in ("Lift per method", "Ablations", "Vector / SimScore / Cluster ID", "Per-category AUC lift",
+                    "Embedding map"):
+        assert heading in text
+    for png in ("per_category_lift.png", "embedding_map.png"):
+        assert os.path.getsize(os.path.join(ctx.paths.reports, png)) > 1000
+    pc = pd.read_csv(os.path.join(ctx.paths.reports, "sql", "per_category_auc_lift.csv"))
+    assert np.isfinite(pc["auc"]).any()

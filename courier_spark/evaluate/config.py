@@ -95,8 +95,19 @@ class LgbmConfig:
             raise ConfigError("evaluate.lgbm.stat_prior_weight must be >= 0")
 
 
+# Pre-training methods the pipeline compares downstream (training.train.METHOD_PRESETS).
+DEFAULT_METHODS = ["courier", "courier_no_ucs", "courier_no_neg_pv", "simclr", "supervised"]
+
+
 @dataclass
 class EvaluateConfig:
+    # Methods pushed through embed -> cluster -> features -> CTR models. The
+    # serving method (embed.method) comes from the main stages; the
+    # `comparisons` stage trains, embeds and clusters the others.
+    methods: list = field(default_factory=lambda: list(DEFAULT_METHODS))
+    # Methods evaluated in every image-feature way (vector, simscore,
+    # cluster_id); the others only as cluster_id (the paper's main way).
+    all_ways_methods: list = field(default_factory=lambda: ["courier"])
     model_kinds: list = field(default_factory=lambda: ["dnn", "lgbm"])
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     main_model: str = "dnn"           # the model whose numbers are the headline metrics
@@ -108,6 +119,16 @@ class EvaluateConfig:
     lgbm: LgbmConfig = field(default_factory=LgbmConfig)
 
     def __post_init__(self) -> None:
+        from training.train import METHOD_PRESETS
+        for key in ("methods", "all_ways_methods"):
+            val = getattr(self, key)
+            val = [val] if isinstance(val, str) else list(val)
+            bad = [m for m in val if m not in METHOD_PRESETS]
+            if bad:
+                raise ConfigError(f"evaluate.{key}: unknown method(s) {bad}; known: {sorted(METHOD_PRESETS)}")
+            if len(set(val)) != len(val):
+                raise ConfigError(f"evaluate.{key} lists a method twice: {val}")
+            setattr(self, key, val)
         if isinstance(self.model_kinds, str):
             self.model_kinds = [self.model_kinds]
         bad = [k for k in self.model_kinds if k not in MODEL_KINDS]

@@ -38,6 +38,9 @@ _MADE_BY = {
 PREDICTIONS_SCHEMA = T.StructType([
     T.StructField("variant", T.StringType(), False),
     T.StructField("model_kind", T.StringType(), False),
+    # Encoder / centroids behind the variant's image features (null for the baseline).
+    T.StructField("model_version", T.StringType(), True),
+    T.StructField("centroid_version", T.StringType(), True),
     T.StructField("event_id", T.StringType(), True),
     T.StructField("request_id", T.StringType(), True),
     T.StructField("session_id", T.StringType(), True),
@@ -130,11 +133,15 @@ def write_predictions(spark: SparkSession, predictions: pd.DataFrame, path: str,
     (``gold/predictions``, atomic overwrite); returns the table version.
     Unpartitioned by default: a few hundred thousand rows fit one file."""
     cols = [f.name for f in PREDICTIONS_SCHEMA.fields]
+    predictions = predictions.copy()
+    for c in ("model_version", "centroid_version"):   # optional: toy/ad-hoc runs have none
+        if c not in predictions.columns:
+            predictions[c] = None
     missing = [c for c in cols if c not in predictions.columns]
     if missing:
         raise KeyError(f"predictions frame lacks columns {missing}")
     pdf = predictions[cols].copy()
-    for c in ("variant", "model_kind", "event_id", "request_id", "session_id", "category"):
+    for c in ("variant", "model_kind", "model_version", "centroid_version", "event_id", "request_id", "session_id", "category"):
         pdf[c] = pdf[c].astype(object).where(pdf[c].notna(), None).map(lambda v: None if v is None else str(v))
     pdf["label"] = pdf["label"].astype("int32")
     pdf["score"] = pdf["score"].astype("float64")

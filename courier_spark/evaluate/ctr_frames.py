@@ -1,0 +1,164 @@
+"""Delta tables -> the pandas CTR frames the evaluation models consume.
+
+One base frame (``silver/ctr_samples`` joined with ``silver/items`` for
+title and price) is shared by every variant; each pre-training method adds its
+image-feature columns (``frames.IMAGE_COLUMNS``) for *its* model and centroid
+versions:
+
+* the serving method (the one whose versions are in the feature store) reads
+  ``feature_store/item_visual`` + ``feature_store/impression_visual``, exactly
+  as a feature-store consumer joins them;
+* every other method gets the same features computed in memory by the same
+  library functions (``assign_cluster_ids`` + ``similarity_features``) from
+  ``gold/item_embeddings`` and ``gold/centroids``, so a comparison run never
+  overwrites the production feature tables.
+
+Missing values follow the frame contract: cluster ids -1, SimScores NaN,
+embeddings zeros.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..cluster import load_centroids
+from ..embed import read_embeddings
+from ..features import assign_cluster_ids, similarity_features
+from ..paths import TablePaths
+from ..tables import read_table, table_exists
+from ..visual_stages import latest_centroid_version
+
+BASE_SELECT = ("event_id", "request_id", "session_id", "user_id", "item_id", "category", "position",
+               "label", "query", "hist_item_ids", "split")
+
+
+@dataclass(frozen=True)
+class MethodVersions:
+    """Which encoder and centroids a method's features come from."""
+    method: str
+    model_version: str
+    centroid_version: str
+
+
+def resolve_method_versions(spark: SparkSession, paths: TablePaths, method: str,
+                            model_version: str = "latest") -> MethodVersions:
+    """The latest (or given) artifact of ``method`` and its latest centroid version."""
+    from training.artifact import load_artifact
+    mv = load_artifact(paths.models, method, model_version).model_version
+    return MethodVersions(method, mv, latest_centroid_version(spark, paths, mv))
+
+
+def ctr_base_frame(spark: SparkSession, paths: TablePaths) -> DataFrame:
+    """CTR samples with the item's title and price (left join: an item missing
+    from silver/items keeps its impression with null title/price)."""
+    ctr = read_table(spark, paths.ctr_samples, made_by="samples")
+    items = read_table(spark, paths.silver_items, made_by="validate").select("item_id", "title", "price")
+    return ctr.select(*BASE_SELECT).join(items, "item_id", "left")
+
+
+def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: MethodVersions) -> DataFrame | None:
+    """The method's features from the feature store, or None when the store
+    holds other versions (or is incomplete for this method)."""
+    if not (table_exists(spark, paths.item_visual_features) and table_exists(spark, paths.impression_visual_features)):
+        return None
+    ev = (spark.read.format("delta").load(paths.impression_visual_features)
+          .filter((F.col("model_version") == mv.model_version) & (F.col("centroid_version") == mv.centroid_version)))
+    n_ctr = read_table(spark, paths.ctr_samples).count()
+    if ev.count() < n_ctr:
+        return None
+    return ev.select("event_id", "sim_scores", "hist_cluster_ids", "target_cluster_id")
+
+
+def method_visual_features(spark: SparkSession, paths: TablePaths, mv: MethodVersions, k: int,
+                           with_embedding: bool = True) -> tuple[DataFrame, str]:
+    """Per event: sim_scores, hist_cluster_ids, target_cluster_id (+ target
+    embedding). Returns (frame, source) with source ``feature_store`` or ``computed``."""
+    emb = read_embeddings(spark, paths.item_embeddings, mv.model_version)
+    feats = _feature_store_visual(spark, paths, mv)
+    source = "feature_store"
+    if feats is None:
+        cv, model_of_cv, centroids = load_centroids(spark, paths.centroids, mv.centroid_version)
+        if model_of_cv != mv.model_version:
+            raise ValueError(f"centroid version {cv} was made from {model_of_cv}, not {mv.model_version}")
+        cids = assign_cluster_ids(emb, centroids, spark).select("item_id", "cluster_id")
+        ctr = read_table(spark, paths.ctr_samples)
+        feats = similarity_features(ctr, emb, cids, k, broadcast_embeddings=True)
+        source = "computed"
+    if with_embedding:
+        ctr_items = read_table(spark, paths.ctr_samples).select("event_id", "item_id")
+        feats = (feats.join(ctr_items, "event_id")
+                 .join(F.broadcast(emb.select("item_id", F.col("embedding").alias("target_embedding"))),
+                       "item_id", "left").drop("item_id"))
+    return feats, source
+
+
+def _to_contract(pdf: pd.DataFrame, k: int, dim: int | None) -> pd.DataFrame:
+    """Nulls -> the frame contract's missing-value encoding, fixed-width arrays."""
+    def fixed(values, width, dtype, fill):
+        out = np.full((len(values), width), fill, dtype=dtype)
+        for i, v in enumerate(values):
+            if v is not None:
+                # Arrow hands nullable int arrays over as floats with NaN.
+                a = np.array([np.nan if x is None else x for x in v], dtype=np.float64)[:width]
+                out[i, :a.size] = np.where(np.isnan(a), fill, a)
+        return list(out)
+
+    out = pd.DataFrame({"event_id": pdf["event_id"].to_numpy()})
+    out["target_cluster_id"] = pdf["target_cluster_id"].fillna(-1).astype(np.int64).to_numpy()
+    out["hist_cluster_ids"] = fixed(pdf["hist_cluster_ids"].tolist(), k, np.int64, -1)
+    out["sim_scores"] = fixed(pdf["sim_scores"].tolist(), k, np.float32, np.nan)
+    if dim is not None:
+        out["target_embedding"] = fixed(pdf["target_embedding"].tolist(), dim, np.float32, 0.0)
+    return out
+
+
+def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[MethodVersions], k: int,
+                     vector_methods: set[str] | None = None, log=print
+                     ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, str]]:
+    """-> (base pandas frame with ``split``, {method: its image-feature columns
+    keyed by event_id}, {method: source}). ``vector_methods`` limits which
+    methods carry the (large) raw embedding column."""
+    base = ctr_base_frame(spark, paths).toPandas()
+    base["label"] = base["label"].astype(np.int64)
+    base["hist_item_ids"] = [list(h) if h is not None else [] for h in base["hist_item_ids"]]
+    if base["event_id"].duplicated().any():
+        raise ValueError("silver/ctr_samples has duplicate event_id values; re-run `courier samples`")
+    per_method, sources = {}, {}
+    for mv in methods:
+        with_vec = vector_methods is None or mv.method in vector_methods
+        feats, source = method_visual_features(spark, paths, mv, k, with_embedding=with_vec)
+        pdf = feats.toPandas()
+        dim = None
+        if with_vec:
+            dim = max((len(v) for v in pdf["target_embedding"] if v is not None), default=0)
+        per_method[mv.method] = _to_contract(pdf, k, dim)
+        sources[mv.method] = source
+        missing = len(base) - int(per_method[mv.method]["event_id"].isin(base["event_id"]).sum())
+        if missing:
+            raise ValueError(f"{mv.method}: features for {len(pdf)} events, {missing} CTR events have none")
+        log(f"{mv.method}: features of {mv.model_version} / {mv.centroid_version} from {source} "
+            f"({len(pdf)} events)")
+    return base, per_method, sources
+
+
+def variant_frames(base: pd.DataFrame, per_method: dict[str, pd.DataFrame],
+                   variants: list[tuple[str, str, str | None]]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """``{variant: (train, test)}`` for (variant, image_feature, method) triples;
+    frames of one method are shared between its variants (no copies)."""
+    by_method: dict[str | None, tuple[pd.DataFrame, pd.DataFrame]] = {}
+    out = {}
+    for name, _feature, method in variants:
+        if method not in by_method:
+            df = base if method is None else base.merge(per_method[method], on="event_id", how="left",
+                                                        validate="one_to_one")
+            train = df[df["split"] == "train"].reset_index(drop=True)
+            test = df[df["split"] == "test"].reset_index(drop=True)
+            if train.empty or test.empty:
+                raise ValueError(f"CTR samples need both splits; got train={len(train)} test={len(test)} rows")
+            by_method[method] = (train, test)
+        out[name] = by_method[method]
+    return out
