@@ -24,6 +24,8 @@ from .progress import say
 from .tables import table_exists
 
 UPDATED_AT = "updated_at"
+# Lineage: which encoder and which k-means run made a feature row (never null).
+LINEAGE_COLUMNS = ("model_version", "centroid_version")
 
 ITEM_VISUAL_KEYS = ["item_id"]
 ITEM_VISUAL_COMMENTS = {
@@ -78,7 +80,7 @@ def column_comments(spark: SparkSession, path: str) -> dict[str, str]:
 
 def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[str],
                  comments: Mapping[str, str] | None = None, *, check_unique: bool = True,
-                 max_attempts: int = 5) -> dict:
+                 max_attempts: int = 5, lineage: Sequence[str] = LINEAGE_COLUMNS) -> dict:
     """Upsert ``df`` into the Delta table at ``path`` keyed by ``keys``.
 
     ``df`` holds the keys and value columns (``model_version`` and
@@ -104,6 +106,15 @@ def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[s
         df = df.drop(UPDATED_AT)
     values = [c for c in df.columns if c not in keys]
     src = df.withColumn(UPDATED_AT, F.current_timestamp())
+    lineage = [c for c in lineage if c in df.columns]
+    if lineage:
+        # Every feature row must name the model and centroid versions that made
+        # it; a row that cannot say where it came from is refused, not stored.
+        nulls = df.agg(*[F.sum(F.col(c).isNull().cast("int")).alias(c) for c in lineage]).first()
+        bad = {c: int(nulls[c]) for c in lineage if nulls[c]}
+        if bad:
+            raise ValueError(f"merge_upsert into {path}: {', '.join(f'{n} row(s) with null {c}' for c, n in bad.items())}; "
+                             f"every feature row must name the versions that made it")
     if check_unique:
         # MERGE would insert both rows of a duplicated new key: refuse instead.
         dup = df.groupBy(*keys).count().filter("count > 1").limit(3).collect()

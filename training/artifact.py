@@ -90,12 +90,18 @@ def save_artifact(models_dir: str, method: str, encoder: nn.Module, full_model: 
 
 
 def load_artifact(models_dir: str, method: str, version: str = "latest") -> ModelArtifact:
+    """The artifact of ``method`` at ``version`` (``latest`` = highest); a version
+    that does not exist is an ``ArtifactNotFoundError`` listing the ones that do."""
     have = list_versions(models_dir, method)
     if version == "latest":
         if not have:
             raise ArtifactNotFoundError(
                 f"no trained model for method {method!r} under {models_dir}; run `courier train` first")
         version = have[-1]
+    if not _VERSION.match(str(version)):
+        raise ArtifactNotFoundError(
+            f"model version {version!r} of {method!r} is not a version name: use 'latest' or vNNNN "
+            f"(available: {', '.join(have) or 'none'})")
     if version not in have:
         raise ArtifactNotFoundError(
             f"model {method}/{version} does not exist under {models_dir}; "

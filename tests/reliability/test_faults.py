@@ -3,6 +3,7 @@ killed and resumed, Horovod workers that die or hang, and two writers merging
 into one feature table at the same time."""
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import json
 import os
@@ -59,7 +60,7 @@ def test_validate_killed_mid_delta_write_then_rerun(spark, tmp_path, reliability
     # New bronze data, so the killed run would have changed every table.
     extra_items = items_df(spark, [(100 + i, "hats", None, 2.0, GOOD, T0) for i in range(4)])
     extra_imps = impressions_df(spark, [(f"x{i}", f"rx{i // 3}", 7, None, 100 + i % 4, i % 3,
-                                         T0 + DAY + i * 60 * F_SECOND, i % 3 == 0) for i in range(30)]
+                                         T0 + DAY + dt.timedelta(minutes=i), i % 3 == 0) for i in range(30)]
                                 + [("x1", "rx0", 7, None, 101, 1, T0 + 2 * DAY, False)])  # a re-delivery
     extra_items.write.format("delta").mode("append").save(paths.bronze_items)
     extra_imps.write.format("delta").mode("append").save(paths.bronze_impressions)
@@ -114,9 +115,6 @@ def test_validate_killed_mid_delta_write_then_rerun(spark, tmp_path, reliability
     reliability.fault(f"SIGKILL `courier validate` mid-write of {os.path.relpath(killed_in, paths.root)}")
     reliability.rerun("validate re-run after kill")
     reliability.rows("validate after kill", n_in, s["impressions_clean"] + s["impressions_quarantined"])
-
-
-F_SECOND = __import__("datetime").timedelta(seconds=1)
 
 
 def test_killed_training_resumes_from_checkpoint(tmp_path, reliability):
