@@ -186,6 +186,24 @@ def build_ctr_samples(impressions: DataFrame, items: DataFrame, pages: DataFrame
                     "query", "split"))
 
 
+def window_accounting(impressions: DataFrame, windows: SampleWindows) -> dict[str, int]:
+    """Clean impressions per window: ``pretrain``, ``ctr_train``, ``test`` and
+    ``outside`` (before the first window, e.g. cut off by ``pretrain_days``, or
+    after the last), plus ``total``. The windows do not overlap, so the four
+    parts always sum to ``total``: a job summary can show where every input
+    row went, including the rows no sample uses."""
+    ts = F.col("event_ts")
+    where = (F.when(_in_window(ts, windows.pretrain), F.lit("pretrain"))
+             .when(_in_window(ts, windows.ctr_train), F.lit("ctr_train"))
+             .when(_in_window(ts, windows.test), F.lit("test"))
+             .otherwise(F.lit("outside")))
+    out = {"pretrain": 0, "ctr_train": 0, "test": 0, "outside": 0}
+    for r in impressions.groupBy(where.alias("w")).count().collect():
+        out[r["w"]] = int(r["count"])
+    out["total"] = sum(out.values())
+    return out
+
+
 @dataclass
 class SampleTables:
     windows: SampleWindows

@@ -10,6 +10,10 @@ class MissingTableError(RuntimeError):
     """A table the stage needs does not exist; the message says which stage makes it."""
 
 
+class TableVersionError(LookupError):
+    """A requested Delta version of a table does not exist (message lists the range that does)."""
+
+
 def table_exists(spark: SparkSession, path: str) -> bool:
     from delta.tables import DeltaTable
     try:
@@ -25,8 +29,21 @@ def read_table(spark: SparkSession, path: str, made_by: str | None = None,
         raise MissingTableError(f"no Delta table at {path}{hint}")
     reader = spark.read.format("delta")
     if version is not None:
+        # Checked here so the caller gets the table and the valid range, not a
+        # Delta stack trace from the first action.
+        lo, hi = version_range(spark, path)
+        if not lo <= int(version) <= hi:
+            raise TableVersionError(f"{path} has no version {version}; available versions: {lo}..{hi}")
         reader = reader.option("versionAsOf", int(version))
     return reader.load(path)
+
+
+def version_range(spark: SparkSession, path: str) -> tuple[int, int]:
+    """(oldest, newest) version still in the table's history."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+    r = DeltaTable.forPath(spark, path).history().agg(F.min("version"), F.max("version")).first()
+    return int(r[0]), int(r[1])
 
 
 def write_table(df: DataFrame, path: str, partition_by: Sequence[str] = (),

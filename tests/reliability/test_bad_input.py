@@ -121,8 +121,17 @@ def test_out_of_order_delivery_gives_same_samples(spark, tmp_path, reliability):
     assert len(a[1]) == len(rows) and a[1] == b[1]
     assert len(a[2]) > 0 and a[2] == b[2]          # pre-training pages, histories strictly before
     assert len(a[3]) > 0 and a[3] == b[3]          # CTR samples and splits
+    # The job can say where every clean impression went, including those no
+    # sample uses (here: the first day, cut off by pretrain_days=1).
+    from courier_spark.samples import data_time_span, window_accounting
+    clean = validate_bronze(items, spark.read.format("delta").load(str(late)), cfg.validate).clean_impressions
+    w = resolve_windows(WindowsConfig(pretrain_days=1), *data_time_span(clean))
+    acc = window_accounting(clean, w)
+    assert acc == {"pretrain": 36, "ctr_train": 72, "test": 36, "outside": 36, "total": len(rows)}
     reliability.bad("late delivery in 3 out-of-order commits")
     reliability.rows("out-of-order delivery", len(rows), len(b[1]))
+    reliability.rows("impressions per window", len(rows), acc["pretrain"] + acc["ctr_train"] + acc["test"]
+                     + acc["outside"])
 
 
 def test_broken_bronze_schema_stops_before_writing(spark, tmp_path, reliability):

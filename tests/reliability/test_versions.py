@@ -127,6 +127,10 @@ def test_missing_versions_are_clear_errors(spark, two_versions, reliability):
     last = table_version(spark, paths.item_visual_features)
     with pytest.raises(FeatureVersionError, match=rf"has no version 99; available versions: 0\.\.{last}"):
         read_features(spark, paths.item_visual_features, version=99)
-    reliability.bad("model version v0042", "malformed model version", "model of an untrained method",
+    from courier_spark.tables import TableVersionError
+    with pytest.raises(TableVersionError, match=r"silver/items has no version 5; available versions: 0\.\.0"):
+        read_table(spark, paths.silver_items, version=5)
+    assert read_table(spark, paths.silver_items, version=0).count() == 16
+    reliability.bad("table version 5", "model version v0042", "malformed model version", "model of an untrained method",
                     "embed with missing model", "embeddings of missing model", "centroid version c0042",
                     "features with missing centroids", "malformed centroid version", "feature table version 99")
