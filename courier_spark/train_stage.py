@@ -50,8 +50,13 @@ def co_click_similarity(encoder: torch.nn.Module, samples: DataFrame, items: Dat
             "n_co_click_pairs": len(co), "n_random_pairs": len(rn)}
 
 
-def run_train(ctx) -> dict:
-    """pretrain samples -> encoder artifact (petastorm -> horovod/torch on Spark)."""
+def run_train(ctx, keep_loader_cache: bool = False) -> dict:
+    """pretrain samples -> encoder artifact (petastorm -> horovod/torch on Spark).
+
+    ``keep_loader_cache``: leave the petastorm parquet cache in place so a
+    following run in the same Spark session (the `comparisons` stage trains
+    several methods on the same frame) reuses it instead of re-materialising;
+    petastorm deletes it when the process exits."""
     from training.artifact import save_artifact
     from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame
     from training.train import (TrainConfig, build_model, latest_checkpoint, run_distributed,
@@ -80,7 +85,8 @@ def run_train(ctx) -> dict:
     try:
         results = run_distributed(train_worker, (tcfg, loader, ckpt_dir), tcfg.backend, tcfg.num_proc)
     finally:
-        loader.delete()
+        if not keep_loader_cache:
+            loader.delete()
     r0 = results[0]
     final = latest_checkpoint(ckpt_dir)
     if r0["steps_done"] < tcfg.steps:

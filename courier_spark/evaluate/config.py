@@ -96,7 +96,7 @@ class LgbmConfig:
 
 
 # Pre-training methods the pipeline compares downstream (training.train.METHOD_PRESETS).
-DEFAULT_METHODS = ["courier", "courier_no_ucs", "courier_no_neg_pv", "simclr", "supervised"]
+DEFAULT_METHODS = ["courier", "courier_no_ucs", "simclr", "supervised"]
 
 
 @dataclass

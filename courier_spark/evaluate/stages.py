@@ -51,7 +51,7 @@ def run_comparisons(ctx) -> dict:
                                   embed={"method": method, "model_version": "latest"},
                                   cluster={"model_version": ""})
         sub = StageContext(ctx.spark, cfg, ctx.paths)
-        tr = train_stage.run_train(sub)
+        tr = train_stage.run_train(sub, keep_loader_cache=True)
         if not tr.get("complete"):
             raise RuntimeError(f"training {method} stopped early at step {tr.get('steps_done')}; "
                                f"re-run `courier comparisons` to resume from its checkpoint")
