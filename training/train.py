@@ -305,7 +305,8 @@ _PEER_FAILED = ("Horovod has been shut down", "HorovodInternalError", "Connectio
                 "Connection closed by peer", "Read error", "Wait timeout")
 
 
-def explain_worker_failure(lines: list[str], exc: BaseException | None, *, generic: bool = True) -> str:
+def explain_worker_failure(lines: list[str], exc: BaseException | None, *, generic: bool = True,
+                           num_proc: int | None = None) -> str:
     """One sentence naming the failed rank(s) and cause from the workers' forwarded output."""
     root: dict[int, str] = {}
     secondary: dict[int, str] = {}
@@ -316,16 +317,23 @@ def explain_worker_failure(lines: list[str], exc: BaseException | None, *, gener
             (secondary if any(p in err for p in _PEER_FAILED) else root)[rank] = err  # last error per rank
     parts = [f"rank {r} raised {e}" for r, e in sorted(root.items())]
     m = _EXIT.search(str(exc or ""))
-    if m:
+    if m and not root:
         rank, code = int(m.group(1)), int(m.group(2))
-        if rank not in root:
+        if rank not in secondary:
             how = (f"was killed by signal {-code}" if code < 0 else
                    f"was killed by signal {code - 128}" if code > 128 else f"exited with code {code}")
             parts.append(f"rank {rank} {how} without a Python error (crash, out of memory, os._exit or kill)")
-    if not parts and secondary:
-        parts = [f"rank {r}: {e}" for r, e in sorted(secondary.items())]
+        elif num_proc:
+            # Horovod names the first process to *exit*, which can be a survivor
+            # that noticed its dead peer first: the culprit is the rank that
+            # printed nothing at all.
+            silent = [r for r in range(num_proc) if r not in secondary]
+            parts += [f"rank {r} died without a Python error (crash, out of memory, os._exit or kill)"
+                      for r in silent]
     if parts:
         return "; ".join(parts)
+    if secondary:
+        return "; ".join(f"rank {r}: {e}" for r, e in sorted(secondary.items()))
     first = str(exc or "").strip().splitlines()[:1]
     return f"{type(exc).__name__}: {first[0]}" if generic and first else "no worker reported an error"
 
@@ -368,7 +376,8 @@ def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | No
         return horovod.spark.run(fn, args=(*args, "horovod"), num_proc=num_proc, verbose=0,
                                  stdout=out, stderr=err)
     except Exception as e:  # noqa: BLE001 - re-raised with the failed rank and cause named
-        why = explain_worker_failure(list(err.lines) + list(out.lines), e, generic=not timed_out.is_set())
+        why = explain_worker_failure(list(err.lines) + list(out.lines), e, generic=not timed_out.is_set(),
+                                     num_proc=num_proc)
         if timed_out.is_set():
             raise DistributedTrainingError(
                 f"horovod training did not finish within {timeout_s:.0f}s and was cancelled "
