@@ -70,8 +70,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sql":
         return run_sql_command(ctx.spark, ctx.paths.root, args.file, args.limit, args.out)
     for name in names:
-        run_stage(name, ctx)
+        try:
+            run_stage(name, ctx)
+        except user_facing_errors() as exc:
+            # Expected failures (bad input, missing table or version, a dead
+            # worker) get one clear line, not a traceback; anything else is a bug.
+            print(f"courier: error: stage {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
     return 0
+
+
+def user_facing_errors() -> tuple[type[BaseException], ...]:
+    """Errors the platform raises on purpose, with a message meant for the user."""
+    from training.artifact import ArtifactNotFoundError
+    from training.train import DistributedTrainingError
+
+    from .contract import ContractError
+    from .feature_store import ConcurrentWriteError
+    from .tables import MissingTableError
+    return (ConfigError, ContractError, MissingTableError, LookupError, ArtifactNotFoundError,
+            DistributedTrainingError, ConcurrentWriteError)
 
 
 def job_main(command: str) -> None:

@@ -74,7 +74,7 @@ def run_validate(ctx: StageContext) -> dict:
 
 def run_samples(ctx: StageContext) -> dict:
     """silver impressions -> silver/pretrain_samples, silver/ctr_samples."""
-    from .samples import assemble_samples
+    from .samples import assemble_samples, window_accounting
 
     p = ctx.paths
     imps = read_table(ctx.spark, p.silver_impressions, made_by="validate")
@@ -88,7 +88,11 @@ def run_samples(ctx: StageContext) -> dict:
     pre = read_table(ctx.spark, p.pretrain_samples)
     ctr = read_table(ctx.spark, p.ctr_samples)
     splits = {r["split"]: int(r["count"]) for r in ctr.groupBy("split").count().collect()}
-    summary = {"windows": dataclasses.asdict(tables.windows), "pretrain_samples": pre.count(),
+    # Where every clean impression went, including those outside all windows.
+    accounting = window_accounting(imps, tables.windows)
+    say("samples", f"clean impressions by window: {accounting}")
+    summary = {"windows": dataclasses.asdict(tables.windows), "impressions_by_window": accounting,
+               "pretrain_samples": pre.count(),
                "ctr_samples": splits, "table_versions": {"pretrain_samples": v_pre, "ctr_samples": v_ctr}}
     say("samples", f"pretrain_samples={summary['pretrain_samples']} ctr_samples={splits}")
     return summary

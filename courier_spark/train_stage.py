@@ -19,7 +19,7 @@ from .tables import read_table, table_version
 
 def _config_hash(cfg) -> str:
     keep = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("log_every", "checkpoint_every", "max_steps_this_run", "loader_workers")}
+            if k not in ("log_every", "checkpoint_every", "max_steps_this_run", "loader_workers", "timeout_s")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -91,7 +91,8 @@ def run_train(ctx, keep_loader_cache: bool = False) -> dict:
                  f"workers={workers} rows={n_rows} global batch={tcfg.batch_size * workers} "
                  f"steps={tcfg.steps}" + (f" (resuming from {os.path.basename(resume)})" if resume else ""))
     try:
-        results = run_distributed(train_worker, (tcfg, loader, ckpt_dir), tcfg.backend, tcfg.num_proc)
+        results = run_distributed(train_worker, (tcfg, loader, ckpt_dir), tcfg.backend, tcfg.num_proc,
+                                  timeout_s=tcfg.timeout_s)
     finally:
         if not keep_loader_cache:
             loader.delete()

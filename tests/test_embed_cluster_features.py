@@ -23,20 +23,6 @@ CTR_SCHEMA = T.StructType([T.StructField("event_id", T.StringType(), False),
                            T.StructField("hist_item_ids", T.ArrayType(T.LongType()), True)])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _small_delta_snapshots(spark):
-    # Delta rebuilds table state with 50 shuffle partitions by default: most of
-    # the CPU of a tiny MERGE on 2 cores. A performance knob only; restored after.
-    key = "spark.databricks.delta.snapshotPartitions"
-    old = spark.conf.get(key, None)
-    spark.conf.set(key, "2")
-    yield
-    if old is None:
-        spark.conf.unset(key)
-    else:
-        spark.conf.set(key, old)
-
-
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     x = rng.normal(size=(n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -71,6 +71,9 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     max_steps_this_run: int | None = None   # stop early (tests simulate a kill with it)
+    # Cancel a distributed run that takes longer than this (seconds; None =
+    # COURIER_DISTRIBUTED_TIMEOUT_S or no limit): a hung worker must not hang the job.
+    timeout_s: float | None = None
 
     def resolved(self) -> "TrainConfig":
         from .backbones import default_image_size

@@ -60,20 +60,6 @@ def reliability() -> Tally:
     return TALLY
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _small_delta_snapshots(spark):
-    # Delta rebuilds table state with 50 shuffle partitions by default: most of
-    # the CPU of a tiny MERGE on 2 cores. A performance knob only; restored after.
-    key = "spark.databricks.delta.snapshotPartitions"
-    old = spark.conf.get(key, None)
-    spark.conf.set(key, "2")
-    yield
-    if old is None:
-        spark.conf.unset(key)
-    else:
-        spark.conf.set(key, old)
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     t = TALLY
     passed = {r.nodeid for r in terminalreporter.stats.get("passed", [])}
