@@ -178,7 +178,8 @@ def _scatter(ax, xy: np.ndarray, values: np.ndarray, title: str) -> None:
     ax.set_yticks([])
 
 
-def _plot_embedding_map(xy: np.ndarray, category: Sequence, hidden: Sequence | None, path: str) -> None:
+def _plot_embedding_map(xy: np.ndarray, category: Sequence, hidden: Sequence | None, path: str,
+                        hidden_name: str = "hidden factor") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -187,7 +188,7 @@ def _plot_embedding_map(xy: np.ndarray, category: Sequence, hidden: Sequence | N
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 5), squeeze=False)
     _scatter(axes[0, 0], xy2, np.asarray(category, dtype=object), "item embeddings by category")
     if hidden is not None:
-        _scatter(axes[0, 1], xy2, np.asarray(hidden), "item embeddings by hidden factor")
+        _scatter(axes[0, 1], xy2, np.asarray(hidden), f"item embeddings by {hidden_name}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -195,14 +196,14 @@ def _plot_embedding_map(xy: np.ndarray, category: Sequence, hidden: Sequence | N
 
 def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.DataFrame | None = None,
                  extra_tables: Mapping[str, pd.DataFrame] | None = None,
-                 embedding_map: tuple[np.ndarray, Sequence, Sequence | None] | None = None,
+                 embedding_map: tuple | None = None,
                  title: str = "COURIER evaluation") -> str:
     """Write ``<reports_dir>/report.md`` (+ PNGs next to it); returns the path.
 
     ``results``: ``runner.evaluate_variants`` results. ``per_category_df``:
     ``runner.per_category_results`` (or the per_category_auc_lift.sql output).
     ``embedding_map``: (vectors [n, d] or xy [n, 2], category [n], hidden
-    factor [n] or None); vectors are reduced to 2-D with PCA.
+    factor [n] or None[, its name]); vectors are reduced to 2-D with PCA.
     """
     os.makedirs(reports_dir, exist_ok=True)
     main = _main_kind(results)
@@ -241,8 +242,10 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
                             "lift_auc_pct") if c in pc.columns]
         md.append(md_table(pc[keep]))
     if embedding_map is not None:
-        xy, cats, hidden = embedding_map
-        _plot_embedding_map(np.asarray(xy), cats, hidden, os.path.join(reports_dir, "embedding_map.png"))
+        xy, cats, hidden = embedding_map[:3]
+        hidden_name = embedding_map[3] if len(embedding_map) > 3 else "hidden factor"
+        _plot_embedding_map(np.asarray(xy), cats, hidden, os.path.join(reports_dir, "embedding_map.png"),
+                            hidden_name)
         md += ["## Embedding map (PCA)\n", "![embedding map](embedding_map.png)\n"]
     for name, table in (extra_tables or {}).items():
         md += [f"## {name}\n", md_table(table)]

@@ -149,7 +149,7 @@ SQL_FILES = ("per_category_auc_lift.sql", "ctr_by_cluster.sql", "cluster_categor
 
 
 def _embedding_map(ctx, model_version: str, n: int = 1500):
-    """(vectors, category, hidden colour) of up to n items for the PCA map."""
+    """(vectors, category, hidden colour, its name) of up to n items for the PCA map."""
     from ..embed import read_embeddings
     from ..tables import read_table, table_exists
     emb = read_embeddings(ctx.spark, ctx.paths.item_embeddings, model_version)
@@ -164,7 +164,8 @@ def _embedding_map(ctx, model_version: str, n: int = 1500):
             hidden = col
     pdf = df.orderBy(F.xxhash64("item_id")).limit(n).toPandas()
     x = np.stack(pdf["embedding"].to_numpy())
-    return x, pdf["category"].to_numpy(), (pdf["hidden"].to_numpy() if hidden else None)
+    return (x, pdf["category"].to_numpy(), (pdf["hidden"].to_numpy() if hidden else None),
+            f"hidden {hidden}" if hidden else "hidden factor")
 
 
 def run_report(ctx) -> dict:
