@@ -48,17 +48,19 @@ def test_horovod_training_learns(spark, samples_root):
 
 def test_torch_distributor_training_loop(spark, samples_root):
     """The same training loop on Spark's TorchDistributor (DDP over gloo, 2 processes)."""
-    cfg = tiny_config(**TRAIN, **{"train.steps": 40, "train.backend": "torch_distributor", "train.num_proc": 2,
-                                  "train.method": "courier_multihead", "train.log_every": 5})
+    cfg = tiny_config(**TRAIN, **{"train.steps": 60, "train.backend": "torch_distributor", "train.num_proc": 2,
+                                  "train.method": "courier_proj_head", "train.log_every": 2})
     ctx = StageContext(spark, cfg, TablePaths.for_root(samples_root))
     out = run_stage("train", ctx)
     m = out["metrics"]
-    print(f"\ntorch_distributor: loss {m['initial_loss']:.3f} -> {m['final_loss']:.3f}")
-    assert out["complete"] and m["steps"] == 40
-    assert m["final_loss"] < 0.97 * m["initial_loss"]   # seen: -4 % at 30 steps, more at 40
-    art = load_artifact(ctx.paths.models, "courier_multihead")
+    art = load_artifact(ctx.paths.models, "courier_proj_head")
+    losses = [h[1] for h in art.metrics["history"]]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5   # 5 logged points = 10 steps each end
+    print(f"\ntorch_distributor: loss {first:.3f} -> {last:.3f} ({[round(x, 2) for x in losses]})")
+    assert out["complete"] and m["steps"] == 60
+    assert last < 0.95 * first
     assert art.config["backend"] == "torch_distributor" and art.config["num_proc"] == 2
-    assert art.metrics["checkpoint_steps"][-1] == 40
+    assert art.metrics["checkpoint_steps"][-1] == 60
 
 
 def test_killed_training_resumes_from_checkpoint(samples_root):
