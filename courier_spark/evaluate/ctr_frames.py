@@ -26,11 +26,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..cluster import load_centroids
-from ..embed import read_embeddings
+from ..embed import embeddings_to_numpy, read_embeddings
 from ..features import assign_cluster_ids, similarity_features
 from ..paths import TablePaths
 from ..tables import read_table, table_exists
 from ..visual_stages import latest_centroid_version
+from .frames import stack_fixed
 
 BASE_SELECT = ("event_id", "request_id", "session_id", "user_id", "item_id", "category", "position",
                "label", "query", "hist_item_ids", "split")
@@ -60,68 +61,54 @@ def ctr_base_frame(spark: SparkSession, paths: TablePaths) -> DataFrame:
     return ctr.select(*BASE_SELECT).join(items, "item_id", "left")
 
 
-def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: MethodVersions) -> DataFrame | None:
+def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: MethodVersions,
+                          n_events: int) -> DataFrame | None:
     """The method's features from the feature store, or None when the store
     holds other versions (or is incomplete for this method)."""
     if not (table_exists(spark, paths.item_visual_features) and table_exists(spark, paths.impression_visual_features)):
         return None
     ev = (spark.read.format("delta").load(paths.impression_visual_features)
           .filter((F.col("model_version") == mv.model_version) & (F.col("centroid_version") == mv.centroid_version)))
-    n_ctr = read_table(spark, paths.ctr_samples).count()
-    if ev.count() < n_ctr:
+    if ev.count() < n_events:
         return None
     return ev.select("event_id", "sim_scores", "hist_cluster_ids", "target_cluster_id")
 
 
 def method_visual_features(spark: SparkSession, paths: TablePaths, mv: MethodVersions, k: int,
-                           with_embedding: bool = True) -> tuple[DataFrame, str]:
-    """Per event: sim_scores, hist_cluster_ids, target_cluster_id (+ target
-    embedding). Returns (frame, source) with source ``feature_store`` or ``computed``."""
+                           n_events: int) -> tuple[DataFrame, str]:
+    """Per event: sim_scores, hist_cluster_ids, target_cluster_id. Returns
+    (frame, source) with source ``feature_store`` or ``computed``."""
+    feats = _feature_store_visual(spark, paths, mv, n_events)
+    if feats is not None:
+        return feats, "feature_store"
+    cv, model_of_cv, centroids = load_centroids(spark, paths.centroids, mv.centroid_version)
+    if model_of_cv != mv.model_version:
+        raise ValueError(f"centroid version {cv} was made from {model_of_cv}, not {mv.model_version}")
     emb = read_embeddings(spark, paths.item_embeddings, mv.model_version)
-    feats = _feature_store_visual(spark, paths, mv)
-    source = "feature_store"
-    if feats is None:
-        cv, model_of_cv, centroids = load_centroids(spark, paths.centroids, mv.centroid_version)
-        if model_of_cv != mv.model_version:
-            raise ValueError(f"centroid version {cv} was made from {model_of_cv}, not {mv.model_version}")
-        cids = assign_cluster_ids(emb, centroids, spark).select("item_id", "cluster_id")
-        ctr = read_table(spark, paths.ctr_samples)
-        feats = similarity_features(ctr, emb, cids, k, broadcast_embeddings=True)
-        source = "computed"
-    if with_embedding:
-        ctr_items = read_table(spark, paths.ctr_samples).select("event_id", "item_id")
-        feats = (feats.join(ctr_items, "event_id")
-                 .join(F.broadcast(emb.select("item_id", F.col("embedding").alias("target_embedding"))),
-                       "item_id", "left").drop("item_id"))
-    return feats, source
+    cids = assign_cluster_ids(emb, centroids, spark).select("item_id", "cluster_id")
+    ctr = read_table(spark, paths.ctr_samples)
+    return similarity_features(ctr, emb, cids, k, broadcast_embeddings=True), "computed"
 
 
-def _to_contract(pdf: pd.DataFrame, k: int, dim: int | None) -> pd.DataFrame:
-    """Nulls -> the frame contract's missing-value encoding, fixed-width arrays."""
-    def fixed(values, width, dtype, fill):
-        out = np.full((len(values), width), fill, dtype=dtype)
-        for i, v in enumerate(values):
-            if v is not None:
-                # Arrow hands nullable int arrays over as floats with NaN.
-                a = np.array([np.nan if x is None else x for x in v], dtype=np.float64)[:width]
-                out[i, :a.size] = np.where(np.isnan(a), fill, a)
-        return list(out)
-
-    out = pd.DataFrame({"event_id": pdf["event_id"].to_numpy()})
-    out["target_cluster_id"] = pdf["target_cluster_id"].fillna(-1).astype(np.int64).to_numpy()
-    out["hist_cluster_ids"] = fixed(pdf["hist_cluster_ids"].tolist(), k, np.int64, -1)
-    out["sim_scores"] = fixed(pdf["sim_scores"].tolist(), k, np.float32, np.nan)
-    if dim is not None:
-        out["target_embedding"] = fixed(pdf["target_embedding"].tolist(), dim, np.float32, 0.0)
-    return out
+def _target_embeddings(spark: SparkSession, paths: TablePaths, model_version: str,
+                       item_ids: np.ndarray) -> list:
+    """Each impression's item vector (zeros without an embedding), looked up
+    in pandas: the catalogue's vectors are collected once, not joined per event."""
+    ids, x = embeddings_to_numpy(read_embeddings(spark, paths.item_embeddings, model_version))
+    row = pd.Series(np.arange(len(ids)), index=ids)
+    at = row.reindex(item_ids).to_numpy()
+    out = np.zeros((len(item_ids), x.shape[1] if x.ndim == 2 else 0), np.float32)
+    ok = ~np.isnan(at)
+    out[ok] = x[at[ok].astype(np.int64)]
+    return list(out)
 
 
 def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[MethodVersions], k: int,
                      vector_methods: set[str] | None = None, log=print
                      ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, str]]:
     """-> (base pandas frame with ``split``, {method: its image-feature columns
-    keyed by event_id}, {method: source}). ``vector_methods`` limits which
-    methods carry the (large) raw embedding column."""
+    keyed by event_id, in contract encoding}, {method: source}).
+    ``vector_methods`` limits which methods carry the (large) raw embedding column."""
     base = ctr_base_frame(spark, paths).toPandas()
     base["label"] = base["label"].astype(np.int64)
     base["hist_item_ids"] = [list(h) if h is not None else [] for h in base["hist_item_ids"]]
@@ -129,19 +116,22 @@ def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[Metho
         raise ValueError("silver/ctr_samples has duplicate event_id values; re-run `courier samples`")
     per_method, sources = {}, {}
     for mv in methods:
-        with_vec = vector_methods is None or mv.method in vector_methods
-        feats, source = method_visual_features(spark, paths, mv, k, with_embedding=with_vec)
-        pdf = feats.toPandas()
-        dim = None
-        if with_vec:
-            dim = max((len(v) for v in pdf["target_embedding"] if v is not None), default=0)
-        per_method[mv.method] = _to_contract(pdf, k, dim)
-        sources[mv.method] = source
-        missing = len(base) - int(per_method[mv.method]["event_id"].isin(base["event_id"]).sum())
+        feats, source = method_visual_features(spark, paths, mv, k, len(base))
+        pdf = base[["event_id", "item_id"]].merge(feats.toPandas(), on="event_id", how="left",
+                                                  validate="one_to_one", indicator=True)
+        missing = int((pdf["_merge"] == "left_only").sum())
         if missing:
-            raise ValueError(f"{mv.method}: features for {len(pdf)} events, {missing} CTR events have none")
+            raise ValueError(f"{mv.method}: {missing} of {len(base)} CTR events have no features")
+        out = pd.DataFrame({"event_id": pdf["event_id"].to_numpy()})
+        out["target_cluster_id"] = pdf["target_cluster_id"].fillna(-1).astype(np.int64).to_numpy()
+        out["hist_cluster_ids"] = list(stack_fixed(pdf["hist_cluster_ids"], k, np.int64, -1))
+        out["sim_scores"] = list(stack_fixed(pdf["sim_scores"], k, np.float32, np.nan))
+        if vector_methods is None or mv.method in vector_methods:
+            out["target_embedding"] = _target_embeddings(spark, paths, mv.model_version,
+                                                         pdf["item_id"].to_numpy(np.int64))
+        per_method[mv.method], sources[mv.method] = out, source
         log(f"{mv.method}: features of {mv.model_version} / {mv.centroid_version} from {source} "
-            f"({len(pdf)} events)")
+            f"({len(out)} events)")
     return base, per_method, sources
 
 

@@ -61,15 +61,17 @@ def check_ctr_frame(df: pd.DataFrame, image_feature: str, where: str = "CTR fram
 
 
 def stack_fixed(values: Iterable, width: int | None, dtype: type, fill: float) -> np.ndarray:
-    """Stack per-row arrays (or None) into a [n, width] matrix, padding with ``fill``."""
+    """Stack per-row arrays (or None) into a [n, width] matrix, padding with
+    ``fill``; null elements (None, or NaN - Arrow hands nullable int arrays
+    over as floats) become ``fill`` too."""
     vals = list(values)
     if width is None:
         width = max((len(v) for v in vals if v is not None), default=0)
     out = np.full((len(vals), width), fill, dtype=dtype)
     for i, v in enumerate(vals):
         if v is not None:
-            a = np.asarray(v, dtype=dtype)[:width]
-            out[i, :a.size] = a
+            a = np.array([np.nan if x is None else x for x in v], dtype=np.float64)[:width]
+            out[i, :a.size] = np.where(np.isnan(a), fill, a)
     return out
 
 
