@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_sql_command(spark, root: str, file: str, limit: int, out: str | None) -> int:
+    import pandas as pd
+
     from .evaluate.sql_runner import run_sql_file
     from .tables import MissingTableError
     try:
@@ -44,7 +46,7 @@ def run_sql_command(spark, root: str, file: str, limit: int, out: str | None) ->
         print(f"courier sql: error: {exc}", file=sys.stderr)
         return 2
     pdf = df.toPandas()
-    with __import__("pandas").option_context("display.max_columns", None, "display.width", 200):
+    with pd.option_context("display.max_columns", None, "display.width", 200):
         print(pdf.head(limit).to_string(index=False))
     print(f"({len(pdf)} rows{'' if len(pdf) <= limit else f', first {limit} shown'})")
     if out:
