@@ -1,0 +1,102 @@
+"""How much can image features add on this data, and what do the encoders see?
+
+Prints, for a dataset root made by the pipeline (synthetic data: it reads the
+hidden truth in ``_synthetic_truth/``, which the pipeline itself never does):
+
+1. headroom: LightGBM and DNN test AUC without image features vs with
+   *perfect* SimScores (the true taste-factor similarity of the target item
+   with each of its latest K clicks) - the ceiling for history features;
+2. linear probes: 3-fold accuracy of recovering each hidden factor (colour,
+   pattern, shape) from a random-init encoder and from the given model versions.
+
+    .venv/bin/python bench/bench_visual_headroom.py --root /tmp/full --models courier/v0001 simclr/v0001
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def factor_similarity(truth: pd.DataFrame, k: int, frame: pd.DataFrame, n_colours: int) -> list:
+    """Per row: [K] taste-factor similarity of item_id with its latest K history clicks
+    (same scoring as the synthetic click model: colour 1 / 0.5 for a neighbour, pattern, shape)."""
+    f = {i: (c, p, s) for i, c, p, s in zip(truth["item_id"], truth["colour"], truth["pattern"], truth["shape"])}
+
+    def sim(a: int, b: int) -> float:
+        (c1, p1, s1), (c2, p2, s2) = f[a], f[b]
+        d = min((c1 - c2) % n_colours, (c2 - c1) % n_colours)
+        return ((1.0 if d == 0 else 0.5 if d == 1 else 0.0) + (p1 == p2) + (s1 == s2)) / 3
+
+    out = []
+    for t, h in zip(frame["item_id"], frame["hist_item_ids"]):
+        row = np.full(k, np.nan, np.float32)
+        for j, x in enumerate(list(h)[::-1][:k]):
+            if t in f and x in f:
+                row[j] = sim(t, x)
+        out.append(row)
+    return out
+
+
+def probe(x: np.ndarray, labels: pd.DataFrame) -> str:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    return " ".join(f"{c}={cross_val_score(LogisticRegression(max_iter=500), x, labels[c].to_numpy(), cv=3).mean():.3f}"
+                    for c in ("colour", "pattern", "shape"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--models", nargs="*", default=[], help="model versions to probe, e.g. courier/v0001")
+    ap.add_argument("--probe-items", type=int, default=1500)
+    args = ap.parse_args()
+
+    from courier_spark.config import load_config
+    from courier_spark.evaluate.ctr_dnn import score_dnn, train_dnn
+    from courier_spark.evaluate.ctr_frames import ctr_base_frame
+    from courier_spark.evaluate.lgbm import score_lgbm, train_lgbm
+    from courier_spark.evaluate.metrics import auc
+    from courier_spark.paths import TablePaths
+    from courier_spark.spark import get_spark
+    from courier_spark.synthetic.marketplace import COLOURS
+    from courier_spark.tables import read_table
+    from training.artifact import load_artifact
+    from training.backbones import build_backbone
+    from training.images import decode_image
+
+    spark = get_spark(load_config().spark)
+    p = TablePaths.for_root(args.root)
+    truth = read_table(spark, p.truth_item_factors).toPandas()
+    base = ctr_base_frame(spark, p).toPandas()
+    base["hist_item_ids"] = [list(h) if h is not None else [] for h in base["hist_item_ids"]]
+    base["sim_scores"] = factor_similarity(truth, args.k, base, len(COLOURS))
+    train, test = base[base["split"] == "train"].reset_index(drop=True), base[base["split"] == "test"].reset_index(drop=True)
+    y = test["label"].to_numpy()
+    for kind, fit, score in (("lgbm", lambda f: train_lgbm(train, f, 0), score_lgbm),
+                             ("dnn", lambda f: train_dnn(train, f, None, 0), score_dnn)):
+        a0, a1 = (auc(y, score(fit(f), test)) for f in ("none", "simscore"))
+        print(f"headroom {kind}: AUC without image features {a0:.4f}, with perfect SimScores {a1:.4f} "
+              f"({100 * (a1 / a0 - 1):+.2f} %)")
+
+    items = (read_table(spark, p.silver_items).filter("image is not null").select("item_id", "image")
+             .orderBy("item_id").limit(args.probe_items).toPandas())
+    labels = truth.set_index("item_id").loc[items["item_id"]]
+    encoders = [("random-init small_cnn", build_backbone("small_cnn", 256, None), 48)]
+    for mv in args.models:
+        method, version = mv.split("/")
+        art = load_artifact(p.models, method, version)
+        encoders.append((mv, art.load_encoder(), art.image_size))
+    torch.manual_seed(0)
+    for name, enc, size in encoders:
+        x = torch.from_numpy(np.stack([decode_image(b, size) for b in items["image"]]))
+        with torch.no_grad():
+            emb = enc.eval()(x).numpy()
+        print(f"probe {name}: {probe(emb, labels)}")
+
+
+if __name__ == "__main__":
+    main()
