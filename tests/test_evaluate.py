@@ -173,14 +173,56 @@ def test_lgbm_is_deterministic_and_scores_all_variants():
 
 
 def test_lgbm_train_rows_get_out_of_fold_statistics():
-    from courier_spark.evaluate.lgbm import _oof_stat
+    from courier_spark.evaluate.ctr_stats import oof_stat
     keys = pd.Series(["i"] * 6)
     y = np.array([1, 1, 0, 0, 0, 0], dtype=float)
     folds = np.array([0, 0, 1, 1, 2, 2])
-    ctr, _, stat = _oof_stat(keys, y, folds, k=3, prior=0.5, w=0.0)
+    ctr, _, stat = oof_stat(keys, y, folds, k=3, prior=0.5, w=0.0)
     # rows of fold 0 see only folds 1-2 (no clicks); rows of folds 1/2 see 2 clicks in 4 rows
     assert ctr.tolist() == pytest.approx([0.0, 0.0, 0.5, 0.5, 0.5, 0.5])
     assert stat.sums.loc["i", "clicks"] == 2 and stat.sums.loc["i", "imps"] == 6
+
+def test_ctr_statistics_out_of_fold_for_train_rows_full_train_for_others():
+    from courier_spark.evaluate.ctr_stats import CtrStatistics, fold_of
+    train = pd.DataFrame({"request_id": [f"r{i}" for i in range(8)], "item_id": [1, 1, 1, 1, 2, 2, 2, 2]})
+    y = np.array([1, 0, 1, 1, 0, 0, 1, 0], dtype=float)
+    st = CtrStatistics.fit(train, y, {"item": "item_id"}, folds=2, prior_weight=0.0)
+    f = fold_of(train, 2)
+    ctr, log_imps = st.train_values["item"]
+    for r in range(8):   # brute force: same item, other fold
+        other = (train["item_id"] == train["item_id"][r]).to_numpy() & (f != f[r])
+        if other.any():
+            assert ctr[r] == pytest.approx(y[other].mean())
+            assert log_imps[r] == pytest.approx(np.log1p(other.sum() * 2))
+    test = pd.DataFrame({"request_id": ["t0", "t1", "t2"], "item_id": [1, 2, 3]})
+    ctr_t, imps_t = st.values(test)["item"]
+    assert ctr_t[:2].tolist() == pytest.approx([0.75, 0.25]) and imps_t[:2].tolist() == pytest.approx([np.log1p(4)] * 2)
+    assert imps_t[2] == 0.0   # unseen item: no impressions (its CTR falls back to the prior when smoothed)
+
+
+def test_dnn_statistics_features_match_ctr_statistics():
+    from courier_spark.evaluate.ctr_dnn import DnnPreprocessor
+    from courier_spark.evaluate.ctr_stats import CtrStatistics
+    tr, te = make_toy_ctr_frames(n_users=20, n_items=200, seed=1)["baseline"]
+    y = tr["label"].to_numpy(float)
+    prep = DnnPreprocessor.fit(tr, "none", DnnConfig(), y)
+    ref = CtrStatistics.fit(tr, y, folds=DnnConfig().stat_folds, prior_weight=DnnConfig().stat_prior_weight)
+    got_train = prep.transform(tr, prep.stats.train_values)["stats"].numpy()
+    got_test = prep.transform(te)["stats"].numpy()
+    for got, vals in ((got_train, ref.train_values), (got_test, ref.values(te))):
+        exp = np.stack([c for ctr, imps in vals.values()
+                        for c in (np.log(np.clip(ctr, 1e-6, None) / y.mean()), imps / 5.0)], 1)
+        np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
+    assert "stats" not in DnnPreprocessor.fit(tr, "none", DnnConfig(statistics=False), y).transform(te)
+
+
+def test_sequence_cluster_ids_cover_the_whole_history_most_recent_first():
+    from courier_spark.evaluate.ctr_frames import sequence_cluster_ids
+    hist = pd.Series([[1, 2, 3], [], [4, 9], [2]])
+    clusters = pd.Series([10, 20, 30, 40], index=[1, 2, 3, 4])
+    got = sequence_cluster_ids(hist, clusters)
+    assert [g.tolist() for g in got] == [[30, 20, 10], [], [-1, 40], [20]]
+
 
 # ---------------------------------------------------------------- runner
 

@@ -39,6 +39,13 @@ class DnnConfig:
     # Hidden widths of the MLP; the output layer makes it len+1 layers (5 by default).
     mlp_hidden: list = field(default_factory=lambda: [128, 64, 32, 16])
     dropout: float = 0.0
+    # Item / user / category statistics (smoothed CTR and log impressions,
+    # out-of-fold on the train rows), as in the paper's towers. Without them
+    # the DNN must learn popularity from hashed IDs in 2 epochs and sits far
+    # below the LightGBM screen (measured AUC 0.711 vs 0.750 on the default data).
+    statistics: bool = True
+    stat_folds: int = 5
+    stat_prior_weight: float = 20.0
     # torch intra-op threads. 1 by default: the model's ops are small, and with
     # 2 OpenMP threads every op waits for the slower core - measured 10-15x
     # slower per step when the other core is busy (Spark, another job).

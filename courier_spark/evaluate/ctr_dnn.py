@@ -1,7 +1,9 @@
 """The downstream DNN CTR model (after the COURIER paper's appendix), small.
 
 Item side: hashed item-ID embedding, category embedding, hashed title tokens
-(mean-pooled), price bucket, position. User side: hashed user-ID embedding
+(mean-pooled), price bucket, position, and (``statistics``) smoothed CTR and
+log impressions of the item, the user and the category (``ctr_stats``).
+User side: hashed user-ID embedding
 and the last ``history_len`` clicked item IDs (+ a recency embedding) through
 multi-head self-attention + residual + layer norm, mean-pooled over the valid
 slots and projected. The query is hashed into the title token table and
@@ -15,7 +17,8 @@ The image feature is one flag, ``image_feature``:
                    (all-zero vector = item without embedding).
 * ``simscore``   - the K similarity scores (NaN -> 0) plus K missing indicators.
 * ``cluster_id`` - one hashed cluster-ID embedding table shared by the target
-                   cluster and the history clusters. The history is summarised
+                   cluster and the history clusters (``hist_cluster_ids``: every
+                   slot the frame gives, the whole behaviour sequence by default). The history is summarised
                    two ways, both fed to the MLP with their element-wise product
                    with the target: (a) target attention (scaled dot product of
                    the target cluster over the valid history clusters), which
@@ -38,6 +41,7 @@ from torch import nn
 
 from ..progress import say
 from .config import IMAGE_FEATURES, DnnConfig, EvaluateConfig
+from .ctr_stats import CtrStatistics
 from .frames import check_ctr_frame, stack_fixed, train_labels
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -91,11 +95,16 @@ class DnnPreprocessor:
     price_edges: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_slots: int = 0        # K of sim_scores / hist_cluster_ids
     vector_dim: int = 0     # d of target_embedding
+    stats: CtrStatistics | None = None
 
     @classmethod
-    def fit(cls, df: pd.DataFrame, image_feature: str, cfg: DnnConfig) -> "DnnPreprocessor":
+    def fit(cls, df: pd.DataFrame, image_feature: str, cfg: DnnConfig,
+            labels: np.ndarray | None = None) -> "DnnPreprocessor":
         cats = sorted(str(c) for c in df["category"].dropna().unique()) if "category" in df else []
         p = cls(image_feature, cfg, {c: i + 1 for i, c in enumerate(cats)})
+        if cfg.statistics:
+            y = labels if labels is not None else pd.to_numeric(df["label"]).to_numpy(float)
+            p.stats = CtrStatistics.fit(df, y, folds=cfg.stat_folds, prior_weight=cfg.stat_prior_weight)
         if "price" in df:
             lp = np.log1p(pd.to_numeric(df["price"], errors="coerce").to_numpy(float))
             lp = lp[np.isfinite(lp)]
@@ -112,9 +121,23 @@ class DnnPreprocessor:
             raise ValueError(f"image_feature={image_feature!r}: the train frame's image columns are empty")
         return p
 
-    def transform(self, df: pd.DataFrame) -> dict[str, torch.Tensor]:
+    @property
+    def n_stats(self) -> int:
+        return 2 * len(self.stats.keys) if self.stats is not None else 0
+
+    def transform(self, df: pd.DataFrame, stat_values: dict | None = None) -> dict[str, torch.Tensor]:
+        """Tensors for ``df``; ``stat_values``: the out-of-fold statistics when
+        ``df`` is the train frame itself (else the full-train ones are applied)."""
         cfg, n = self.cfg, len(df)
         out: dict[str, torch.Tensor] = {}
+        if self.stats is not None:
+            vals = stat_values if stat_values is not None else self.stats.values(df)
+            prior = max(self.stats.prior, 1e-6)
+            cols = []
+            for ctr, log_imps in vals.values():
+                # log CTR ratio to the prior and scaled counts: both O(1) for the MLP.
+                cols += [np.log(np.clip(ctr, 1e-6, None) / prior), log_imps / 5.0]
+            out["stats"] = torch.from_numpy(np.stack(cols, 1).astype(np.float32))
         out["item"] = torch.from_numpy(hash_ids(df["item_id"].to_numpy(), cfg.item_buckets))
         out["user"] = torch.from_numpy(hash_ids(df["user_id"].to_numpy(), cfg.user_buckets))
         cat = df["category"] if "category" in df else pd.Series([None] * n)
@@ -201,7 +224,7 @@ class CtrDnn(nn.Module):
         self.attn = SmallMultiheadAttention(e, cfg.attn_heads)
         self.norm = nn.LayerNorm(e)
         self.hist_proj = nn.Linear(e, e)
-        width = 8 * e + 1
+        width = 8 * e + 1 + prep.n_stats
         if prep.image_feature == "vector":
             self.vec_proj = nn.Linear(prep.vector_dim, cfg.vector_proj_dim)
             width += cfg.vector_proj_dim + 1
@@ -234,6 +257,8 @@ class CtrDnn(nn.Module):
         parts = [self.item(b["item"]), self.user(b["user"]), self.cat(b["cat"]),
                  self._pooled_tokens(b["title"]), self._pooled_tokens(b["query"]),
                  self.pos(b["pos"]), self.price(b["price"]), user_hist, b["hist_len"]]
+        if "stats" in b:
+            parts.append(b["stats"])
         if self.image_feature == "vector":
             parts += [self.vec_proj(b["vec"]), b["vec_missing"]]
         elif self.image_feature == "simscore":
@@ -292,8 +317,8 @@ def train_dnn(train_df: pd.DataFrame, variant: str, cfg: DnnConfig | EvaluateCon
     t0 = time.perf_counter()
     with _Threads(cfg.num_threads):
         torch.manual_seed(seed)
-        prep = DnnPreprocessor.fit(train_df, variant, cfg)
-        data = prep.transform(train_df)
+        prep = DnnPreprocessor.fit(train_df, variant, cfg, y_np)
+        data = prep.transform(train_df, prep.stats.train_values if prep.stats is not None else None)
         y = torch.from_numpy(y_np.astype(np.float32))
         net = CtrDnn(prep)
         sparse = [m.weight for m in net.modules() if isinstance(m, nn.Embedding) and m.sparse]

@@ -13,6 +13,13 @@ versions:
   ``gold/item_embeddings`` and ``gold/centroids``, so a comparison run never
   overwrites the production feature tables.
 
+``hist_cluster_ids`` covers the whole behaviour sequence of the sample
+(``hist_item_ids``, most recent first), not only the feature store's K SimScore
+slots: the cluster ID is an item attribute, so a consumer joins
+``item_visual`` onto every item of the sequence, as the paper's CTR model does
+with its ID features. Measured on the default data (DNN, oracle clusters of
+the true look): 5 slots AUC +0.1 %, the whole sequence +0.7 %.
+
 Missing values follow the frame contract: cluster ids -1, SimScores NaN,
 embeddings zeros.
 """
@@ -62,32 +69,48 @@ def ctr_base_frame(spark: SparkSession, paths: TablePaths) -> DataFrame:
 
 
 def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: MethodVersions,
-                          n_events: int) -> DataFrame | None:
-    """The method's features from the feature store, or None when the store
-    holds other versions (or is incomplete for this method)."""
+                          n_events: int) -> tuple[DataFrame, DataFrame] | None:
+    """The method's (impression, item) features from the feature store, or None
+    when the store holds other versions (or is incomplete for this method)."""
     if not (table_exists(spark, paths.item_visual_features) and table_exists(spark, paths.impression_visual_features)):
         return None
-    ev = (spark.read.format("delta").load(paths.impression_visual_features)
-          .filter((F.col("model_version") == mv.model_version) & (F.col("centroid_version") == mv.centroid_version)))
+
+    def of_method(path: str) -> DataFrame:
+        return (spark.read.format("delta").load(path)
+                .filter((F.col("model_version") == mv.model_version) & (F.col("centroid_version") == mv.centroid_version)))
+    ev = of_method(paths.impression_visual_features)
     if ev.count() < n_events:
         return None
-    return ev.select("event_id", "sim_scores", "hist_cluster_ids", "target_cluster_id")
+    items = of_method(paths.item_visual_features).select("item_id", F.col("courier_cluster_id").alias("cluster_id"))
+    return ev.select("event_id", "sim_scores", "hist_cluster_ids", "target_cluster_id"), items
 
 
 def method_visual_features(spark: SparkSession, paths: TablePaths, mv: MethodVersions, k: int,
-                           n_events: int) -> tuple[DataFrame, str]:
-    """Per event: sim_scores, hist_cluster_ids, target_cluster_id. Returns
-    (frame, source) with source ``feature_store`` or ``computed``."""
-    feats = _feature_store_visual(spark, paths, mv, n_events)
-    if feats is not None:
-        return feats, "feature_store"
+                           n_events: int) -> tuple[DataFrame, DataFrame, str]:
+    """Per event: sim_scores, hist_cluster_ids (K slots), target_cluster_id; per
+    item: cluster_id. Returns (events, items, source) with source
+    ``feature_store`` or ``computed``."""
+    stored = _feature_store_visual(spark, paths, mv, n_events)
+    if stored is not None:
+        return stored[0], stored[1], "feature_store"
     cv, model_of_cv, centroids = load_centroids(spark, paths.centroids, mv.centroid_version)
     if model_of_cv != mv.model_version:
         raise ValueError(f"centroid version {cv} was made from {model_of_cv}, not {mv.model_version}")
     emb = read_embeddings(spark, paths.item_embeddings, mv.model_version)
     cids = assign_cluster_ids(emb, centroids, spark).select("item_id", "cluster_id")
     ctr = read_table(spark, paths.ctr_samples)
-    return similarity_features(ctr, emb, cids, k, broadcast_embeddings=True), "computed"
+    return similarity_features(ctr, emb, cids, k, broadcast_embeddings=True), cids, "computed"
+
+
+def sequence_cluster_ids(hist_item_ids: pd.Series, item_clusters: pd.Series) -> list:
+    """Cluster id of every item of each history list, most recent first (the
+    lists are oldest -> newest); -1 for an item without a cluster."""
+    lens = np.fromiter((len(h) for h in hist_item_ids), dtype=np.int64, count=len(hist_item_ids))
+    flat = (np.concatenate([np.asarray(h, dtype=np.int64) for h in hist_item_ids])
+            if lens.sum() else np.zeros(0, np.int64))
+    cl = item_clusters[~item_clusters.index.duplicated()]
+    mapped = cl.reindex(flat).fillna(-1).to_numpy(np.int64)
+    return [part[::-1] for part in np.split(mapped, np.cumsum(lens)[:-1])] if len(lens) else []
 
 
 def _target_embeddings(spark: SparkSession, paths: TablePaths, model_version: str,
@@ -116,7 +139,7 @@ def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[Metho
         raise ValueError("silver/ctr_samples has duplicate event_id values; re-run `courier samples`")
     per_method, sources = {}, {}
     for mv in methods:
-        feats, source = method_visual_features(spark, paths, mv, k, len(base))
+        feats, item_clusters, source = method_visual_features(spark, paths, mv, k, len(base))
         pdf = base[["event_id", "item_id"]].merge(feats.toPandas(), on="event_id", how="left",
                                                   validate="one_to_one", indicator=True)
         missing = int((pdf["_merge"] == "left_only").sum())
@@ -124,7 +147,10 @@ def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[Metho
             raise ValueError(f"{mv.method}: {missing} of {len(base)} CTR events have no features")
         out = pd.DataFrame({"event_id": pdf["event_id"].to_numpy()})
         out["target_cluster_id"] = pdf["target_cluster_id"].fillna(-1).astype(np.int64).to_numpy()
-        out["hist_cluster_ids"] = list(stack_fixed(pdf["hist_cluster_ids"], k, np.int64, -1))
+        ic = item_clusters.toPandas()
+        out["hist_cluster_ids"] = sequence_cluster_ids(base["hist_item_ids"],
+                                                       pd.Series(ic["cluster_id"].to_numpy(np.int64),
+                                                                 index=ic["item_id"].to_numpy(np.int64)))
         out["sim_scores"] = list(stack_fixed(pdf["sim_scores"], k, np.float32, np.nan))
         if vector_methods is None or mv.method in vector_methods:
             out["target_embedding"] = _target_embeddings(spark, paths, mv.model_version,

@@ -29,44 +29,8 @@ import pandas as pd
 
 from ..progress import say
 from .config import IMAGE_FEATURES, EvaluateConfig, LgbmConfig
+from .ctr_stats import STAT_KEYS, CtrStatistics
 from .frames import check_ctr_frame, stack_fixed, train_labels
-
-_STAT_KEYS = {"item": "item_id", "user": "user_id", "category": "category"}
-
-
-def _fold_of(df: pd.DataFrame, k: int) -> np.ndarray:
-    key = df["request_id"] if "request_id" in df else pd.Series(np.arange(len(df)))
-    return (pd.util.hash_pandas_object(key.astype(str), index=False).to_numpy() % np.uint64(k)).astype(np.int64)
-
-
-def _key(s: pd.Series) -> pd.Series:
-    # One hashable dtype for ids and strings alike; missing -> "<na>".
-    return s.astype(object).where(s.notna(), "<na>").astype(str)
-
-
-@dataclass
-class _Stat:
-    """Click/impression sums per key over the whole train frame."""
-    sums: pd.DataFrame   # index key -> columns clicks, imps
-
-
-def _oof_stat(keys: pd.Series, y: np.ndarray, folds: np.ndarray, k: int, prior: float,
-              w: float) -> tuple[np.ndarray, np.ndarray, _Stat]:
-    """Out-of-fold smoothed CTR and impression count for train rows."""
-    d = pd.DataFrame({"k": keys.to_numpy(), "f": folds, "y": y})
-    tot = d.groupby("k").agg(clicks=("y", "sum"), imps=("y", "size"))
-    per = d.groupby(["k", "f"]).agg(clicks=("y", "sum"), imps=("y", "size"))
-    t = tot.reindex(d["k"]).to_numpy(float)
-    p = per.reindex(pd.MultiIndex.from_arrays([d["k"], d["f"]])).to_numpy(float)
-    clicks, imps = t[:, 0] - p[:, 0], t[:, 1] - p[:, 1]
-    # Rescale out-of-fold counts to the full-train scale the test rows see.
-    return (clicks + w * prior) / (imps + w), np.log1p(imps * k / (k - 1)), _Stat(tot)
-
-
-def _apply_stat(stat: _Stat, keys: pd.Series, prior: float, w: float) -> tuple[np.ndarray, np.ndarray]:
-    t = stat.sums.reindex(keys.to_numpy()).fillna(0.0).to_numpy(float)
-    return (t[:, 0] + w * prior) / (t[:, 1] + w), np.log1p(t[:, 1])
-
 
 @dataclass
 class LgbmModel:
@@ -74,8 +38,7 @@ class LgbmModel:
     image_feature: str
     cfg: LgbmConfig
     seed: int
-    prior: float
-    stats: dict
+    stats: CtrStatistics
     categories: dict
     n_slots: int
     vector_dim: int
@@ -92,6 +55,7 @@ def _resolve_cfg(cfg: LgbmConfig | EvaluateConfig | None) -> LgbmConfig:
 def _features(df: pd.DataFrame, m: LgbmModel, train_stats: dict | None) -> pd.DataFrame:
     """Feature frame; ``train_stats`` holds out-of-fold stats for train rows,
     None means "apply the full-train stats" (test rows)."""
+    stats = train_stats if train_stats is not None else m.stats.values(df)
     n = len(df)
     X = pd.DataFrame(index=pd.RangeIndex(n))
     X["position"] = pd.to_numeric(df["position"], errors="coerce").to_numpy(float) if "position" in df else np.nan
@@ -105,15 +69,7 @@ def _features(df: pd.DataFrame, m: LgbmModel, train_stats: dict | None) -> pd.Da
     X["has_query"] = q.notna().to_numpy(float)
     X["query_is_category"] = (q.astype(object).fillna("").astype(str).str.lower().to_numpy()
                               == cat.astype(object).fillna("\0").astype(str).str.lower().to_numpy()).astype(float)
-    stat_cols = dict(_STAT_KEYS)
-    if m.image_feature == "cluster_id":
-        stat_cols["cluster"] = "target_cluster_id"
-    for name, col in stat_cols.items():
-        if train_stats is not None:
-            ctr, cnt = train_stats[name]
-        else:
-            keys = _key(df[col]) if col in df else pd.Series(["<na>"] * n)
-            ctr, cnt = _apply_stat(m.stats[name], keys, m.prior, m.cfg.stat_prior_weight)
+    for name, (ctr, cnt) in stats.items():
         X[f"{name}_ctr"], X[f"{name}_log_imps"] = ctr, cnt
     if m.image_feature == "simscore":
         s = stack_fixed(df["sim_scores"], m.n_slots, np.float32, np.nan).astype(float)
@@ -155,17 +111,12 @@ def train_lgbm(train_df: pd.DataFrame, variant: str, seed: int = 0,
         n_slots = max((len(v) for v in train_df["hist_cluster_ids"] if v is not None), default=0)
     elif variant == "vector":
         vector_dim = max((len(v) for v in train_df["target_embedding"] if v is not None), default=0)
-    prior = float(y.mean())
-    m = LgbmModel(booster=None, image_feature=variant, cfg=cfg, seed=seed, prior=prior, stats={},  # type: ignore[arg-type]
+    stats = CtrStatistics.fit(train_df, y, dict(STAT_KEYS, **({"cluster": "target_cluster_id"}
+                                                             if variant == "cluster_id" else {})),
+                              cfg.stat_folds, cfg.stat_prior_weight)
+    m = LgbmModel(booster=None, image_feature=variant, cfg=cfg, seed=seed, stats=stats,  # type: ignore[arg-type]
                   categories={c: i for i, c in enumerate(cats)}, n_slots=n_slots, vector_dim=vector_dim)
-    folds = _fold_of(train_df, cfg.stat_folds)
-    oof = {}
-    stat_cols = dict(_STAT_KEYS, **({"cluster": "target_cluster_id"} if variant == "cluster_id" else {}))
-    for name, col in stat_cols.items():
-        keys = _key(train_df[col]) if col in train_df else pd.Series(["<na>"] * len(train_df))
-        ctr, cnt, stat = _oof_stat(keys, y, folds, cfg.stat_folds, prior, cfg.stat_prior_weight)
-        oof[name], m.stats[name] = (ctr, cnt), stat
-    X = _features(train_df, m, oof)
+    X = _features(train_df, m, stats.train_values)
     m.feature_names = list(X.columns)
     cat_feats = ["category"] + (["target_cluster_id"] if variant == "cluster_id" else [])
     params = {
