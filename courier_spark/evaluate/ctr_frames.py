@@ -17,8 +17,9 @@ versions:
 (``hist_item_ids``, most recent first), not only the feature store's K SimScore
 slots: the cluster ID is an item attribute, so a consumer joins
 ``item_visual`` onto every item of the sequence, as the paper's CTR model does
-with its ID features. Measured on the default data (DNN, oracle clusters of
-the true look): 5 slots AUC +0.1 %, the whole sequence +0.7 %.
+with its ID features. Measured on the default data (DNN with statistics,
+"oracle" clusters = the true look of each item, 3 seeds): cluster ids of the
+5 latest clicks AUC -0.25 %, of the whole sequence (up to 50) +0.7 %.
 
 Missing values follow the frame contract: cluster ids -1, SimScores NaN,
 embeddings zeros.
