@@ -19,10 +19,15 @@ GAUC_WEIGHTINGS = ("impressions", "uniform")
 class DnnConfig:
     """The downstream DNN CTR model (paper appendix), sized for 2 CPU cores.
 
-    Defaults train ~100k rows in about 10-12 s on one CPU thread."""
-    epochs: int = 2
+    Defaults train the default data's 53k CTR train rows in about 10 s on one CPU thread."""
+    # 4 epochs with a cosine decay, measured on the default data (baseline AUC,
+    # 4 seeds): 2 epochs constant 0.7319 +- 0.0014, 3 constant 0.7330, 4 constant
+    # 0.7282 +- 0.0047, 4 cosine 0.7366 +- 0.0014.
+    epochs: int = 4
     batch_size: int = 512
     lr: float = 3e-3
+    # "cosine": the learning rate decays to 0 over the run; "constant": fixed.
+    lr_schedule: str = "cosine"
     weight_decay: float = 1e-6
     emb_dim: int = 16
     # Hash bucket counts (index 0 is reserved for padding / missing).
@@ -70,6 +75,8 @@ class DnnConfig:
             raise ConfigError(f"evaluate.dnn.dropout must be within [0, 1), got {self.dropout!r}")
         if self.lr <= 0:
             raise ConfigError(f"evaluate.dnn.lr must be > 0, got {self.lr!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"evaluate.dnn.lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
 
 
 @dataclass

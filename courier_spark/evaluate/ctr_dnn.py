@@ -333,11 +333,19 @@ def train_dnn(train_df: pd.DataFrame, variant: str, cfg: DnnConfig | EvaluateCon
                         f"batch {cfg.batch_size}, {sum(p.numel() for p in net.parameters())} params")
         last_log = time.perf_counter()
         net.train()
+        total_steps, step_i = cfg.epochs * math.ceil(n / cfg.batch_size), 0
         for epoch in range(cfg.epochs):
             perm = torch.randperm(n, generator=gen)
             total, seen = 0.0, 0
             for start in range(0, n, cfg.batch_size):
                 idx = perm[start:start + cfg.batch_size]
+                if cfg.lr_schedule == "cosine":
+                    # Decaying to 0 makes the end point far less seed-dependent (the
+                    # seed spread is what decides whether a lift is real).
+                    for opt in opts:
+                        for g in opt.param_groups:
+                            g["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step_i / total_steps))
+                step_i += 1
                 loss = loss_fn(net(_batch(data, idx)), y[idx])
                 for opt in opts:
                     opt.zero_grad(set_to_none=True)
