@@ -3,9 +3,11 @@
 Prints, for a dataset root made by the pipeline (synthetic data: it reads the
 hidden truth in ``_synthetic_truth/``, which the pipeline itself never does):
 
-1. headroom: LightGBM and DNN test AUC without image features vs with
-   *perfect* SimScores (the true taste-factor similarity of the target item
-   with each of its latest K clicks) - the ceiling for history features;
+1. headroom: LightGBM and DNN test AUC (mean over ``--seeds``) without image
+   features vs with *perfect* SimScores (the true taste-factor similarity of
+   the target item with each of its latest K clicks) and vs *perfect* cluster
+   IDs (one cluster per true look: colour x pattern x shape, over the whole
+   behaviour sequence) - the ceilings for history features;
 2. linear probes: 3-fold accuracy of recovering each hidden factor (colour,
    pattern, shape) from a random-init encoder and from the given model versions.
 
@@ -53,11 +55,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--models", nargs="*", default=[], help="model versions to probe, e.g. courier/v0001")
     ap.add_argument("--probe-items", type=int, default=1500)
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     args = ap.parse_args()
 
     from courier_spark.config import load_config
     from courier_spark.evaluate.ctr_dnn import score_dnn, train_dnn
-    from courier_spark.evaluate.ctr_frames import ctr_base_frame
+    from courier_spark.evaluate.ctr_frames import ctr_base_frame, sequence_cluster_ids
     from courier_spark.evaluate.lgbm import score_lgbm, train_lgbm
     from courier_spark.evaluate.metrics import auc
     from courier_spark.paths import TablePaths
@@ -74,13 +77,20 @@ def main() -> None:
     base = ctr_base_frame(spark, p).toPandas()
     base["hist_item_ids"] = [list(h) if h is not None else [] for h in base["hist_item_ids"]]
     base["sim_scores"] = factor_similarity(truth, args.k, base, len(COLOURS))
+    look = pd.Series((truth["colour"] * 100 + truth["pattern"] * 10 + truth["shape"]).to_numpy(np.int64),
+                     index=truth["item_id"].to_numpy(np.int64))
+    base["target_cluster_id"] = look.reindex(base["item_id"].to_numpy(np.int64)).fillna(-1).to_numpy(np.int64)
+    base["hist_cluster_ids"] = sequence_cluster_ids(base["hist_item_ids"], look)
     train, test = base[base["split"] == "train"].reset_index(drop=True), base[base["split"] == "test"].reset_index(drop=True)
     y = test["label"].to_numpy()
-    for kind, fit, score in (("lgbm", lambda f: train_lgbm(train, f, 0), score_lgbm),
-                             ("dnn", lambda f: train_dnn(train, f, None, 0), score_dnn)):
-        a0, a1 = (auc(y, score(fit(f), test)) for f in ("none", "simscore"))
-        print(f"headroom {kind}: AUC without image features {a0:.4f}, with perfect SimScores {a1:.4f} "
-              f"({100 * (a1 / a0 - 1):+.2f} %)")
+    for kind, fit, score in (("lgbm", lambda f, s: train_lgbm(train, f, s), score_lgbm),
+                             ("dnn", lambda f, s: train_dnn(train, f, None, s), score_dnn)):
+        a = {f: np.array([auc(y, score(fit(f, s), test)) for s in args.seeds])
+             for f in ("none", "simscore", "cluster_id")}
+        print(f"headroom {kind} ({len(args.seeds)} seeds): AUC without image features "
+              f"{a['none'].mean():.4f} +- {a['none'].std(ddof=1) if len(args.seeds) > 1 else 0:.4f}; "
+              + "; ".join(f"perfect {n} {a[f].mean():.4f} ({100 * (a[f].mean() / a['none'].mean() - 1):+.2f} %)"
+                          for f, n in (("simscore", "SimScores"), ("cluster_id", "cluster IDs"))), flush=True)
 
     items = (read_table(spark, p.silver_items).filter("image is not null").select("item_id", "image")
              .orderBy("item_id").limit(args.probe_items).toPandas())
