@@ -42,13 +42,6 @@ def factor_similarity(truth: pd.DataFrame, k: int, frame: pd.DataFrame, n_colour
     return out
 
 
-def probe(x: np.ndarray, labels: pd.DataFrame) -> str:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
-    return " ".join(f"{c}={cross_val_score(LogisticRegression(max_iter=500), x, labels[c].to_numpy(), cv=3).mean():.3f}"
-                    for c in ("colour", "pattern", "shape"))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
@@ -63,6 +56,7 @@ def main() -> None:
     from courier_spark.evaluate.ctr_frames import ctr_base_frame, sequence_cluster_ids
     from courier_spark.evaluate.lgbm import score_lgbm, train_lgbm
     from courier_spark.evaluate.metrics import auc
+    from courier_spark.evaluate.probes import linear_probe_accuracy
     from courier_spark.paths import TablePaths
     from courier_spark.spark import get_spark
     from courier_spark.synthetic.marketplace import COLOURS
@@ -105,7 +99,8 @@ def main() -> None:
         x = torch.from_numpy(np.stack([decode_image(b, size) for b in items["image"]]))
         with torch.no_grad():
             emb = enc.eval()(x).numpy()
-        print(f"probe {name}: {probe(emb, labels)}")
+        acc = linear_probe_accuracy(emb, labels)
+        print(f"probe {name}: " + " ".join(f"{f}={v:.3f}" for f, v in acc.items()))
 
 
 if __name__ == "__main__":

@@ -318,3 +318,16 @@ def test_runner_rejects_variants_on_different_test_rows(toy_frames):
         evaluate_variants({"baseline": toy_frames["baseline"],
                            "c": (tr.drop(columns=["target_cluster_id"]), te)},
                           [("baseline", "none"), ("c", "cluster_id")], model_kinds=["lgbm"], seeds=[0])
+
+
+def test_linear_probe_recovers_an_encoded_factor_and_not_a_random_one():
+    from courier_spark.evaluate.probes import linear_probe_accuracy
+    rng = np.random.default_rng(0)
+    labels = pd.DataFrame({"colour": rng.integers(0, 8, 600), "pattern": rng.integers(0, 4, 600)})
+    # colour one-hot (plus noise) is in the vectors, pattern is not
+    x = np.eye(8)[labels["colour"]] * 3.0 + rng.normal(size=(600, 8))
+    acc = linear_probe_accuracy(x, labels, factors=("colour", "pattern"))
+    assert acc["colour"] > 0.9
+    assert acc["pattern"] < 0.4          # chance is 0.25
+    with pytest.raises(ValueError, match="label rows"):
+        linear_probe_accuracy(x[:10], labels)

@@ -193,12 +193,22 @@ def run_report(ctx) -> dict:
     if serving in versions:
         with step("report", f"embedding map of {versions[serving]['model_version']}"):
             emb_map = _embedding_map(ctx, versions[serving]["model_version"])
+    from ..tables import table_exists
+    if versions and table_exists(ctx.spark, ctx.paths.truth_item_factors):
+        from .probes import look_probe_table
+        with step("report", "linear probes of the hidden look factors (synthetic data)"):
+            probes = look_probe_table(ctx.spark, ctx.paths.item_embeddings, ctx.paths.truth_item_factors,
+                                      {m: v["model_version"] for m, v in versions.items()})
+    else:
+        probes = None
     purity = sql_tables["cluster_category_purity.sql"]
     extra = {"Versions used": pd.DataFrame([{"method": m, **v} for m, v in versions.items()]),
              "CTR by cluster (top 15 by impressions, sql/ctr_by_cluster.sql)":
                  sql_tables["ctr_by_cluster.sql"].head(15),
              "Cluster category purity (largest 15 clusters, sql/cluster_category_purity.sql)":
                  purity.sort_values(purity.columns[1], ascending=False).head(15)}
+    if probes is not None:
+        extra["Hidden look factors recovered by a linear probe (3-fold accuracy; synthetic data only)"] = probes
     path = write_report(ctx.paths.reports, res, per_cat_sql, extra_tables=extra, embedding_map=emb_map,
                         title=f"COURIER evaluation ({ctx.paths.root})")
     say("report", f"wrote {path}")
