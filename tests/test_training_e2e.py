@@ -20,7 +20,7 @@ from .conftest import tiny_config
 pytestmark = pytest.mark.slow
 
 TRAIN = {"train.backbone": "small_cnn", "train.embed_dim": 64, "train.image_size": 32,
-         "train.batch_size": 16, "train.loader_workers": 1, "train.lr": 1e-3}
+         "train.batch_size": 16, "train.loader_workers": 1, "train.lr": 3e-4}
 
 
 @pytest.fixture(scope="module")
