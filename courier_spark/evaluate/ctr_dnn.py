@@ -18,10 +18,11 @@ The image feature is one flag, ``image_feature``:
 * ``simscore``   - the K similarity scores (NaN -> 0) plus K missing indicators.
 * ``cluster_id`` - one hashed cluster-ID embedding table shared by the target
                    cluster and the history clusters (``hist_cluster_ids``: every
-                   slot the frame gives, the whole behaviour sequence by default). The history is summarised
-                   two ways, both fed to the MLP with their element-wise product
-                   with the target: (a) target attention (scaled dot product of
-                   the target cluster over the valid history clusters), which
+                   slot the frame gives; ``ctr_frames`` gives the whole behaviour
+                   sequence). The history is summarised two ways, both fed
+                   to the MLP with their element-wise product with the target:
+                   (a) target attention (scaled dot product of the target
+                   cluster over the valid history clusters), which
                    picks out "user clicked this kind of look before", and
                    (b) the mean over valid history clusters, which keeps *how
                    many* history clicks match (softmax normalises that away).
@@ -40,7 +41,7 @@ import torch
 from torch import nn
 
 from ..progress import say
-from .config import IMAGE_FEATURES, DnnConfig, EvaluateConfig
+from .config import DnnConfig, EvaluateConfig
 from .ctr_stats import CtrStatistics
 from .frames import check_ctr_frame, stack_fixed, train_labels
 

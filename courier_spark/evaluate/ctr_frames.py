@@ -83,13 +83,14 @@ def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: MethodVers
     if ev.count() < n_events:
         return None
     items = of_method(paths.item_visual_features).select("item_id", F.col("courier_cluster_id").alias("cluster_id"))
-    return ev.select("event_id", "sim_scores", "hist_cluster_ids", "target_cluster_id"), items
+    # hist_cluster_ids is not read: the frame takes the whole sequence from item_visual.
+    return ev.select("event_id", "sim_scores", "target_cluster_id"), items
 
 
 def method_visual_features(spark: SparkSession, paths: TablePaths, mv: MethodVersions, k: int,
                            n_events: int) -> tuple[DataFrame, DataFrame, str]:
-    """Per event: sim_scores, hist_cluster_ids (K slots), target_cluster_id; per
-    item: cluster_id. Returns (events, items, source) with source
+    """Per event: sim_scores and target_cluster_id (the computed path also has the
+    K-slot hist_cluster_ids, unused here); per item: cluster_id. Returns (events, items, source) with source
     ``feature_store`` or ``computed``."""
     stored = _feature_store_visual(spark, paths, mv, n_events)
     if stored is not None:

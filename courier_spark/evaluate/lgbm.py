@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..progress import say
-from .config import IMAGE_FEATURES, EvaluateConfig, LgbmConfig
+from .config import EvaluateConfig, LgbmConfig
 from .ctr_stats import STAT_KEYS, CtrStatistics
 from .frames import check_ctr_frame, stack_fixed, train_labels
 
