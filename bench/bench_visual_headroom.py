@@ -9,7 +9,8 @@ hidden truth in ``_synthetic_truth/``, which the pipeline itself never does):
    IDs (one cluster per true look: colour x pattern x shape, over the whole
    behaviour sequence) - the ceilings for history features;
 2. linear probes: 3-fold accuracy of recovering each hidden factor (colour,
-   pattern, shape) from a random-init encoder and from the given model versions.
+   pattern, shape, and the click-irrelevant brand backdrop where the data has
+   one) from a random-init encoder and from the given model versions.
 
     .venv/bin/python bench/bench_visual_headroom.py --root /tmp/full --models courier/v0001 simclr/v0001
 """
@@ -56,7 +57,7 @@ def main() -> None:
     from courier_spark.evaluate.ctr_frames import ctr_base_frame, sequence_cluster_ids
     from courier_spark.evaluate.lgbm import score_lgbm, train_lgbm
     from courier_spark.evaluate.metrics import auc
-    from courier_spark.evaluate.probes import linear_probe_accuracy
+    from courier_spark.evaluate.probes import linear_probe_accuracy, probe_factors
     from courier_spark.paths import TablePaths
     from courier_spark.spark import get_spark
     from courier_spark.synthetic.marketplace import COLOURS
@@ -99,7 +100,7 @@ def main() -> None:
         x = torch.from_numpy(np.stack([decode_image(b, size) for b in items["image"]]))
         with torch.no_grad():
             emb = enc.eval()(x).numpy()
-        acc = linear_probe_accuracy(emb, labels)
+        acc = linear_probe_accuracy(emb, labels, probe_factors(truth))
         print(f"probe {name}: " + " ".join(f"{f}={v:.3f}" for f, v in acc.items()))
 
 

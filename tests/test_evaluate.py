@@ -331,3 +331,11 @@ def test_linear_probe_recovers_an_encoded_factor_and_not_a_random_one():
     assert acc["pattern"] < 0.4          # chance is 0.25
     with pytest.raises(ValueError, match="label rows"):
         linear_probe_accuracy(x[:10], labels)
+
+
+def test_probe_factors_add_the_backdrop_only_where_it_varies():
+    from courier_spark.evaluate.probes import probe_factors
+    looks = {"colour": [0, 1], "pattern": [0, 1], "shape": [0, 1]}
+    assert probe_factors(pd.DataFrame(looks)) == ("colour", "pattern", "shape")
+    assert probe_factors(pd.DataFrame({**looks, "backdrop": [-1, -1]})) == ("colour", "pattern", "shape")
+    assert probe_factors(pd.DataFrame({**looks, "backdrop": [3, 5]})) == ("colour", "pattern", "shape", "backdrop")

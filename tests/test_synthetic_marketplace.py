@@ -13,6 +13,7 @@ from courier_spark.synthetic import (
     CATEGORIES, COLOURS, PATTERNS, SHAPES, MarketplaceParams, generate_marketplace,
     render_item_image, taste_match,
 )
+from courier_spark.synthetic.marketplace import _BRANDS, BACKDROP_MAX_SATURATION, backdrop_style
 
 SMALL = dict(n_users=300, n_items=600, n_days=4, image_size=32)
 
@@ -158,14 +159,14 @@ def test_sessions_are_separated_by_a_30_minute_gap(market):
 
 # ----------------------------------------------------------------- images
 
-@pytest.mark.parametrize("fmt", ["png", "jpeg"])
-def test_render_decodes_to_size_and_colour(fmt):
+@pytest.mark.parametrize("fmt,backdrop", [("png", None), ("jpeg", None), ("png", 2), ("jpeg", 8)])
+def test_render_decodes_to_size_and_colour(fmt, backdrop):
     rng = np.random.default_rng(0)
     seen = set()
     for colour in range(len(COLOURS)):
         for pattern in range(len(PATTERNS)):
             for shape in range(len(SHAPES)):
-                b = render_item_image(colour, pattern, shape, 48, rng, fmt)
+                b = render_item_image(colour, pattern, shape, 48, rng, fmt, backdrop=backdrop)
                 assert b.startswith(b"\x89PNG" if fmt == "png" else b"\xff\xd8\xff")
                 im = _decode(b)
                 assert im.size == (48, 48)
@@ -187,6 +188,44 @@ def test_marketplace_images_match_hidden_colour(market):
         im = _decode(imgs[item_id])
         assert im.size == (32, 32)
         assert _dominant_colour(im) == f.at[item_id, "colour"]
+
+
+def _corners(b: bytes) -> np.ndarray:
+    """Mean RGB of the four 6x6 corners (backdrop only: shapes stay inside the frame)."""
+    a = np.asarray(_decode(b), dtype=float)
+    return np.concatenate([a[:6, :6], a[:6, -6:], a[-6:, :6], a[-6:, -6:]]).reshape(-1, 3).mean(axis=0)
+
+
+def test_backdrop_styles_are_muted_deterministic_and_distinct():
+    styles = [backdrop_style(b) for b in range(len(_BRANDS))]
+    assert styles == [backdrop_style(b) for b in range(len(_BRANDS))]
+    for st in styles:
+        for tone in (st.tone_a, st.tone_b):
+            mx, mn = max(tone), min(tone)
+            assert (mx - mn) / mx < BACKDROP_MAX_SATURATION  # HSV saturation: never read as an item colour
+    assert len({(st.tone_a, st.gradient, st.texture) for st in styles}) == len(styles)
+    with pytest.raises(ValueError):
+        backdrop_style(-1)
+
+
+def test_items_of_a_brand_share_its_backdrop():
+    # the hidden backdrop is the brand named first in the title, and photos of
+    # one brand look alike at the corners while different brands do not
+    market = generate_marketplace(MarketplaceParams(seed=11, brand_backdrops=True, **SMALL))
+    items = market.items.merge(market.item_factors[["item_id", "backdrop"]], on="item_id")
+    assert (items["title"].str.split(" ").str[0] == items["backdrop"].map(lambda b: _BRANDS[b])).all()
+    corners = np.stack([_corners(b) for b in items["image"]])
+    centres = {b: corners[items["backdrop"] == b].mean(axis=0) for b in items["backdrop"].unique()}
+    within = np.mean([np.abs(c - centres[b]).mean() for c, b in zip(corners, items["backdrop"])])
+    between = np.mean([np.abs(centres[a] - centres[b]).mean() for a in centres for b in centres if a < b])
+    assert between > 3 * within, (within, between)
+
+
+def test_plain_background_by_default(market):
+    m = market
+    assert (m.item_factors["backdrop"] == -1).all()
+    corners = np.stack([_corners(b) for b in m.items["image"][:100]])
+    assert corners.min() > 185 and np.ptp(corners, axis=1).max() < 20  # light, nearly neutral grey
 
 
 def test_pattern_and_shape_change_the_image():

@@ -4,6 +4,9 @@ Synthetic data only: the generator keeps each item's true colour, pattern and
 shape in ``_synthetic_truth/item_factors`` (the pipeline never trains on it).
 A linear probe's cross-validated accuracy per factor tells whether a
 downstream lift (or its absence) comes from the encoder seeing the look.
+The brand's studio ``backdrop`` is probed too where the data has one: a
+nuisance that no click depends on, so a high accuracy there is capacity spent
+on what users ignore.
 """
 from __future__ import annotations
 
@@ -15,6 +18,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 LOOK_FACTORS = ("colour", "pattern", "shape")
+NUISANCE_FACTORS = ("backdrop",)
+
+
+def probe_factors(truth: pd.DataFrame) -> tuple[str, ...]:
+    """The look factors, plus each nuisance factor that varies in `truth`
+    (roots generated without backdrops have none)."""
+    return LOOK_FACTORS + tuple(f for f in NUISANCE_FACTORS if f in truth.columns and truth[f].nunique() > 1)
 
 
 def linear_probe_accuracy(x: np.ndarray, labels: pd.DataFrame, factors: Sequence[str] = LOOK_FACTORS,
@@ -40,14 +50,18 @@ def linear_probe_accuracy(x: np.ndarray, labels: pd.DataFrame, factors: Sequence
 def look_probe_table(spark: SparkSession, embeddings_path: str, truth_path: str,
                      model_versions: dict[str, str], n_items: int = 1500) -> pd.DataFrame:
     """One row per method: probe accuracy of each look factor from its
-    ``gold/item_embeddings`` vectors, on the same ``n_items`` items (hash order)."""
+    ``gold/item_embeddings`` vectors, on the same ``n_items`` items (hash
+    order); a ``backdrop`` column too where the truth has more than one."""
     from ..embed import read_embeddings
-    truth = spark.read.format("delta").load(truth_path).select("item_id", *LOOK_FACTORS)
+    truth = spark.read.format("delta").load(truth_path)
+    known = [c for c in truth.columns if c in LOOK_FACTORS + NUISANCE_FACTORS]
+    factors = probe_factors(truth.select(*known).toPandas())  # one row per item: small
+    truth = truth.select("item_id", *factors)
     rows = []
     for method, mv in model_versions.items():
         pdf = (read_embeddings(spark, embeddings_path, mv).join(truth, "item_id")
                .orderBy(F.xxhash64("item_id")).limit(n_items).toPandas())
-        acc = linear_probe_accuracy(np.stack(pdf["embedding"].to_numpy()), pdf)
+        acc = linear_probe_accuracy(np.stack(pdf["embedding"].to_numpy()), pdf, factors)
         rows.append({"method": method, "model_version": mv, "items": len(pdf),
                      **{f: round(v, 3) for f, v in acc.items()}})
     return pd.DataFrame(rows)

@@ -208,7 +208,8 @@ def run_report(ctx) -> dict:
              "Cluster category purity (largest 15 clusters, sql/cluster_category_purity.sql)":
                  purity.sort_values(purity.columns[1], ascending=False).head(15)}
     if probes is not None:
-        extra["Hidden look factors recovered by a linear probe (3-fold accuracy; synthetic data only)"] = probes
+        extra["Hidden look factors (and the click-irrelevant backdrop) recovered by a linear probe "
+              "(3-fold accuracy; synthetic data only)"] = probes
     path = write_report(ctx.paths.reports, res, per_cat_sql, extra_tables=extra, embedding_map=emb_map,
                         title=f"COURIER evaluation ({ctx.paths.root})")
     say("report", f"wrote {path}")

@@ -16,9 +16,22 @@ Generative story
   cross), Zipf-like popularity ``pop = rank ** -ZIPF_EXPONENT`` (random rank
   within the category), lognormal price by category, a title from brand +
   adjective + category noun (no look words), an image rendered from the
-  factors with background, size, position, tilt, hue and pattern-phase jitter
-  plus pixel noise (no two identical). Ids are sparse on purpose
+  factors with size, position, tilt, hue and pattern-phase jitter plus pixel
+  noise (no two identical), on a light, nearly neutral background (or the
+  brand's studio backdrop, below). Ids are sparse on purpose
   (item_id = 100000 + 7 i, user_id = 5000000 + 3 u).
+* Backdrops (``brand_backdrops``, off by default): every brand photographs its
+  items on its own backdrop, a muted two-tone gradient with a faint texture
+  (``backdrop_style``). Like a real seller's studio it dominates the pixels
+  but says nothing about clicks: the click model never sees it, and what it
+  does say (the brand) is already in the title. It is the nuisance that makes
+  generic image pre-training weak in the paper: augmentation-invariant
+  features of the whole photo (SimCLR) and clusters of an untrained network
+  group items by backdrop, while an encoder trained on clicks has no reason
+  to. Backdrops stay below saturation 0.25, so the saturated pixels' hue
+  still names the item's colour. Measured on the default data with
+  backdrops on, no encoder's cluster IDs lifted the DNN CTR model any more
+  (README), so they stay off by default: a harder setting to study.
 * Users: favourite colour, pattern and shape (uniform), category interests
   (85 % of the mass on 2-3 favourite categories via a Dirichlet, the rest
   spread by category share), and a click bias ``b_u ~ N(0, 0.6)``.
@@ -80,7 +93,7 @@ from PIL import Image, ImageDraw
 __all__ = [
     "CATEGORIES", "COLOURS", "PATTERNS", "SHAPES", "Category",
     "MarketplaceParams", "Marketplace", "generate_marketplace",
-    "render_item_image", "taste_match",
+    "render_item_image", "taste_match", "backdrop_style", "BackdropStyle",
 ]
 
 
@@ -143,6 +156,7 @@ class MarketplaceParams:
     items_per_page: int = 10
     image_size: int = 64                # px, square
     image_format: str = "png"           # "png" or "jpeg"
+    brand_backdrops: bool = False       # per-brand studio backdrop (module docstring); False: plain grey
     query_rate: float = 0.7             # share of pages from search; rest recommendation (query None)
     # click model weights (see module docstring)
     base_logit: float = -2.6
@@ -252,10 +266,64 @@ def _texture(pattern: int, size: int, primary: np.ndarray, secondary: np.ndarray
     return np.where(sec[..., None], secondary[None, None, :], primary[None, None, :]).astype(np.float32)
 
 
+BACKDROP_GRADIENTS = ("vertical", "horizontal", "diagonal", "radial")
+BACKDROP_TEXTURES = ("plain", "lines", "grid", "grain")
+BACKDROP_MAX_SATURATION = 0.22  # the colour test reads hue from pixels with saturation > 0.35
+
+
+@dataclass(frozen=True)
+class BackdropStyle:
+    """A brand's studio backdrop: gradient between two muted tones plus a faint texture."""
+    tone_a: tuple[float, float, float]  # RGB 0-255
+    tone_b: tuple[float, float, float]
+    gradient: str
+    texture: str
+    period: float                       # texture period as a fraction of the image size
+
+
+@functools.lru_cache(maxsize=None)
+def backdrop_style(backdrop: int) -> BackdropStyle:
+    """Deterministic style of backdrop number `backdrop` (its own seed, so
+    adding brands never changes existing backdrops)."""
+    if backdrop < 0:
+        raise ValueError(f"backdrop must be >= 0, got {backdrop}")
+    rng = np.random.default_rng([0xBAC, int(backdrop)])
+    hue = rng.uniform(0.0, 360.0)
+    sat = rng.uniform(0.03, BACKDROP_MAX_SATURATION - 0.04)
+    v_a = rng.uniform(0.35, 0.95)
+    v_b = float(np.clip(v_a + rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.4), 0.3, 0.97))
+    tone_a = tuple(float(c) for c in _rgb(hue, sat, v_a))
+    tone_b = tuple(float(c) for c in _rgb(hue + rng.uniform(-40.0, 40.0), sat, v_b))
+    return BackdropStyle(tone_a, tone_b, BACKDROP_GRADIENTS[int(rng.integers(len(BACKDROP_GRADIENTS)))],
+                         BACKDROP_TEXTURES[int(rng.integers(len(BACKDROP_TEXTURES)))],
+                         float(rng.uniform(0.08, 0.2)))
+
+
+def _backdrop(style: BackdropStyle, size: int, rng: np.random.Generator) -> np.ndarray:
+    """size x size x 3 float backdrop with small per-photo lighting jitter."""
+    yy, xx = _grid(size) / max(size - 1, 1)
+    t = {"vertical": yy, "horizontal": xx, "diagonal": (xx + yy) / 2,
+         "radial": np.sqrt((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * np.sqrt(2)}[style.gradient]
+    img = (np.asarray(style.tone_a, np.float32)[None, None, :] * (1.0 - t[..., None])
+           + np.asarray(style.tone_b, np.float32)[None, None, :] * t[..., None])
+    period = style.period * size
+    if style.texture == "lines":
+        tex = ((yy * size / period) % 1.0 < 0.25).astype(np.float32)
+    elif style.texture == "grid":
+        tex = (((yy * size / period) % 1.0 < 0.2) | ((xx * size / period) % 1.0 < 0.2)).astype(np.float32)
+    elif style.texture == "grain":
+        tex = (np.sin(xx * size / period * 2.1 + 1.3) * np.sin(yy * size / period * 1.7) > 0.6).astype(np.float32)
+    else:
+        tex = np.zeros((size, size), np.float32)
+    img = img - 14.0 * tex[..., None]  # darker texture marks keep the tone's hue and low saturation
+    return img * rng.uniform(0.95, 1.05)  # per-photo exposure
+
+
 def render_item_image(colour: int, pattern: int, shape: int, size: int,
-                      rng: np.random.Generator, fmt: str = "png") -> bytes:
-    """Encoded PNG/JPEG of a `shape` filled with `pattern` in hue `colour` on a
-    light, nearly neutral background. The pattern's second colour is a darker
+                      rng: np.random.Generator, fmt: str = "png", backdrop: int | None = None) -> bytes:
+    """Encoded PNG/JPEG of a `shape` filled with `pattern` in hue `colour` on
+    backdrop number `backdrop` (``backdrop_style``), or on a light, nearly
+    neutral background when None. The pattern's second colour is a darker
     shade of the same hue, so the saturated pixels' hue always names `colour`."""
     if not (0 <= colour < len(COLOURS) and 0 <= pattern < len(PATTERNS) and 0 <= shape < len(SHAPES)):
         raise ValueError(f"factor out of range: colour={colour} pattern={pattern} shape={shape}")
@@ -265,10 +333,12 @@ def render_item_image(colour: int, pattern: int, shape: int, size: int,
     primary = _rgb(hue, sat, val)
     secondary = _rgb(hue, sat, val * rng.uniform(0.45, 0.6))
     grey = rng.uniform(200.0, 245.0)
-    bg = np.clip(grey + rng.uniform(-6.0, 6.0, 3), 0, 255).astype(np.float32)
+    bg = np.clip(grey + rng.uniform(-6.0, 6.0, 3), 0, 255).astype(np.float32)[None, None, :]
+    if backdrop is not None:
+        bg = _backdrop(backdrop_style(backdrop), size, rng)
     mask = _shape_mask(shape, size, rng)[..., None]
     tex = _texture(pattern, size, primary, secondary, rng)
-    img = bg[None, None, :] * (1.0 - mask) + tex * mask
+    img = bg * (1.0 - mask) + tex * mask
     img += 3.0 * rng.standard_normal(img.shape, dtype=np.float32)  # pixel noise: no two images identical
     arr = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
@@ -373,7 +443,8 @@ def _make_items(p: MarketplaceParams, rng: np.random.Generator, img_seed: np.ran
     # one seed per item: an image depends only on (seed, item index), so the
     # rendering (the slow part at scale) can be split across workers unchanged
     images = [render_item_image(int(colour[i]), int(pattern[i]), int(shape[i]), p.image_size,
-                                np.random.default_rng(ss), fmt)
+                                np.random.default_rng(ss), fmt,
+                                backdrop=int(brand[i]) if p.brand_backdrops else None)
               for i, ss in enumerate(img_seed.spawn(n))]
     cat_names = np.array([c.name for c in CATEGORIES], dtype=object)[cat]
     items = pd.DataFrame({
@@ -390,6 +461,7 @@ def _make_items(p: MarketplaceParams, rng: np.random.Generator, img_seed: np.ran
         "colour": colour.astype(np.int64),
         "pattern": pattern.astype(np.int64),
         "shape": shape.astype(np.int64),
+        "backdrop": (brand if p.brand_backdrops else np.full(n, -1)).astype(np.int64),  # -1: plain grey
         "popularity": popularity,
     })
     return items, factors
