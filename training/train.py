@@ -288,6 +288,11 @@ class _TeeLines:
         with self._lock:
             try:
                 self.dst.write(text)
+                if "\n" in text:
+                    # A driver whose stdout is a file (spark-submit > job.log) is
+                    # block-buffered and Horovod never flushes: without this the
+                    # workers' progress lines appear only when training ends.
+                    self.dst.flush()
             except Exception:  # noqa: BLE001 - a closed console must not kill the forwarder
                 pass
             parts = (self._part + text).split("\n")
