@@ -67,7 +67,7 @@ def run_train(ctx, keep_loader_cache: bool = False) -> dict:
     petastorm deletes it when the process exits."""
     from training.artifact import save_artifact
     from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame
-    from training.train import (TrainConfig, build_model, latest_checkpoint, run_distributed,
+    from training.train import (PROGRESS_FILE, TrainConfig, build_model, latest_checkpoint, run_distributed,
                                 train_worker)
 
     tcfg = section(ctx.cfg, "train", TrainConfig).resolved()
@@ -92,7 +92,7 @@ def run_train(ctx, keep_loader_cache: bool = False) -> dict:
                  f"steps={tcfg.steps}" + (f" (resuming from {os.path.basename(resume)})" if resume else ""))
     try:
         results = run_distributed(train_worker, (tcfg, loader, ckpt_dir), tcfg.backend, tcfg.num_proc,
-                                  timeout_s=tcfg.timeout_s)
+                                  timeout_s=tcfg.timeout_s, progress_file=os.path.join(ckpt_dir, PROGRESS_FILE))
     finally:
         if not keep_loader_cache:
             loader.delete()

@@ -28,11 +28,15 @@ def samples_root(tiny_dataset):
     return tiny_dataset[0].paths.root
 
 
-def test_horovod_training_learns(spark, samples_root):
+def test_horovod_training_learns(spark, samples_root, capsys):
     cfg = tiny_config(**TRAIN, **{"train.steps": 60, "train.backend": "horovod", "train.num_proc": 2,
                                   "train.log_every": 5})
     ctx = StageContext(spark, cfg, TablePaths.for_root(samples_root))
     out = run_stage("train", ctx)
+    printed = capsys.readouterr().err
+    # rank 0's progress reaches the driver once per line (via progress.log, see report_progress)
+    for s in (1, *range(5, 61, 5)):
+        assert printed.count(f"courier step {s}/60 ") == 1, s
     m = out["metrics"]
     print(f"\nloss {m['initial_loss']:.3f} -> {m['final_loss']:.3f}; co-click cosine "
           f"{m['co_click_cosine']:.3f} vs random {m['random_pair_cosine']:.3f}")

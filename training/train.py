@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -202,8 +203,8 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
             history.append((step, lv, acc))
             if rank == 0:
                 rate = n_img * world / max(time.perf_counter() - t0, 1e-9)
-                print(f"[courier train] {cfg.method} step {step}/{cfg.steps} loss {lv:.4f} "
-                      f"in-batch acc {acc:.3f} images/s {rate:.1f}", flush=True)
+                report_progress(f"[courier train] {cfg.method} step {step}/{cfg.steps} loss {lv:.4f} "
+                                f"in-batch acc {acc:.3f} images/s {rate:.1f}", ckpt_dir, backend)
             if not math.isfinite(lv):
                 raise FloatingPointError(f"loss became {lv} at step {step}")
         if step % cfg.checkpoint_every == 0 or step == end:
@@ -222,6 +223,65 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
         import torch.distributed as dist
         dist.destroy_process_group()
     return dataclasses.asdict(result)
+
+
+PROGRESS_FILE = "progress.log"
+
+
+def report_progress(line: str, ckpt_dir: str, backend: str) -> None:
+    """Rank 0's progress line, on stderr like every ``[courier ...]`` line.
+    Horovod forwards worker output to the driver in 64 KiB chunks
+    (``shutil.copyfileobj`` in its task service), so printed lines would
+    arrive only when training ends; under Horovod the line goes to
+    ``<ckpt_dir>/progress.log`` (the checkpoint dir is shared by all ranks
+    anyway) and the driver prints it as it comes (``ProgressTail``)."""
+    if backend == "horovod":
+        os.makedirs(ckpt_dir, exist_ok=True)
+        with open(os.path.join(ckpt_dir, PROGRESS_FILE), "a") as fh:
+            fh.write(line + "\n")
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+class ProgressTail:
+    """Driver-side thread printing the complete lines appended to ``path``
+    (from its size at start) every ``interval_s``, and the rest on ``stop``."""
+
+    def __init__(self, path: str, dst=None, interval_s: float = 1.0) -> None:
+        import threading
+        self.path, self.dst, self.interval_s = path, dst, interval_s
+        self.offset = os.path.getsize(path) if os.path.exists(path) else 0
+        self._part = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="courier-progress-tail", daemon=True)
+
+    def _drain(self, final: bool = False) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as fh:
+            fh.seek(self.offset)
+            text = fh.read()
+            self.offset = fh.tell()
+        lines = (self._part + text).split("\n")
+        self._part = "" if final else lines.pop()
+        dst = self.dst or sys.stderr
+        for line in lines:
+            if line:
+                dst.write(line + "\n")
+        dst.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._drain()
+
+    def __enter__(self) -> "ProgressTail":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._drain(final=True)
 
 
 class _null:
@@ -250,7 +310,7 @@ class DistributedTrainingError(RuntimeError):
 
 
 def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int, *,
-                    timeout_s: float | None = None) -> list:
+                    timeout_s: float | None = None, progress_file: str | None = None) -> list:
     """Run ``fn(*args, backend)`` on ``num_proc`` workers; results in rank order.
 
     With ``horovod``, a worker that raises, crashes or is killed fails the
@@ -259,13 +319,18 @@ def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int, *,
     ``timeout_s`` (default: ``COURIER_DISTRIBUTED_TIMEOUT_S`` when set) bounds
     the whole run, so a worker that hangs - not dead, but never reaching the
     next collective - cancels the job instead of blocking it forever.
+    ``progress_file``: with ``horovod``, printed as the workers append to it
+    (see ``report_progress``).
     """
     if num_proc < 1:
         raise ValueError(f"train.num_proc must be >= 1, got {num_proc}")
     if timeout_s is None and os.environ.get("COURIER_DISTRIBUTED_TIMEOUT_S"):
         timeout_s = float(os.environ["COURIER_DISTRIBUTED_TIMEOUT_S"])
     if backend == "horovod":
-        return _run_horovod(fn, args, num_proc, timeout_s)
+        if progress_file is None:
+            return _run_horovod(fn, args, num_proc, timeout_s)
+        with ProgressTail(progress_file):
+            return _run_horovod(fn, args, num_proc, timeout_s)
     if backend == "torch_distributor":
         from pyspark.ml.torch.distributor import TorchDistributor
         out = TorchDistributor(num_processes=num_proc, local_mode=True, use_gpu=False).run(
@@ -347,7 +412,6 @@ def explain_worker_failure(lines: list[str], exc: BaseException | None, *, gener
 
 
 def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | None) -> list:
-    import sys
     import threading
 
     import horovod.spark

@@ -17,3 +17,36 @@ def test_worker_lines_reach_a_block_buffered_driver_log_at_once():
     tee.write("397\n[0]<stdout>:[courier train] cour")
     assert raw.getvalue().decode().endswith("courier step 10/200 loss 9.4397\n[0]<stdout>:[courier train] cour")
     assert list(tee.lines) == ["[0]<stdout>:[courier train] courier step 10/200 loss 9.4397"]
+
+
+def test_progress_tail_prints_lines_while_the_writer_is_still_running(tmp_path):
+    import threading
+    import time
+
+    from training.train import ProgressTail, report_progress
+    path = tmp_path / "progress.log"
+    path.write_text("old run line\n")                 # a previous run's lines are not replayed
+    out = io.StringIO()
+    seen_while_running = threading.Event()
+    with ProgressTail(str(path), dst=out, interval_s=0.05):
+        report_progress("[courier train] courier step 1/3", str(tmp_path), "horovod")
+        with open(path, "a") as fh:
+            fh.write("[courier train] courier step 2/3")  # half a line: held back until complete
+        deadline = time.time() + 5
+        while time.time() < deadline and "step 1/3" not in out.getvalue():
+            time.sleep(0.02)
+        if "step 1/3" in out.getvalue():
+            seen_while_running.set()
+        assert "step 2/3" not in out.getvalue()
+        with open(path, "a") as fh:
+            fh.write(" loss 1.0\n[courier train] courier step 3/3")  # the last line lacks its newline
+    assert seen_while_running.is_set()
+    assert out.getvalue() == ("[courier train] courier step 1/3\n[courier train] courier step 2/3 loss 1.0\n"
+                              "[courier train] courier step 3/3\n")
+
+
+def test_progress_goes_to_stderr_without_horovod(tmp_path, capsys):
+    from training.train import report_progress
+    report_progress("[courier train] courier step 1/3", str(tmp_path), "local")
+    assert capsys.readouterr().err == "[courier train] courier step 1/3\n"
+    assert not (tmp_path / "progress.log").exists()
