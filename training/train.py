@@ -244,8 +244,9 @@ def report_progress(line: str, ckpt_dir: str, backend: str) -> None:
 
 
 class ProgressTail:
-    """Driver-side thread printing the complete lines appended to ``path``
-    (from its size at start) every ``interval_s``, and the rest on ``stop``."""
+    """Driver-side context manager: a thread prints the complete lines
+    appended to ``path`` (from its size at entry) every ``interval_s``; the
+    rest, a last unterminated line included, is printed on exit."""
 
     def __init__(self, path: str, dst=None, interval_s: float = 1.0) -> None:
         import threading
@@ -355,8 +356,8 @@ class _TeeLines:
                 self.dst.write(text)
                 if "\n" in text:
                     # A driver whose stdout is a file (spark-submit > job.log) is
-                    # block-buffered and Horovod never flushes: without this the
-                    # workers' progress lines appear only when training ends.
+                    # block-buffered and Horovod never flushes it: forwarded
+                    # worker lines (errors included) would wait in the buffer.
                     self.dst.flush()
             except Exception:  # noqa: BLE001 - a closed console must not kill the forwarder
                 pass
