@@ -92,18 +92,17 @@ def main() -> None:
         df["hist_cluster_ids"] = sequence_cluster_ids(df["hist_item_ids"], clusters)
         return df[df["split"] == "train"].reset_index(drop=True), df[df["split"] == "test"].reset_index(drop=True)
 
-    def dnn_aucs(train: pd.DataFrame, test: pd.DataFrame, feature: str) -> np.ndarray:
-        return np.array([auc(test["label"].to_numpy(), score_dnn(train_dnn(train, feature, None, s), test))
-                         for s in args.seeds])
+    def aucs(kind: str, train: pd.DataFrame, test: pd.DataFrame, feature: str) -> np.ndarray:
+        """Test AUC of model `kind` with image feature `feature`, one per seed."""
+        y = test["label"].to_numpy()
+        if kind == "lgbm":
+            return np.array([auc(y, score_lgbm(train_lgbm(train, feature, s), test)) for s in args.seeds])
+        return np.array([auc(y, score_dnn(train_dnn(train, feature, None, s), test)) for s in args.seeds])
 
     train, test = with_clusters(look)
-    y = test["label"].to_numpy()
-    dnn_none = None
-    for kind, fit, score in (("lgbm", lambda f, s: train_lgbm(train, f, s), score_lgbm),
-                             ("dnn", lambda f, s: train_dnn(train, f, None, s), score_dnn)):
-        a = {f: np.array([auc(y, score(fit(f, s), test)) for s in args.seeds])
-             for f in ("none", "simscore", "cluster_id")}
-        dnn_none = a["none"] if kind == "dnn" else dnn_none
+    for kind in ("lgbm", "dnn"):
+        a = {f: aucs(kind, train, test, f) for f in ("none", "simscore", "cluster_id")}
+        dnn_none = a["none"]  # dnn last: the reference for the encoders' cluster IDs below
         print(f"headroom {kind} ({len(args.seeds)} seeds): AUC without image features "
               f"{a['none'].mean():.4f} +- {a['none'].std(ddof=1) if len(args.seeds) > 1 else 0:.4f}; "
               + "; ".join(f"perfect {n} {a[f].mean():.4f} ({100 * (a[f].mean() / a['none'].mean() - 1):+.2f} %)"
@@ -125,10 +124,11 @@ def main() -> None:
         n = args.probe_items
         acc = linear_probe_accuracy(emb[:n], labels.iloc[:n], probe_factors(truth))
         print(f"probe {name}: " + " ".join(f"{f}={v:.3f}" for f, v in acc.items()), flush=True)
+        unit = l2_normalise(emb)
         for k in args.cluster_ks:
             for ks in args.kmeans_seeds:
-                ids, _ = nearest_centroids(l2_normalise(emb), train_kmeans(emb, k, seed=ks, nredo=3)[0])
-                a = dnn_aucs(*with_clusters(pd.Series(ids, index=items["item_id"].to_numpy(np.int64))), "cluster_id")
+                ids, _ = nearest_centroids(unit, train_kmeans(unit, k, seed=ks, nredo=3)[0])
+                a = aucs("dnn", *with_clusters(pd.Series(ids, index=items["item_id"].to_numpy(np.int64))), "cluster_id")
                 purity = {f: pd.Series(labels[f].to_numpy()).groupby(ids).agg(lambda v: v.value_counts().iloc[0]).sum()
                           / len(ids) for f in LOOK_FACTORS}
                 print(f"clusters {name} k={k} kmeans seed {ks}: DNN AUC {a.mean():.4f} +- "

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -249,7 +250,6 @@ class ProgressTail:
     rest, a last unterminated line included, is printed on exit."""
 
     def __init__(self, path: str, dst=None, interval_s: float = 1.0) -> None:
-        import threading
         self.path, self.dst, self.interval_s = path, dst, interval_s
         self.offset = os.path.getsize(path) if os.path.exists(path) else 0
         self._part = ""
@@ -346,7 +346,6 @@ class _TeeLines:
 
     def __init__(self, dst, keep: int = 4000) -> None:
         import collections
-        import threading
         self.dst, self.lines, self._part = dst, collections.deque(maxlen=keep), ""
         self._lock = threading.Lock()
 
@@ -413,8 +412,6 @@ def explain_worker_failure(lines: list[str], exc: BaseException | None, *, gener
 
 
 def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | None) -> list:
-    import threading
-
     import horovod.spark
     from horovod.spark.driver import job_id
     from pyspark import SparkContext

@@ -299,8 +299,11 @@ def backdrop_style(backdrop: int) -> BackdropStyle:
                          float(rng.uniform(0.08, 0.2)))
 
 
-def _backdrop(style: BackdropStyle, size: int, rng: np.random.Generator) -> np.ndarray:
-    """size x size x 3 float backdrop with small per-photo lighting jitter."""
+@functools.lru_cache(maxsize=64)
+def _backdrop_base(backdrop: int, size: int) -> np.ndarray:
+    """size x size x 3 float backdrop of a brand, before per-photo exposure
+    (read-only, shared: every photo of the brand starts from it)."""
+    style = backdrop_style(backdrop)
     yy, xx = _grid(size) / max(size - 1, 1)
     t = {"vertical": yy, "horizontal": xx, "diagonal": (xx + yy) / 2,
          "radial": np.sqrt((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * np.sqrt(2)}[style.gradient]
@@ -316,7 +319,8 @@ def _backdrop(style: BackdropStyle, size: int, rng: np.random.Generator) -> np.n
     else:
         tex = np.zeros((size, size), np.float32)
     img = img - 14.0 * tex[..., None]  # darker texture marks keep the tone's hue and low saturation
-    return img * rng.uniform(0.95, 1.05)  # per-photo exposure
+    img.setflags(write=False)
+    return img
 
 
 def render_item_image(colour: int, pattern: int, shape: int, size: int,
@@ -335,7 +339,7 @@ def render_item_image(colour: int, pattern: int, shape: int, size: int,
     grey = rng.uniform(200.0, 245.0)
     bg = np.clip(grey + rng.uniform(-6.0, 6.0, 3), 0, 255).astype(np.float32)[None, None, :]
     if backdrop is not None:
-        bg = _backdrop(backdrop_style(backdrop), size, rng)
+        bg = _backdrop_base(backdrop, size) * rng.uniform(0.95, 1.05)  # per-photo exposure
     mask = _shape_mask(shape, size, rng)[..., None]
     tex = _texture(pattern, size, primary, secondary, rng)
     img = bg * (1.0 - mask) + tex * mask

@@ -20,14 +20,12 @@ def test_worker_lines_reach_a_block_buffered_driver_log_at_once():
 
 
 def test_progress_tail_prints_lines_while_the_writer_is_still_running(tmp_path):
-    import threading
     import time
 
     from training.train import ProgressTail, report_progress
     path = tmp_path / "progress.log"
     path.write_text("old run line\n")                 # a previous run's lines are not replayed
     out = io.StringIO()
-    seen_while_running = threading.Event()
     with ProgressTail(str(path), dst=out, interval_s=0.05):
         report_progress("[courier train] courier step 1/3", str(tmp_path), "horovod")
         with open(path, "a") as fh:
@@ -35,12 +33,11 @@ def test_progress_tail_prints_lines_while_the_writer_is_still_running(tmp_path):
         deadline = time.time() + 5
         while time.time() < deadline and "step 1/3" not in out.getvalue():
             time.sleep(0.02)
-        if "step 1/3" in out.getvalue():
-            seen_while_running.set()
+        seen_while_running = "step 1/3" in out.getvalue()
         assert "step 2/3" not in out.getvalue()
         with open(path, "a") as fh:
             fh.write(" loss 1.0\n[courier train] courier step 3/3")  # the last line lacks its newline
-    assert seen_while_running.is_set()
+    assert seen_while_running
     assert out.getvalue() == ("[courier train] courier step 1/3\n[courier train] courier step 2/3 loss 1.0\n"
                               "[courier train] courier step 3/3\n")
 
