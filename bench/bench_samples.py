@@ -14,7 +14,7 @@ import time
 from courier_spark.config import load_config
 from courier_spark.paths import TablePaths
 from courier_spark.spark import get_spark
-from courier_spark.stages import StageContext, run_stage
+from courier_spark.pipeline import StageContext, run_stage
 from courier_spark.tables import read_table
 
 

@@ -1,17 +1,26 @@
 """``courier STAGE --root DIR [--config FILE] [--set key=value ...]``,
 ``courier pipeline --root DIR [--from STAGE] [--until STAGE]`` and
-``courier sql FILE --root DIR [--limit N] [--out CSV]`` (analyst SQL over the Delta tables)."""
+``courier sql FILE --root DIR [--limit N] [--out CSV]`` (analyst SQL over the Delta tables).
+
+Order of work: parse flags, build and check the *whole* config (every
+section, whatever the command), check the root, and only then start Spark and
+run stages. Every error a user can cause is one ``courier: error:`` line and
+exit status 2; anything else is a bug and keeps its traceback (in the log too).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Sequence
 
-from .config import ConfigError, load_config
-
+from . import fs
+from .config import load_config
+from .errors import CourierError
+from .logs import RunLog, configure_logging, say
+from .paths import TablePaths
+from .pipeline import STAGES, StageContext, pipeline_stages, run_stage, stage_help
 
 def build_parser() -> argparse.ArgumentParser:
-    from .stages import STAGES
     ap = argparse.ArgumentParser(prog="courier", description="COURIER feature platform on Spark + Delta")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -20,9 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=None, help="YAML config (default conf/local.yaml)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set samples.l_pv=5 (repeatable)")
+        loud = p.add_mutually_exclusive_group()
+        loud.add_argument("-q", "--quiet", action="store_true", help="console: warnings and errors only")
+        loud.add_argument("-v", "--verbose", action="store_true", help="console: debug lines too")
 
-    for name, fn in STAGES.items():
-        common(sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0]))
+    for name in STAGES:
+        common(sub.add_parser(name, help=stage_help(name)))
     pp = sub.add_parser("pipeline", help="run stages in order")
     common(pp)
     pp.add_argument("--from", dest="start", default=None, help="first stage")
@@ -35,16 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def stage_names(command: str, start: str | None, until: str | None) -> list[str]:
+    return [] if command == "sql" else [command] if command != "pipeline" else pipeline_stages(start, until)
+
+
 def run_sql_command(spark, root: str, file: str, limit: int, out: str | None) -> int:
     import pandas as pd
 
     from .evaluate.sql_runner import run_sql_file
-    from .tables import MissingTableError
     try:
         df = run_sql_file(spark, file, root)
-    except (FileNotFoundError, MissingTableError, ValueError) as exc:
-        print(f"courier sql: error: {exc}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        raise CourierError(f"sql: {exc}") from None
     pdf = df.toPandas()
     with pd.option_context("display.max_columns", None, "display.width", 200):
         print(pdf.head(limit).to_string(index=False))
@@ -55,43 +69,41 @@ def run_sql_command(spark, root: str, file: str, limit: int, out: str | None) ->
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .paths import TablePaths
-    from .spark import get_spark
-    from .stages import StageContext, pipeline_stages, run_stage
+def _error(msg: str) -> int:
+    print(f"courier: error: {msg}", file=sys.stderr, flush=True)
+    return 2
 
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(-1 if args.quiet else 1 if args.verbose else 0)
     try:
         cfg = load_config(args.config, args.overrides)
-        names = (pipeline_stages(args.start, args.until) if args.command == "pipeline"
-                 else [] if args.command == "sql" else [args.command])
-    except (ConfigError, KeyError) as exc:
-        print(f"courier: error: {exc}", file=sys.stderr)
-        return 2
-    ctx = StageContext(get_spark(cfg.spark), cfg, TablePaths.for_root(args.root))
-    if args.command == "sql":
-        return run_sql_command(ctx.spark, ctx.paths.root, args.file, args.limit, args.out)
-    for name in names:
+        names = stage_names(args.command, getattr(args, "start", None), getattr(args, "until", None))
+        paths = TablePaths.for_root(args.root)
+        fs.check_root(paths.root)
+    except CourierError as exc:
+        return _error(str(exc))
+    with RunLog(paths.run_logs, args.command) as run_log:
+        say("run", f"{args.command}: full log in {run_log.final_path}", level=10)
+        from .spark import get_spark
+        name = "spark"
         try:
-            run_stage(name, ctx)
-        except user_facing_errors() as exc:
+            ctx = StageContext(get_spark(cfg.spark), cfg, paths)
+            if args.command == "sql":
+                return run_sql_command(ctx.spark, paths.root, args.file, args.limit, args.out)
+            for name in names:
+                run_stage(name, ctx)
+                run_log.sync()
+        except CourierError as exc:
             # Expected failures (bad input, missing table or version, a dead
             # worker) get one clear line, not a traceback; anything else is a bug.
-            print(f"courier: error: stage {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 2
+            run_log.exception(f"stage {name} failed")
+            return _error(f"stage {name} failed: {exc}")
+        except Exception:
+            run_log.exception(f"stage {name} failed with an unexpected error")
+            raise
     return 0
-
-
-def user_facing_errors() -> tuple[type[BaseException], ...]:
-    """Errors the platform raises on purpose, with a message meant for the user."""
-    from training.artifact import ArtifactNotFoundError
-    from training.train import DistributedTrainingError
-
-    from .contract import ContractError
-    from .feature_store import ConcurrentWriteError
-    from .tables import MissingTableError
-    return (ConfigError, ContractError, MissingTableError, LookupError, ArtifactNotFoundError,
-            DistributedTrainingError, ConcurrentWriteError)
 
 
 def job_main(command: str) -> None:

@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from .errors import DataError
+from .schema import ClusterConfig, EmbedConfig  # noqa: F401 (ClusterConfig re-exported for callers)
 
 CENTROIDS_SCHEMA = T.StructType([
     T.StructField("centroid_version", T.StringType(), False),
@@ -41,39 +43,30 @@ _CVERSION = re.compile(r"^c(\d{4,})$")
 INITS = ("kmeans++", "random")
 
 
-@dataclass
-class ClusterConfig:
-    """``cluster:`` section."""
-    # Which embeddings: "" = the model that embed.method/embed.model_version
-    # resolves to; or an explicit model version such as "courier/v0002".
-    model_version: str = ""
-    k: int = 64                      # ~3000 items -> ~47 items per cluster
-    niter: int = 20
-    seed: int = 1234
-    # faiss trains on a sample of k * max_points_per_centroid points; the stage
-    # collects only that many vectors to the driver.
-    max_points_per_centroid: int = 256
-    nredo: int = 3                   # independent runs, best objective kept
-    init: str = "kmeans++"           # kmeans++ | random (random for very large k)
-    centroid_version: str = "auto"   # auto | cNNNN
-    tiny_cluster_size: int = 3       # clusters with fewer items are reported as tiny
-    gpu: str = "auto"                # auto (use faiss GPUs when present) | yes | no
+def check_k(k: int, n_items: int, model_version: str) -> None:
+    """More clusters than embedded items is a data problem, not a faiss crash."""
+    if k > n_items:
+        raise DataError(f"cluster.k={k} but model {model_version} has only {n_items} embedded item(s); "
+                        f"lower cluster.k to at most {n_items}")
 
-    def validate(self) -> "ClusterConfig":
-        from .config import ConfigError
-        if self.k < 1:
-            raise ConfigError(f"cluster.k must be >= 1, got {self.k}")
-        if self.niter < 1 or self.nredo < 1:
-            raise ConfigError("cluster.niter and cluster.nredo must be >= 1")
-        if self.max_points_per_centroid < 1:
-            raise ConfigError("cluster.max_points_per_centroid must be >= 1")
-        if self.init not in INITS:
-            raise ConfigError(f"cluster.init must be one of {INITS}, got {self.init!r}")
-        if self.centroid_version != "auto" and not _CVERSION.match(self.centroid_version):
-            raise ConfigError(f"cluster.centroid_version must be 'auto' or like c0001, got {self.centroid_version!r}")
-        if self.gpu not in ("auto", "yes", "no"):
-            raise ConfigError(f"cluster.gpu must be auto, yes or no, got {self.gpu!r}")
-        return self
+
+def serving_model_version(models_root: str, embed_cfg: EmbedConfig) -> str:
+    """The model version ``embed.method`` / ``embed.model_version`` resolves to."""
+    from training.artifact import load_artifact
+    return load_artifact(models_root, embed_cfg.method, embed_cfg.model_version).model_version
+
+
+def latest_centroid_version(spark: SparkSession, centroids_path: str, model_version: str) -> str:
+    """Highest ``cNNNN`` in ``gold/centroids`` made from ``model_version`` (clear error if none)."""
+    have = existing_versions(spark, centroids_path)
+    mine = sorted((v for v, meta in have.items() if meta["model_version"] == model_version),
+                  key=lambda s: int(s[1:]))
+    if not mine:
+        made = sorted({m["model_version"] for m in have.values()})
+        raise LookupError(f"gold/centroids has no centroid version for model {model_version}; "
+                          f"it has centroids for {made or 'no model'} - run `courier cluster` "
+                          f"with --set embed.method=<method>")
+    return mine[-1]
 
 
 def faiss_gpus() -> int:
@@ -160,7 +153,7 @@ def train_kmeans(embeddings: np.ndarray, k: int, niter: int = 20, seed: int = 12
         raise ValueError(f"embeddings must be a 2-D array, got shape {x.shape}")
     n, d = x.shape
     if n < k:
-        raise ValueError(f"cannot make {k} clusters from {n} vectors; lower cluster.k")
+        raise DataError(f"cannot make {k} clusters from {n} vectors; lower cluster.k")
     use_gpu = faiss_gpus() > 0 if gpu is None else bool(gpu)
     init_method = (faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS if init == "kmeans++"
                    else faiss.ClusteringInitMethod_RANDOM)

@@ -1,111 +1,48 @@
-"""One typed configuration object, built from YAML files in ``conf/`` plus
-``--set key=value`` overrides from the command line.
+"""Loading the one typed configuration (schema in ``courier_spark.schema``)
+from YAML files in ``conf/`` plus ``--set key=value`` overrides.
 
 Precedence (later wins): dataclass defaults < ``conf/local.yaml`` (or the
 ``--config`` file, which may ``extends:`` another file) < ``--set`` overrides.
-Unknown keys are errors: a typo must never be silently ignored.
+The whole config is built and checked at once, so a typo in a late stage's
+key fails before the first stage runs. Unknown keys are errors naming the
+nearest valid key; a wrong type names the expected type. Standard library +
+PyYAML only.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import difflib
 import os
-from dataclasses import dataclass, field, fields, is_dataclass
+import re
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, get_type_hints
 
 import yaml
 
-from .synthetic.marketplace import MarketplaceParams
+from .errors import ConfigError
+from .schema import (ClusterConfig, CourierConfig, DnnConfig, EmbedConfig, EvaluateConfig,  # noqa: F401 (re-exported)
+                     FeaturesConfig, LgbmConfig, SamplesConfig, SparkConfig, SyntheticConfig, TrainConfig,
+                     ValidateConfig, WindowsConfig)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULT_CONFIG = CONF_DIR / "local.yaml"
 
 
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as
+    booleans, which turns `spark.log_level=OFF` into False."""
 
 
-@dataclass
-class SparkConfig:
-    master: str = "local[2]"          # ignored when launched by spark-submit with a master
-    app_name: str = "courier-spark"
-    shuffle_partitions: int = 8
-    driver_memory: str = "4g"
-    delta_package: str = "io.delta:delta-spark_2.13:4.0.0"
-    # Jars to use instead of resolving delta_package from Maven Central
-    # (for machines without Maven Central access); comma-separated paths.
-    jars: str = ""
-    log_level: str = "WARN"
-    extra: dict = field(default_factory=dict)  # any other spark.* setting
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 
-# The synthetic marketplace's parameters are its own dataclass (one
-# definition of the knobs, used by the generator and the config alike).
-SyntheticConfig = MarketplaceParams
-
-
-@dataclass
-class ValidateConfig:
-    # Events more than this far after the wall clock are quarantined as
-    # "future_timestamp" (clock skew or a broken producer).
-    max_future_skew_hours: float = 24.0
-    check_images: bool = True
-
-
-@dataclass
-class WindowsConfig:
-    """Pre-training / CTR-train / CTR-test windows.
-
-    ``mode: relative`` derives them from the data's own day span: the last
-    ``test_days`` are the test split, the ``ctr_train_days`` before them are
-    CTR training, and everything earlier (at most ``pretrain_days`` if set) is
-    pre-training. ``mode: absolute`` uses the ISO dates below
-    (start inclusive, end exclusive, UTC).
-    """
-    mode: str = "relative"
-    test_days: int = 1
-    ctr_train_days: int = 2
-    pretrain_days: int | None = None
-    pretrain_start: str | None = None
-    pretrain_end: str | None = None
-    ctr_train_start: str | None = None
-    ctr_train_end: str | None = None
-    test_start: str | None = None
-    test_end: str | None = None
-
-
-@dataclass
-class SamplesConfig:
-    session_gap_minutes: float = 30.0
-    l_pv: int = 5
-    l_click: int = 5
-    ctr_history_len: int = 50
-    # Share of unclicked impressions kept in pre-training pages (paper: 0.2).
-    # Deterministic per event_id, so re-runs keep the same rows.
-    negative_keep_rate: float = 0.2
-    seed: int = 13
-
-
-@dataclass
-class CourierConfig:
-    spark: SparkConfig = field(default_factory=SparkConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
-    windows: WindowsConfig = field(default_factory=WindowsConfig)
-    samples: SamplesConfig = field(default_factory=SamplesConfig)
-    # Free-form sections later stages own (kept typed per stage module).
-    train: dict = field(default_factory=dict)
-    embed: dict = field(default_factory=dict)
-    cluster: dict = field(default_factory=dict)
-    features: dict = field(default_factory=dict)
-    evaluate: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, default=str)
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _merge(base: dict, over: Mapping) -> dict:
@@ -124,7 +61,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"config 'extends' cycle at {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = _yaml(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     parent = data.pop("extends", None)
@@ -140,9 +80,17 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {item!r} must look like key.path=value")
     key, raw = item.split("=", 1)
     key = key.strip()
-    if not key:
+    if not key or any(not k for k in key.split(".")):
         raise ConfigError(f"override {item!r} has an empty key")
-    return key.split("."), yaml.safe_load(raw) if raw.strip() != "" else ""
+    try:
+        value = _yaml(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw  # e.g. an unbalanced bracket: kept as text, the field's type check names it
+    return key.split("."), value
+
+
+def _type_name(typ: Any) -> str:
+    return getattr(typ, "__name__", str(typ))
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -151,43 +99,57 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         return None
     origin = getattr(typ, "__origin__", None)
     args = getattr(typ, "__args__", ())
-    if origin is not None and type(None) in args:  # Optional[X]
+    if type(None) in args:  # X | None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(value, inner, where)
     if typ is dict or origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
+    if typ is list or origin is list:
+        return value  # element types are checked by the schema's `items`
     try:
         if typ is bool:
             if isinstance(value, bool):
                 return value
-            if str(value).lower() in ("true", "1", "yes"):
+            if str(value).lower() in ("true", "yes", "on"):
                 return True
-            if str(value).lower() in ("false", "0", "no"):
+            if str(value).lower() in ("false", "no", "off"):
                 return False
             raise ValueError
         if typ is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            if isinstance(value, bool) or isinstance(value, (list, dict)) \
+                    or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if typ is float:
+            if isinstance(value, (bool, list, dict)):
+                raise ValueError
             return float(value)
         if typ is str:
+            if isinstance(value, (list, dict)):
+                raise ValueError
             return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected {getattr(typ, '__name__', typ)}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}") from None
     return value
 
 
-def _build(cls: type, data: Mapping, prefix: str) -> Any:
+def _unknown_key(prefix: str, key: str, names: Iterable[str]) -> ConfigError:
+    names = sorted(names)
+    near = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    hint = f"; did you mean {prefix}{near[0]}?" if near else ""
+    return ConfigError(f"unknown config key {prefix}{key}{hint} (valid keys under "
+                       f"{prefix.rstrip('.') or 'top level'}: {', '.join(names)})")
+
+
+def build_section(cls: type, data: Mapping, prefix: str) -> Any:
+    """``cls`` from a mapping: unknown keys and wrong types are ConfigErrors naming the key."""
     hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
+    names = {f.name for f in fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!s} (valid keys under "
-            f"{prefix.rstrip('.') or 'top level'}: {', '.join(sorted(names))})")
+        raise _unknown_key(prefix, unknown[0], names)
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
@@ -196,8 +158,8 @@ def _build(cls: type, data: Mapping, prefix: str) -> Any:
         v = data[f.name]
         if is_dataclass(typ):
             if not isinstance(v, Mapping):
-                raise ConfigError(f"{prefix}{f.name}: expected a mapping, got {v!r}")
-            kwargs[f.name] = _build(typ, v, f"{prefix}{f.name}.")
+                raise ConfigError(f"{prefix}{f.name}: expected a mapping of keys, got {v!r}")
+            kwargs[f.name] = build_section(typ, v, f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _coerce(v, typ, f"{prefix}{f.name}")
     return cls(**kwargs)
@@ -205,34 +167,34 @@ def _build(cls: type, data: Mapping, prefix: str) -> Any:
 
 def load_config(config_file: str | Path | None = None,
                 overrides: Iterable[str] = ()) -> CourierConfig:
-    """Build the config: defaults < YAML file (default conf/local.yaml) < overrides."""
+    """Build and check the whole config: defaults < YAML file (default conf/local.yaml) < overrides."""
     path = Path(config_file) if config_file else DEFAULT_CONFIG
     data = _read_yaml(path) if (config_file or path.exists()) else {}
     for item in overrides:
         keys, value = parse_override(item)
         node = data
-        for k in keys[:-1]:
+        for i, k in enumerate(keys[:-1]):
             nxt = node.get(k)
             if not isinstance(nxt, dict):
+                if nxt is not None:
+                    raise ConfigError(f"override {item!r}: {'.'.join(keys[:i + 1])} is a value, not a section")
                 nxt = {}
                 node[k] = nxt
             node = nxt
         node[keys[-1]] = value
-    return _build(CourierConfig, data, "")
-
-
-def section(cfg: CourierConfig, name: str, cls: type) -> Any:
-    """Typed view of a free-form stage section (train/embed/...), validated."""
-    return _build(cls, getattr(cfg, name) or {}, f"{name}.")
+    return build_section(CourierConfig, data, "")
 
 
 def with_section_values(cfg: CourierConfig, **sections: Mapping[str, Any]) -> CourierConfig:
-    """A copy of ``cfg`` with keys of free-form sections replaced, e.g.
+    """A checked copy of ``cfg`` with some keys of some sections replaced, e.g.
     ``with_section_values(cfg, train={"method": "simclr"})`` (the original is untouched)."""
     changes = {}
     for name, values in sections.items():
-        current = getattr(cfg, name)
-        if not isinstance(current, dict):
-            raise ConfigError(f"with_section_values: {name!r} is not a free-form section")
-        changes[name] = {**current, **values}
+        current = getattr(cfg, name, None)
+        if not is_dataclass(current):
+            raise ConfigError(f"with_section_values: {name!r} is not a config section")
+        unknown = set(values) - {f.name for f in fields(current)}
+        if unknown:
+            raise _unknown_key(f"{name}.", sorted(unknown)[0], [f.name for f in fields(current)])
+        changes[name] = dataclasses.replace(current, **values)
     return dataclasses.replace(cfg, **changes)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
+from .errors import CourierError
+
 ITEMS_SCHEMA = T.StructType([
     T.StructField("item_id", T.LongType(), False),
     T.StructField("category", T.StringType(), False),
@@ -32,7 +34,7 @@ ITEM_KEYS = [f.name for f in ITEMS_SCHEMA.fields if not f.nullable]
 IMPRESSION_KEYS = [f.name for f in IMPRESSIONS_SCHEMA.fields if not f.nullable]
 
 
-class ContractError(ValueError):
+class ContractError(CourierError, ValueError):
     """A bronze table's schema breaks the contract (names the column)."""
 
 

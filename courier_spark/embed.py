@@ -25,36 +25,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from .schema import EmbedConfig  # noqa: F401 (re-exported for callers)
+
 EMBEDDINGS_SCHEMA = T.StructType([
     T.StructField("item_id", T.LongType(), False),
     T.StructField("model_version", T.StringType(), False),
     T.StructField("embedding", T.ArrayType(T.FloatType(), False), False),
 ])
-
-
-@dataclass
-class EmbedConfig:
-    """``embed:`` section."""
-    method: str = "courier"          # models/<method>/...
-    model_version: str = "latest"    # v0001, ... or latest
-    batch_size: int = 64             # images per forward pass inside a worker
-    # torch intra-op threads per Python worker: Spark already runs one task per
-    # core, so more threads only oversubscribe the CPU.
-    torch_threads: int = 1
-    device: str = "auto"             # auto (cuda when the worker has one) | cpu | cuda
-    # Minimum number of input partitions (0 = Spark's default parallelism), so
-    # a single-file silver/items table still uses every core.
-    min_partitions: int = 0
-
-    def validate(self) -> "EmbedConfig":
-        from .config import ConfigError
-        if self.batch_size < 1:
-            raise ConfigError(f"embed.batch_size must be >= 1, got {self.batch_size}")
-        if self.torch_threads < 1:
-            raise ConfigError(f"embed.torch_threads must be >= 1, got {self.torch_threads}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"embed.device must be auto, cpu or cuda, got {self.device!r}")
-        return self
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .progress import say
+from .errors import CourierError
+from .logs import say
 from .tables import table_exists
 
 UPDATED_AT = "updated_at"
@@ -51,7 +52,7 @@ IMPRESSION_VISUAL_COMMENTS = {
 }
 
 
-class FeatureVersionError(LookupError):
+class FeatureVersionError(CourierError, LookupError):
     """A requested feature-table version does not exist (message lists the available ones)."""
 
 
@@ -170,7 +171,7 @@ _CONFLICT = re.compile(r"(Concurrent\w*Exception|MetadataChangedException|Protoc
                        r"DELTA_TABLE_ALREADY_EXISTS)")
 
 
-class ConcurrentWriteError(RuntimeError):
+class ConcurrentWriteError(CourierError, RuntimeError):
     """A MERGE kept losing against concurrent writers after every retry."""
 
 

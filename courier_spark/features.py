@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import uuid
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -26,33 +25,13 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from .schema import FeaturesConfig  # noqa: F401 (re-exported for callers)
+
 ASSIGN_SCHEMA = T.StructType([
     T.StructField("item_id", T.LongType(), False),
     T.StructField("cluster_id", T.IntegerType(), False),
     T.StructField("distance", T.FloatType(), False),
 ])
-
-
-@dataclass
-class FeaturesConfig:
-    """``features:`` section."""
-    centroid_version: str = "latest"   # cNNNN or latest (highest in gold/centroids)
-    k: int = 5                         # SimScore / history cluster-id slots (latest k clicks)
-    # Only assign items not yet in feature_store/item_visual for this centroid
-    # version; false re-assigns every item (unchanged rows are still not rewritten).
-    incremental: bool = True
-    faiss_threads: int = 1             # per Python worker; Spark already runs one task per core
-    # Broadcast-join the embedding table into the SimScore joins when it has
-    # at most this many MiB (vectors only); larger tables use shuffle joins.
-    broadcast_embeddings_mb: int = 64
-
-    def validate(self) -> "FeaturesConfig":
-        from .config import ConfigError
-        if self.k < 1:
-            raise ConfigError(f"features.k must be >= 1, got {self.k}")
-        if self.faiss_threads < 1:
-            raise ConfigError("features.faiss_threads must be >= 1")
-        return self
 
 
 # Per-Python-worker cache: broadcast key -> (faiss index, centroids).

@@ -1,4 +1,7 @@
-"""The one place that knows where every table lives under a dataset root.
+"""The one place that knows where every artefact lives under a dataset root:
+Delta tables and the non-table artefacts (models, checkpoints, the petastorm
+cache, reports, run summaries and logs), which are read and written through
+``courier_spark.fs``.
 
 A root is a local path or any Hadoop-compatible URI; one root holds one
 complete, re-runnable pipeline (bronze -> silver -> gold -> feature store).
@@ -69,10 +72,19 @@ class TablePaths:
     @property
     def truth_user_tastes(self) -> str: return self.table("_synthetic_truth", "user_tastes")
 
-    # non-table artifacts
+    # non-table artefacts (through courier_spark.fs)
     @property
-    def models(self) -> str: return _join(self.root, "models")
+    def models(self) -> str: return _join(self.root, "models")   # <method>/vNNNN/, _checkpoints/
+    @property
+    def checkpoints(self) -> str: return _join(self.root, "models", "_checkpoints")
+    @property
+    def petastorm_cache(self) -> str: return _join(self.root, "_cache", "petastorm")
     @property
     def reports(self) -> str: return _join(self.root, "reports")
+
+    def report_file(self, name: str) -> str: return _join(self.root, "reports", name)
+
     @property
-    def run_summaries(self) -> str: return _join(self.root, "_runs")
+    def run_summaries(self) -> str: return _join(self.root, "_runs")   # <stage>.json
+    @property
+    def run_logs(self) -> str: return _join(self.root, "_runs", "logs")  # full DEBUG log per command

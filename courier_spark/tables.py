@@ -5,12 +5,14 @@ from typing import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
+from .errors import CourierError
 
-class MissingTableError(RuntimeError):
+
+class MissingTableError(CourierError, RuntimeError):
     """A table the stage needs does not exist; the message says which stage makes it."""
 
 
-class TableVersionError(LookupError):
+class TableVersionError(CourierError, LookupError):
     """A requested Delta version of a table does not exist (message lists the range that does)."""
 
 

@@ -1,4 +1,4 @@
-"""spark-submit entry point for `courier validate` (see README)."""
+"""spark-submit entry point for `courier validate` (same flags as the CLI; see README)."""
 from courier_spark.cli import job_main
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ TINY_INJECT = {"synthetic.bad_null_keys": 6, "synthetic.bad_unknown_items": 4,
 def tiny_dataset(spark, tmp_path_factory):
     """generate -> validate -> samples once per test run on the tiny marketplace;
     returns (StageContext, {stage: summary}). Shared by the pipeline tests."""
-    from courier_spark.stages import StageContext, run_stage
+    from courier_spark.pipeline import StageContext, run_stage
     root = str(tmp_path_factory.mktemp("tiny") / "ds")
     ctx = StageContext(spark, tiny_config(**TINY_INJECT), TablePaths.for_root(root))
     out = {s: run_stage(s, ctx) for s in ("generate", "validate", "samples")}

@@ -230,8 +230,7 @@ def test_stages_end_to_end_and_rerun(spark, artifact, tmp_path):
 
     from courier_spark.config import load_config
     from courier_spark.paths import TablePaths
-    from courier_spark.stages import StageContext
-    from courier_spark.visual_stages import run_cluster, run_embed, run_features
+    from courier_spark.pipeline import StageContext, run_stage
 
     paths = TablePaths.for_root(str(tmp_path / "ds"))
     shutil.copytree(os.path.dirname(os.path.dirname(artifact.path)), paths.models)
@@ -244,25 +243,25 @@ def test_stages_end_to_end_and_rerun(spark, artifact, tmp_path):
     cfg = load_config(None, ["embed.batch_size=8", "cluster.k=4", "cluster.niter=5", "cluster.nredo=1"])
     ctx = StageContext(spark, cfg, paths)
 
-    e = run_embed(ctx)
+    e = run_stage("embed", ctx)
     assert e["items_in"] == 60 and e["embedded"] == 48
     assert e["not_embedded"] == {"missing": 6, "decode_failed_at_embed": 6}
     assert e["max_norm_error"] < 1e-5 and e["model_version"] == "courier/v0001"
 
-    c1 = run_cluster(ctx)
+    c1 = run_stage("cluster", ctx)
     assert c1["centroid_version"] == "c0001" and not c1["reused_version"]
     assert sum(c1["all_items"]["size_histogram"].values()) == 4 and c1["all_items"]["n_items"] == 48
-    c2 = run_cluster(ctx)                              # same inputs + params: same version, replaced
+    c2 = run_stage("cluster", ctx)                              # same inputs + params: same version, replaced
     assert c2["centroid_version"] == "c0001" and c2["reused_version"] and c2["max_centroid_change"] == 0.0
     cents = spark.read.format("delta").load(paths.centroids)
     assert cents.count() == 4 and cents.select("cluster_id").distinct().count() == 4
     assert json.loads(cents.first()["params"])["k"] == 4
 
-    f1 = run_features(ctx)
+    f1 = run_stage("features", ctx)
     assert f1["item_visual"]["merge"]["inserted"] == 48
     assert f1["impression_visual"]["merge"]["inserted"] == 80
     iv1 = read_features(spark, paths.impression_visual_features).toPandas().sort_values("event_id")
-    f2 = run_features(ctx)                             # re-run: nothing new, nothing rewritten
+    f2 = run_stage("features", ctx)                             # re-run: nothing new, nothing rewritten
     assert f2["item_visual"]["assigned_this_run"] == 0
     assert (f2["impression_visual"]["merge"]["inserted"], f2["impression_visual"]["merge"]["updated"]) == (0, 0)
     iv2 = read_features(spark, paths.impression_visual_features).toPandas().sort_values("event_id")

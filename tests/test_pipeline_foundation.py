@@ -7,7 +7,7 @@ import os
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.stages import run_stage
+from courier_spark.pipeline import run_stage
 from courier_spark.tables import read_table, table_version
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from courier_spark.paths import TablePaths
-from courier_spark.stages import StageContext, run_stage
+from courier_spark.pipeline import StageContext, run_stage
 from training.artifact import load_artifact
 
 from .conftest import tiny_config

@@ -6,11 +6,17 @@ Layout: ``<root>/models/<method>/<version>/`` with
 * ``artifact.json`` method, backbone, embed_dim, image_size, the config that
                     made it, the data version (Delta table versions read) and metrics.
 Versions are ``v0001``, ``v0002``, ...; ``latest`` resolves to the highest.
+
+``<root>`` is any dataset root ``courier_spark.fs`` accepts (local path,
+``file:``, ``s3a://``, ``abfss://``, ``gs://``, ``hdfs://``, ``memory://``);
+every byte goes through that layer. ``artifact.json`` is written last and is
+what makes a version exist: a directory without it (a save that died half way)
+is not listed, so readers never see a partial version, and the next save
+reuses its number.
 """
 from __future__ import annotations
 
-import json
-import os
+import io
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from courier_spark import fs
+
 from .backbones import build_backbone
 
 _VERSION = re.compile(r"^v(\d{4,})$")
+_META = "artifact.json"     # the completion marker: written last
 
 
 class ArtifactNotFoundError(FileNotFoundError):
@@ -44,20 +53,29 @@ class ModelArtifact:
         """Globally readable id written into embeddings and features."""
         return f"{self.method}/{self.version}"
 
+    @property
+    def encoder_uri(self) -> str:
+        """Where the encoder's state dict lives (any ``courier_spark.fs`` URI)."""
+        return fs.join(self.path, "encoder.pt")
+
+    def encoder_bytes(self) -> bytes:
+        """The serialized encoder state dict, e.g. to broadcast to Spark workers."""
+        return fs.read_bytes(self.encoder_uri)
+
     def load_encoder(self, map_location: str = "cpu") -> nn.Module:
         enc = build_backbone(self.backbone, self.embed_dim,
                              projection_head=bool(self.config.get("projection_head", False)))
-        enc.load_state_dict(torch.load(os.path.join(self.path, "encoder.pt"),
+        enc.load_state_dict(torch.load(io.BytesIO(self.encoder_bytes()),
                                        map_location=map_location, weights_only=True))
         return enc.eval()
 
 
 def list_versions(models_dir: str, method: str) -> list[str]:
-    d = os.path.join(models_dir, method)
-    if not os.path.isdir(d):
+    """Complete versions of ``method`` (those with ``artifact.json``), oldest first."""
+    d = fs.join(models_dir, method)
+    if not fs.isdir(d):
         return []
-    return sorted((v for v in os.listdir(d)
-                   if _VERSION.match(v) and os.path.exists(os.path.join(d, v, "artifact.json"))),
+    return sorted((v for v in fs.ls(d) if _VERSION.match(v) and fs.exists(fs.join(d, v, _META))),
                   key=lambda v: int(v[1:]))
 
 
@@ -69,23 +87,29 @@ def next_version(models_dir: str, method: str) -> str:
 def save_artifact(models_dir: str, method: str, encoder: nn.Module, full_model: nn.Module | None,
                   *, backbone: str, embed_dim: int, image_size: int, config: dict,
                   data_versions: dict, metrics: dict, version: str | None = None) -> ModelArtifact:
+    """Write a new version (or replace ``version``) of ``method`` under ``models_dir``.
+
+    The weights go first, ``artifact.json`` last: until it lands the version is
+    invisible to ``list_versions``/``load_artifact``, on every filesystem
+    (object stores cannot rename a directory, so there is no tmp-dir swap).
+    """
     version = version or next_version(models_dir, method)
-    path = os.path.join(models_dir, method, version)
-    tmp = path + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
-    torch.save(encoder.state_dict(), os.path.join(tmp, "encoder.pt"))
+    path = fs.join(models_dir, method, version)
+    if fs.exists(path):
+        # Replacing a version (or reusing a dead save's directory): hide it
+        # first, then clear it so no stale file (an old model.pt) survives.
+        fs.rm(fs.join(path, _META))
+        fs.rm(path, recursive=True)
+    fs.makedirs(path)
+    with fs.open_write(fs.join(path, "encoder.pt")) as fh:
+        torch.save(encoder.state_dict(), fh)
     if full_model is not None:
-        torch.save(full_model.state_dict(), os.path.join(tmp, "model.pt"))
+        with fs.open_write(fs.join(path, "model.pt")) as fh:
+            torch.save(full_model.state_dict(), fh)
     art = ModelArtifact(method, version, path, backbone, embed_dim, image_size,
                         config, data_versions, metrics)
     meta = {k: v for k, v in art.__dict__.items() if k != "path"}
-    with open(os.path.join(tmp, "artifact.json"), "w") as fh:
-        json.dump(meta, fh, indent=2, sort_keys=True, default=str)
-    # Rename last: a reader never sees a half-written version.
-    if os.path.exists(path):
-        import shutil
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    fs.write_json(fs.join(path, _META), meta)   # last: from here on the version exists
     return art
 
 
@@ -106,8 +130,7 @@ def load_artifact(models_dir: str, method: str, version: str = "latest") -> Mode
         raise ArtifactNotFoundError(
             f"model {method}/{version} does not exist under {models_dir}; "
             f"available: {', '.join(have) or 'none'}")
-    path = os.path.join(models_dir, method, version)
-    with open(os.path.join(path, "artifact.json")) as fh:
-        meta: dict[str, Any] = json.load(fh)
+    path = fs.join(models_dir, method, version)
+    meta: dict[str, Any] = fs.read_json(fs.join(path, _META))
     meta["path"] = path
     return ModelArtifact(**meta)

@@ -25,11 +25,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from courier_spark.schema import BACKBONE_IMAGE_SIZE
+
 log = logging.getLogger(__name__)
 
-BACKBONES = ("swin_t", "resnet18", "small_cnn")
+BACKBONES = tuple(BACKBONE_IMAGE_SIZE)
 
-_DEFAULT_IMAGE_SIZE = {"swin_t": 224, "resnet18": 64, "small_cnn": 48}
+_DEFAULT_IMAGE_SIZE = BACKBONE_IMAGE_SIZE  # one table, in the config schema
 
 
 def default_image_size(name: str) -> int:

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..progress import say
+from ..logs import say
 from .config import DnnConfig, EvaluateConfig
 from .ctr_stats import CtrStatistics
 from .frames import check_ctr_frame, stack_fixed, train_labels

@@ -33,12 +33,11 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..cluster import load_centroids
+from ..cluster import latest_centroid_version, load_centroids
 from ..embed import embeddings_to_numpy, read_embeddings
 from ..features import assign_cluster_ids, similarity_features
 from ..paths import TablePaths
 from ..tables import read_table, table_exists
-from ..visual_stages import latest_centroid_version
 from .frames import stack_fixed
 
 BASE_SELECT = ("event_id", "request_id", "session_id", "user_id", "item_id", "category", "position",
@@ -58,7 +57,7 @@ def resolve_method_versions(spark: SparkSession, paths: TablePaths, method: str,
     """The latest (or given) artifact of ``method`` and its latest centroid version."""
     from training.artifact import load_artifact
     mv = load_artifact(paths.models, method, model_version).model_version
-    return MethodVersions(method, mv, latest_centroid_version(spark, paths, mv))
+    return MethodVersions(method, mv, latest_centroid_version(spark, paths.centroids, mv))
 
 
 def ctr_base_frame(spark: SparkSession, paths: TablePaths) -> DataFrame:

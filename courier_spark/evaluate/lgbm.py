@@ -27,7 +27,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from ..progress import say
+from ..logs import say
 from .config import EvaluateConfig, LgbmConfig
 from .ctr_stats import STAT_KEYS, CtrStatistics
 from .frames import check_ctr_frame, stack_fixed, train_labels
@@ -54,10 +54,14 @@ def _resolve_cfg(cfg: LgbmConfig | EvaluateConfig | None) -> LgbmConfig:
 
 def _features(df: pd.DataFrame, m: LgbmModel, train_stats: dict | None) -> pd.DataFrame:
     """Feature frame; ``train_stats`` holds out-of-fold stats for train rows,
-    None means "apply the full-train stats" (test rows)."""
+    None means "apply the full-train stats" (test rows).
+
+    All columns are computed into one dict and the frame is built once:
+    inserting hundreds of ``emb_j`` / ``sim_j`` columns one by one fragments
+    the frame (pandas emits a PerformanceWarning per insert past 100 blocks)."""
     stats = train_stats if train_stats is not None else m.stats.values(df)
     n = len(df)
-    X = pd.DataFrame(index=pd.RangeIndex(n))
+    X: dict[str, object] = {}
     X["position"] = pd.to_numeric(df["position"], errors="coerce").to_numpy(float) if "position" in df else np.nan
     price = pd.to_numeric(df["price"], errors="coerce").to_numpy(float) if "price" in df else np.full(n, np.nan)
     X["log_price"] = np.log1p(price)
@@ -73,8 +77,7 @@ def _features(df: pd.DataFrame, m: LgbmModel, train_stats: dict | None) -> pd.Da
         X[f"{name}_ctr"], X[f"{name}_log_imps"] = ctr, cnt
     if m.image_feature == "simscore":
         s = stack_fixed(df["sim_scores"], m.n_slots, np.float32, np.nan).astype(float)
-        for j in range(m.n_slots):
-            X[f"sim_{j}"] = s[:, j]
+        X.update({f"sim_{j}": s[:, j] for j in range(m.n_slots)})
         valid = ~np.isnan(s)
         with np.errstate(all="ignore"):
             X["sim_max"] = np.where(valid.any(1), np.nanmax(np.where(valid, s, -np.inf), 1), np.nan)
@@ -92,9 +95,9 @@ def _features(df: pd.DataFrame, m: LgbmModel, train_stats: dict | None) -> pd.Da
         X["cluster_match_recent"] = np.where(valid[:, 0], match[:, 0], np.nan) if m.n_slots else np.nan
     elif m.image_feature == "vector":
         v = stack_fixed(df["target_embedding"], m.vector_dim, np.float32, 0.0).astype(float)
-        for j in range(m.vector_dim):
-            X[f"emb_{j}"] = v[:, j]
-    return X
+        X.update({f"emb_{j}": v[:, j] for j in range(m.vector_dim)})
+    # Scalars (a missing column's NaN) broadcast over the index, as before.
+    return pd.DataFrame(X, index=pd.RangeIndex(n))
 
 
 def train_lgbm(train_df: pd.DataFrame, variant: str, seed: int = 0,

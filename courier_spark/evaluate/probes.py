@@ -17,6 +17,9 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from ..embed import read_embeddings
+from ..tables import read_table, table_exists
+
 LOOK_FACTORS = ("colour", "pattern", "shape")
 NUISANCE_FACTORS = ("backdrop",)
 
@@ -65,3 +68,21 @@ def look_probe_table(spark: SparkSession, embeddings_path: str, truth_path: str,
         rows.append({"method": method, "model_version": mv, "items": len(pdf),
                      **{f: round(v, 3) for f, v in acc.items()}})
     return pd.DataFrame(rows)
+
+
+def embedding_map_sample(spark, paths, model_version: str, n: int = 1500):
+    """(vectors, category, hidden colour, its name) of up to n items for the PCA map."""
+    emb = read_embeddings(spark, paths.item_embeddings, model_version)
+    items = read_table(spark, paths.silver_items).select("item_id", "category")
+    df = emb.join(items, "item_id")
+    hidden = None
+    if table_exists(spark, paths.truth_item_factors):
+        truth = spark.read.format("delta").load(paths.truth_item_factors)
+        col = next((c for c in ("colour", "color", "style") if c in truth.columns), None)
+        if col:
+            df = df.join(truth.select("item_id", F.col(col).alias("hidden")), "item_id", "left")
+            hidden = col
+    pdf = df.orderBy(F.xxhash64("item_id")).limit(n).toPandas()
+    x = np.stack(pdf["embedding"].to_numpy())
+    return (x, pdf["category"].to_numpy(), (pdf["hidden"].to_numpy() if hidden else None),
+            f"hidden {hidden}" if hidden else "hidden factor")

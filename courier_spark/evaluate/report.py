@@ -15,11 +15,13 @@ baseline has no way. Tables:
 from __future__ import annotations
 
 import math
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .. import fs
+from ..errors import MissingArtifactError
 
 WAYS = ("cluster_id", "simscore", "vector")
 _WAY_TITLE = {"vector": "Vector", "simscore": "SimScore", "cluster_id": "Cluster ID"}
@@ -138,8 +140,7 @@ def _plot_category_lift(per_cat: pd.DataFrame, kind: str, baseline: str | None, 
     ax.set_title(f"Per-category AUC lift ({kind})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_png(fig, path)
     return True
 
 
@@ -190,8 +191,18 @@ def _plot_embedding_map(xy: np.ndarray, category: Sequence, hidden: Sequence | N
     if hidden is not None:
         _scatter(axes[0, 1], xy2, np.asarray(hidden), f"item embeddings by {hidden_name}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
+
+
+def _save_png(fig, path: str) -> None:
+    """A matplotlib figure -> PNG at ``path`` (any filesystem URI), atomically."""
+    import io
+
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    fs.write_bytes(path, buf.getvalue())
 
 
 def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.DataFrame | None = None,
@@ -205,7 +216,7 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
     ``embedding_map``: (vectors [n, d] or xy [n, 2], category [n], hidden
     factor [n] or None[, its name]); vectors are reduced to 2-D with PCA.
     """
-    os.makedirs(reports_dir, exist_ok=True)
+    fs.makedirs(reports_dir)
     main = _main_kind(results)
     base = results.attrs.get("baseline") or next(iter(results.loc[results["is_baseline"], "variant"]), None)
     weighting = results["gauc_weighting"].iloc[0] if "gauc_weighting" in results else "impressions"
@@ -232,7 +243,7 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
     md += ["## All runs\n", md_table(all_runs_table(results))]
     if per_category_df is not None and not per_category_df.empty:
         md.append("## Per-category AUC lift\n")
-        if _plot_category_lift(per_category_df, main, base, os.path.join(reports_dir, "per_category_lift.png")):
+        if _plot_category_lift(per_category_df, main, base, fs.join(reports_dir, "per_category_lift.png")):
             md.append("![per-category lift](per_category_lift.png)\n")
         pc = per_category_df
         if "model_kind" in pc.columns:
@@ -244,12 +255,22 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
     if embedding_map is not None:
         xy, cats, hidden = embedding_map[:3]
         hidden_name = embedding_map[3] if len(embedding_map) > 3 else "hidden factor"
-        _plot_embedding_map(np.asarray(xy), cats, hidden, os.path.join(reports_dir, "embedding_map.png"),
+        _plot_embedding_map(np.asarray(xy), cats, hidden, fs.join(reports_dir, "embedding_map.png"),
                             hidden_name)
         md += ["## Embedding map (PCA)\n", "![embedding map](embedding_map.png)\n"]
     for name, table in (extra_tables or {}).items():
         md += [f"## {name}\n", md_table(table)]
-    path = os.path.join(reports_dir, "report.md")
-    with open(path, "w") as fh:
-        fh.write("\n".join(md))
+    path = fs.join(reports_dir, "report.md")
+    fs.write_text(path, "\n".join(md))
     return path
+
+
+def load_results(path: str) -> pd.DataFrame:
+    """The evaluate stage's results.json back as the runner's results frame."""
+    if not fs.exists(path):
+        raise MissingArtifactError(f"{path} not found; run `courier evaluate` first")
+    data = fs.read_json(path)
+    res = pd.DataFrame(data["rows"])
+    res.attrs.update(data["attrs"])
+    res.attrs["versions"] = data.get("versions", {})
+    return res

@@ -8,16 +8,15 @@ the per-seed values of the variant and of the baseline.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..progress import say
+from .. import fs
+from ..logs import say
 from .config import IMAGE_FEATURES, EvaluateConfig
 from .frames import check_ctr_frame
 from .metrics import auc, gauc, is_real_difference, per_category_auc, per_category_lift, summarize_seeds
@@ -213,8 +212,20 @@ def metrics_dict(results: pd.DataFrame, main_model: str | None = None) -> dict:
 
 
 def write_metrics_json(path: str, results: pd.DataFrame, main_model: str | None = None) -> str:
-    """Write ``metrics_dict(results)`` as JSON to ``path`` (parent dirs created)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(metrics_dict(results, main_model), fh, indent=2, sort_keys=True)
+    """Write ``metrics_dict(results)`` as JSON to ``path`` (any filesystem URI, atomically)."""
+    fs.write_json(path, metrics_dict(results, main_model))
     return path
+
+
+BASELINE = "baseline"
+WAYS_ORDER = ("cluster_id", "simscore", "vector")
+
+
+def variant_plan(methods: list[str], all_ways_methods: list[str]) -> list[tuple[str, str, str | None]]:
+    """(variant name, image feature, method) triples: the baseline, then every
+    method at cluster_id and the all-ways methods also at simscore and vector."""
+    plan: list[tuple[str, str, str | None]] = [(BASELINE, "none", None)]
+    for m in methods:
+        for way in (WAYS_ORDER if m in all_ways_methods else ("cluster_id",)):
+            plan.append((f"{m}_{way}", way, m))
+    return plan

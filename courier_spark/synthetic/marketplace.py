@@ -90,6 +90,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from ..schema import SyntheticConfig
+
 __all__ = [
     "CATEGORIES", "COLOURS", "PATTERNS", "SHAPES", "Category",
     "MarketplaceParams", "Marketplace", "generate_marketplace",
@@ -144,30 +146,8 @@ _ADJECTIVES = ("classic", "modern", "premium", "everyday", "compact", "deluxe",
                "essential", "original", "lightweight", "signature", "durable", "new")
 
 
-@dataclass
-class MarketplaceParams:
-    seed: int = 7
-    n_users: int = 1500
-    n_items: int = 3000
-    n_days: int = 10
-    start_date: str = "2026-09-01"      # UTC, first day
-    sessions_per_user_day: float = 0.6  # Poisson mean
-    pages_per_session: float = 3.0      # mean (>= 1)
-    items_per_page: int = 10
-    image_size: int = 64                # px, square
-    image_format: str = "png"           # "png" or "jpeg"
-    brand_backdrops: bool = False       # per-brand studio backdrop (module docstring); False: plain grey
-    query_rate: float = 0.7             # share of pages from search; rest recommendation (query None)
-    # click model weights (see module docstring)
-    base_logit: float = -2.6
-    w_popularity: float = 0.8
-    w_position: float = 0.35
-    w_visual: float = 4.5
-    # bad rows to inject (for validation tests); all 0 by default
-    bad_null_keys: int = 0
-    bad_unknown_items: int = 0
-    bad_duplicate_events: int = 0
-    bad_images: int = 0
+# The knobs are the config's `synthetic` section (one definition, with ranges).
+MarketplaceParams = SyntheticConfig
 
 
 @dataclass

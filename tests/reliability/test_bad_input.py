@@ -15,7 +15,7 @@ from courier_spark.config import ConfigError, WindowsConfig, load_config
 from courier_spark.contract import ContractError
 from courier_spark.paths import TablePaths
 from courier_spark.samples import resolve_windows
-from courier_spark.stages import StageContext, run_stage
+from courier_spark.pipeline import StageContext, run_stage
 from courier_spark.tables import MissingTableError, read_table
 
 from ..conftest import tiny_config

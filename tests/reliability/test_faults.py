@@ -18,7 +18,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from courier_spark.paths import TablePaths
-from courier_spark.stages import StageContext, run_stage
+from courier_spark.pipeline import StageContext, run_stage
 from courier_spark.tables import read_table
 
 from ..conftest import tiny_config
@@ -178,7 +178,7 @@ def _horovod_fn(mode: str):
     ("raise", r"rank 1 raised ValueError: corrupt shard on rank 1"),
 ])
 def test_horovod_worker_death_fails_with_clear_message(spark, mode, message, reliability):
-    from training.train import DistributedTrainingError, run_distributed
+    from training.launch import DistributedTrainingError, run_distributed
     t0 = time.time()
     with pytest.raises(DistributedTrainingError, match=r"horovod training failed after \d+s with 2 workers: "
                                                        + message):
@@ -191,7 +191,7 @@ def test_horovod_worker_death_fails_with_clear_message(spark, mode, message, rel
 
 @pytest.mark.slow
 def test_horovod_hung_worker_is_cancelled_by_watchdog(spark, reliability):
-    from training.train import DistributedTrainingError, run_distributed
+    from training.launch import DistributedTrainingError, run_distributed
     t0 = time.time()
     with pytest.raises(DistributedTrainingError, match=r"did not finish within 20s and was cancelled"):
         run_distributed(_horovod_fn("hang"), (), "horovod", 2, timeout_s=20)
@@ -201,7 +201,7 @@ def test_horovod_hung_worker_is_cancelled_by_watchdog(spark, reliability):
 
 
 def test_horovod_more_workers_than_slots_is_a_clear_error(spark, reliability):
-    from training.train import DistributedTrainingError, run_distributed
+    from training.launch import DistributedTrainingError, run_distributed
     slots = spark.sparkContext.defaultParallelism
     with pytest.raises(DistributedTrainingError, match=rf"train.num_proc={slots + 1} but Spark master .* runs "
                                                        rf"only {slots} task\(s\) at once"):

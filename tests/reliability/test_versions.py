@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from courier_spark.config import ConfigError, load_config
 from courier_spark.paths import TablePaths
-from courier_spark.stages import StageContext, run_stage
+from courier_spark.pipeline import StageContext, run_stage
 from courier_spark.tables import read_table, table_version
 
 from .helpers import png

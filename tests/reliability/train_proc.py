@@ -13,7 +13,8 @@ from typing import Iterator
 
 import torch
 
-from training.train import TrainConfig, train_worker
+from courier_spark.schema import TrainConfig
+from training.train import train_worker
 
 L_PV, L_CLICK, SIZE, BATCH = 3, 3, 16, 4
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from training.train import _TeeLines
+from training.launch import _TeeLines
 
 
 def test_worker_lines_reach_a_block_buffered_driver_log_at_once():
@@ -22,7 +22,8 @@ def test_worker_lines_reach_a_block_buffered_driver_log_at_once():
 def test_progress_tail_prints_lines_while_the_writer_is_still_running(tmp_path):
     import time
 
-    from training.train import ProgressTail, report_progress
+    from training.launch import ProgressTail
+    from training.train import report_progress
     path = tmp_path / "progress.log"
     path.write_text("old run line\n")                 # a previous run's lines are not replayed
     out = io.StringIO()

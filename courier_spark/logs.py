@@ -1,0 +1,191 @@
+"""Console and log-file output for people: one ``[courier STAGE] message``
+line per meaningful step on stderr, a full DEBUG log of every run in a file.
+
+Every ``say`` goes through stdlib ``logging`` (logger ``courier.STAGE``).
+``configure_logging`` sets the console level (``--quiet`` WARNING, default
+INFO, ``--verbose`` DEBUG) and adds the run's log file; third-party Python
+loggers and captured ``warnings`` reach the console only at ERROR (they are
+all in the file). Without ``configure_logging`` (library use, tests), the
+``courier`` logger prints INFO lines to stderr by itself. Standard library only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from . import fs
+
+ROOT_LOGGER = "courier"
+FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the *current* ``sys.stderr`` (pytest's capsys swaps it per test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``[courier STAGE] msg`` for our loggers; ``[courier] name: LEVEL msg`` for others."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info and record.levelno >= logging.ERROR:
+            msg += "\n" + self.formatException(record.exc_info)
+        if record.name.startswith(ROOT_LOGGER + "."):
+            stage = record.name[len(ROOT_LOGGER) + 1:]
+            prefix = "" if record.levelno < logging.WARNING else f"{record.levelname}: "
+            return f"[courier {stage}] {prefix}{msg}"
+        return f"[courier] {record.name}: {record.levelname}: {msg}"
+
+
+class _ConsoleFilter(logging.Filter):
+    """Our own lines at the console level; everyone else's only from ERROR up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == ROOT_LOGGER or record.name.startswith(ROOT_LOGGER + "."):
+            return True
+        return record.levelno >= logging.ERROR
+
+
+_console: logging.Handler | None = None
+_file: logging.Handler | None = None
+
+
+def _default_console() -> None:
+    """Library use without ``configure_logging``: INFO lines of ``courier.*`` to stderr."""
+    global _console
+    if _console is None:
+        _console = _StderrHandler()
+        _console.setFormatter(ConsoleFormatter())
+        _console.addFilter(_ConsoleFilter())
+        _console.setLevel(logging.INFO)
+        logging.getLogger(ROOT_LOGGER).addHandler(_console)
+        logging.getLogger(ROOT_LOGGER).setLevel(logging.DEBUG)
+        logging.getLogger(ROOT_LOGGER).propagate = True
+
+
+def configure_logging(verbosity: int = 0, log_file: str | None = None) -> None:
+    """Console at WARNING (-1, ``--quiet``), INFO (0) or DEBUG (1, ``--verbose``);
+    ``log_file`` (local path) gets everything at DEBUG. Idempotent."""
+    _default_console()
+    assert _console is not None
+    _console.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
+    logging.captureWarnings(True)  # warnings -> logger py.warnings -> the file (console: ERROR only)
+    root = logging.getLogger()
+    # Our console handler sits on `courier`; route third-party records through
+    # the root logger to the same handler, filtered to ERROR.
+    if _console not in root.handlers:
+        root.addHandler(_console)
+        logging.getLogger(ROOT_LOGGER).removeHandler(_console)
+    root.setLevel(logging.DEBUG)
+    for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "fsspec", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.INFO)  # their DEBUG chatter is not worth the file
+    if log_file:
+        add_log_file(log_file)
+
+
+def add_log_file(log_file: str) -> None:
+    """Everything at DEBUG to ``log_file`` (a local path), replacing an earlier file."""
+    global _file
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    if _file is None or getattr(_file, "baseFilename", None) != os.path.abspath(log_file):
+        if _file is not None:
+            root.removeHandler(_file)
+            _file.close()
+        _file = logging.FileHandler(log_file, encoding="utf-8")
+        _file.setLevel(logging.DEBUG)
+        _file.setFormatter(logging.Formatter(FILE_FORMAT))
+        root.addHandler(_file)
+
+
+def close_log_file() -> None:
+    global _file
+    if _file is not None:
+        logging.getLogger().removeHandler(_file)
+        _file.close()
+        _file = None
+
+
+def logger(stage: str) -> logging.Logger:
+    _default_console()
+    return logging.getLogger(f"{ROOT_LOGGER}.{stage}")
+
+
+def say(stage: str, msg: str, level: int = logging.INFO) -> None:
+    """One ``[courier STAGE] msg`` line (INFO by default)."""
+    logger(stage).log(level, msg)
+
+
+def warn(stage: str, msg: str) -> None:
+    say(stage, msg, logging.WARNING)
+
+
+def debug(stage: str, msg: str) -> None:
+    say(stage, msg, logging.DEBUG)
+
+
+@contextmanager
+def step(stage: str, what: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    say(stage, f"{what} ...")
+    yield
+    say(stage, f"{what} done in {time.perf_counter() - t0:.1f}s")
+
+
+class RunLog:
+    """The full DEBUG log of one command, ``<root>/_runs/logs/<UTC time>-<command>.log``.
+
+    On a local root the file is written in place; on a remote root it is
+    written to local scratch and copied to the root after every stage and at
+    the end (object stores cannot append), then the scratch copy is removed."""
+
+    def __init__(self, logs_dir: str, command: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.final_path = fs.join(logs_dir, f"{stamp}-{command}.log")
+        self.remote = not fs.is_local(logs_dir)
+        if self.remote:
+            fd, self.local_path = tempfile.mkstemp(prefix="courier-run-", suffix=".log")
+            os.close(fd)
+        else:
+            self.local_path = fs.to_local_path(self.final_path)
+            os.makedirs(os.path.dirname(self.local_path), exist_ok=True)
+
+    def __enter__(self) -> "RunLog":
+        add_log_file(self.local_path)
+        return self
+
+    def sync(self) -> None:
+        if self.remote and _file is not None:
+            _file.flush()
+            fs.put_file(self.local_path, self.final_path)
+
+    def exception(self, msg: str) -> None:
+        """The current exception's traceback, to the log file (console only with --verbose)."""
+        logging.getLogger(f"{ROOT_LOGGER}.run").debug(msg, exc_info=True)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.sync()
+        finally:
+            close_log_file()
+            if self.remote:
+                try:
+                    os.remove(self.local_path)
+                except OSError:
+                    pass

@@ -1,0 +1,98 @@
+"""The pipeline: the stage context, the ordered stage registry and the one
+runner every stage goes through (the CLI, ``jobs/*.py`` and the
+``comparisons`` stage's sub-runs alike). Each run prints a start and a finish
+line and writes its JSON summary to ``<root>/_runs/<name>.json``.
+
+Stage order is the flow of data: raw -> samples -> training -> embeddings ->
+clusters -> features -> comparison methods -> CTR evaluation -> report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from pyspark.sql import SparkSession
+
+from . import fs
+from .config import CourierConfig
+from .errors import CourierError
+from .logs import say
+from .paths import TablePaths
+from .stages import cluster, comparisons, embed, evaluate, features, generate, report, samples, train, validate
+
+StageFn = Callable[["StageContext"], dict]
+
+STAGES: dict[str, StageFn] = {
+    "generate": generate.run,
+    "validate": validate.run,
+    "samples": samples.run,
+    "train": train.run,
+    "embed": embed.run,
+    "cluster": cluster.run,
+    "features": features.run,
+    "comparisons": comparisons.run,
+    "evaluate": evaluate.run,
+    "report": report.run,
+}
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage gets: the session, the checked config and the dataset's paths.
+
+    ``summary_prefix`` names where sub-runs' summaries go (the comparisons
+    stage runs train/embed/cluster per method as ``comparisons/<method>/...``);
+    ``keep_loader_cache`` lets consecutive trainings in one session share the
+    petastorm cache."""
+    spark: SparkSession
+    cfg: CourierConfig
+    paths: TablePaths
+    summary_prefix: str = ""
+    keep_loader_cache: bool = False
+
+    def derive(self, **changes) -> "StageContext":
+        return dataclasses.replace(self, **changes)
+
+    def run_stage(self, name: str) -> dict:
+        """Run another stage through the same runner (summary under this context's prefix)."""
+        return run_stage(name, self)
+
+
+def write_summary(directory: str, name: str, summary: dict) -> str:
+    """``<directory>/<name>.json`` through the filesystem layer (any root URI)."""
+    path = fs.join(directory, f"{name}.json")
+    fs.write_json(path, summary)
+    return path
+
+
+def run_stage(name: str, ctx: StageContext) -> dict:
+    if name not in STAGES:
+        raise CourierError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    label = f"{ctx.summary_prefix}{name}"
+    t0 = time.perf_counter()
+    say(name, f"start{' (' + ctx.summary_prefix.rstrip('/') + ')' if ctx.summary_prefix else ''} "
+              f"(root={ctx.paths.root})")
+    summary = STAGES[name](ctx)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary["config"] = ctx.cfg.to_dict()
+    write_summary(ctx.paths.run_summaries, label, summary)
+    say(name, f"finished in {summary['seconds']:.1f}s")
+    return summary
+
+
+def pipeline_stages(start: str | None = None, until: str | None = None) -> list[str]:
+    names = list(STAGES)
+    for arg, val in (("--from", start), ("--until", until)):
+        if val is not None and val not in names:
+            raise CourierError(f"{arg} {val!r} is not a stage; stages: {', '.join(names)}")
+    i = names.index(start) if start else 0
+    j = names.index(until) + 1 if until else len(names)
+    if i >= j:
+        raise CourierError(f"--from {start} comes after --until {until}")
+    return names[i:j]
+
+
+def stage_help(name: str) -> str:
+    return (STAGES[name].__doc__ or "").strip().splitlines()[0]

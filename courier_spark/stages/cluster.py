@@ -1,0 +1,81 @@
+"""`courier cluster`: gold/item_embeddings (one model version) -> gold/centroids (faiss k-means)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..logs import say, step, warn
+from ..tables import read_table, table_version
+
+if TYPE_CHECKING:
+    from ..pipeline import StageContext
+
+
+def run(ctx: StageContext) -> dict:
+    """gold/item_embeddings -> gold/centroids (faiss k-means)."""
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    from ..cluster import (centroids_frame, check_k, choose_centroid_version, existing_versions, load_centroids,
+                           replace_rows, serving_model_version, size_stats, train_kmeans)
+    from ..embed import embeddings_to_numpy, read_embeddings
+    from ..features import assign_cluster_ids
+
+    cfg = ctx.cfg.cluster
+    spark, p = ctx.spark, ctx.paths
+    mv = cfg.model_version or serving_model_version(p.models, ctx.cfg.embed)
+    emb = read_embeddings(spark, p.item_embeddings, mv)
+    emb_table_version = table_version(spark, p.item_embeddings)
+    n = emb.count()
+    check_k(cfg.k, n, mv)
+    cap = cfg.k * cfg.max_points_per_centroid
+    # faiss trains on at most k * max_points_per_centroid points anyway, so only
+    # that many vectors are collected to the driver (a seeded, deterministic
+    # hash sample when there are more): driver memory is bounded by k * mpc * d
+    # floats whatever the catalogue size. Cluster sizes and inertia over *all*
+    # items come from the distributed assignment job below.
+    sample = emb if n <= cap else emb.orderBy(F.xxhash64("item_id", F.lit(cfg.seed))).limit(cap)
+    with step("cluster", f"collecting {min(n, cap)} of {n} embeddings of {mv} to the driver"):
+        ids, x = embeddings_to_numpy(sample)
+    x = x[np.argsort(ids, kind="stable")]  # fixed row order: same inputs -> same faiss sample -> same centres
+    gpu = None if cfg.gpu == "auto" else cfg.gpu == "yes"
+    with step("cluster", f"faiss k-means k={cfg.k} niter={cfg.niter} nredo={cfg.nredo} init={cfg.init}"):
+        centroids, train_stats = train_kmeans(x, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid,
+                                              nredo=cfg.nredo, init=cfg.init, gpu=gpu,
+                                              tiny_cluster_size=cfg.tiny_cluster_size)
+    params = {"model_version": mv, "k": cfg.k, "niter": cfg.niter, "seed": cfg.seed, "nredo": cfg.nredo,
+              "max_points_per_centroid": cfg.max_points_per_centroid, "init": cfg.init, "spherical": True,
+              "embeddings_table_version": emb_table_version, "n_items": n}
+    cv, reused = choose_centroid_version(existing_versions(spark, p.centroids), cfg.centroid_version, params)
+    change = None
+    if reused:
+        # Rewriting a version that features may already use: they stay valid
+        # only if the centres are the same (incremental assignment skips items
+        # already assigned to this version).
+        old = load_centroids(spark, p.centroids, cv)[2]
+        change = float(np.abs(old - centroids).max()) if old.shape == centroids.shape else float("inf")
+        if change > 1e-5:
+            warn("cluster", f"{cv} is rewritten with different centres (max change {change:.2g}); "
+                           f"re-run features with --set features.incremental=false")
+    with step("cluster", f"{'replacing' if reused else 'writing'} centroid_version={cv} in gold/centroids"):
+        tv = replace_rows(centroids_frame(spark, centroids, cv, mv, params), p.centroids, "centroid_version", cv)
+    with step("cluster", "assigning every item to its nearest centroid (Spark, broadcast centroids)"):
+        rows = (assign_cluster_ids(emb, centroids, spark).groupBy("cluster_id")
+                .agg(F.count("*").alias("n"), F.sum("distance").alias("d")).collect())
+    sizes = np.zeros(cfg.k, np.int64)
+    inertia = 0.0
+    for r in rows:
+        sizes[r["cluster_id"]] = r["n"]
+        inertia += float(r["d"])
+    full = {"n_items": n, "inertia": inertia, "mean_sq_distance": inertia / max(n, 1),
+            "mean_cosine_to_centroid": 1.0 - inertia / max(n, 1) / 2.0,
+            **size_stats(sizes, cfg.tiny_cluster_size)}
+    summary = {"centroid_version": cv, "reused_version": reused, "max_centroid_change": change,
+               "model_version": mv, "params": params,
+               "collected_to_driver": int(len(x)), "train": train_stats, "all_items": full,
+               "table_version": tv}
+    say("cluster", f"{cv}: k={cfg.k} over {n} items, inertia={inertia:.2f} "
+                   f"(mean cos to centre {full['mean_cosine_to_centroid']:.3f}), sizes {full['min_size']}.."
+                   f"{full['max_size']}, empty={full['empty_clusters']} tiny(<{cfg.tiny_cluster_size})="
+                   f"{full['tiny_clusters']}")
+    say("cluster", f"size histogram {full['size_histogram']}")
+    return summary

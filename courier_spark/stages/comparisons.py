@@ -1,0 +1,45 @@
+"""`courier comparisons`: for every method in ``evaluate.methods`` other than
+the serving one (``embed.method``): train -> embed -> cluster, each through
+the pipeline's runner (summaries in ``_runs/comparisons/<method>/``), on the
+same data. Their versions sit beside the serving model's in models/,
+gold/item_embeddings and gold/centroids; the feature store is untouched."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..config import with_section_values
+from ..errors import CourierError
+from ..logs import say
+
+if TYPE_CHECKING:
+    from ..pipeline import StageContext
+
+
+def run(ctx: StageContext) -> dict:
+    """Train, embed and cluster every comparison method of evaluate.methods."""
+    serving = ctx.cfg.embed.method
+    todo = [m for m in ctx.cfg.evaluate.methods if m != serving]
+    say("comparisons", f"serving method {serving} (from the main stages); comparing against: "
+                       f"{', '.join(todo) or 'nothing'}")
+    out: dict = {"serving_method": serving, "methods": {}}
+    for i, method in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        say("comparisons", f"[{i}/{len(todo)}] {method}: train -> embed -> cluster")
+        cfg = with_section_values(ctx.cfg, train={"method": method},
+                                  embed={"method": method, "model_version": "latest"},
+                                  cluster={"model_version": ""})
+        sub = ctx.derive(cfg=cfg, summary_prefix=f"comparisons/{method}/", keep_loader_cache=True)
+        tr = sub.run_stage("train")
+        if not tr.get("complete"):
+            raise CourierError(f"training {method} stopped early at step {tr.get('steps_done')}; "
+                               f"re-run `courier comparisons` to resume from its checkpoint")
+        em = sub.run_stage("embed")
+        cl = sub.run_stage("cluster")
+        out["methods"][method] = {"model_version": tr["model_version"], "train_metrics": tr["metrics"],
+                                  "embedded": em["embedded"], "not_embedded": em["not_embedded"],
+                                  "centroid_version": cl["centroid_version"],
+                                  "seconds": round(time.perf_counter() - t0, 1)}
+        say("comparisons", f"[{i}/{len(todo)}] {method}: {tr['model_version']} / {cl['centroid_version']} "
+                           f"in {out['methods'][method]['seconds']:.0f}s")
+    return out

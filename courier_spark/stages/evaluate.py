@@ -1,0 +1,62 @@
+"""`courier evaluate`: CTR frames per method -> DNN + LightGBM x seeds ->
+gold/predictions, <root>/reports/metrics.json, results.json, per_category.csv."""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from .. import fs
+from ..logs import say, step
+
+if TYPE_CHECKING:
+    from ..pipeline import StageContext
+
+
+def run(ctx: StageContext) -> dict:
+    """CTR frames per method -> DNN / LightGBM over seeds -> predictions + metrics.json."""
+    from ..evaluate.ctr_frames import build_ctr_frames, resolve_method_versions, variant_frames
+    from ..evaluate.runner import (BASELINE, evaluate_variants, per_category_results, variant_plan,
+                                   write_metrics_json)
+    from ..evaluate.sql_runner import write_predictions
+
+    ecfg, fcfg = ctx.cfg.evaluate, ctx.cfg.features
+    spark, p = ctx.spark, ctx.paths
+    versions = [resolve_method_versions(spark, p, m) for m in ecfg.methods]
+    plan = variant_plan(ecfg.methods, ecfg.all_ways_methods)
+    with step("evaluate", f"building CTR frames for {len(versions)} method(s), k={fcfg.k} history slots"):
+        base, per_method, sources = build_ctr_frames(
+            spark, p, versions, fcfg.k, vector_methods=set(ecfg.all_ways_methods),
+            log=lambda m: say("evaluate", m))
+    frames = variant_frames(base, per_method, plan)
+    n_train, n_test = len(frames[BASELINE][0]), len(frames[BASELINE][1])
+    say("evaluate", f"{len(plan)} variants x {ecfg.model_kinds} x seeds {ecfg.seeds}: "
+                    f"{len(plan) * len(ecfg.model_kinds) * len(ecfg.seeds)} model fits on {n_train} train / "
+                    f"{n_test} test impressions (CTR train {frames[BASELINE][0]['label'].mean():.4f})")
+    results, preds = evaluate_variants(frames, [(n, f) for n, f, _ in plan], cfg=ecfg)
+
+    by_method = {v.method: v for v in versions}
+    method_of = {n: m for n, _, m in plan}
+    preds["model_version"] = preds["variant"].map(lambda n: by_method[method_of[n]].model_version
+                                                  if method_of[n] else None)
+    preds["centroid_version"] = preds["variant"].map(lambda n: by_method[method_of[n]].centroid_version
+                                                     if method_of[n] else None)
+    with step("evaluate", f"writing gold/predictions ({len(preds)} rows)"):
+        pv = write_predictions(spark, preds, p.predictions)
+    per_cat = per_category_results(preds, results.attrs.get("baseline") or BASELINE)
+    fs.write_text(p.report_file("per_category.csv"), per_cat.to_csv(index=False))
+    write_metrics_json(p.report_file("metrics.json"), results)
+    fs.write_json(p.report_file("results.json"), {
+        "attrs": results.attrs, "rows": json.loads(results.to_json(orient="records")),
+        "versions": {v.method: {"model_version": v.model_version, "centroid_version": v.centroid_version,
+                                "feature_source": sources[v.method]} for v in versions}})
+    main = results[results["model_kind"] == results.attrs.get("main_model", "dnn")]
+    for _, r in main.iterrows():
+        say("evaluate", f"{r['variant']:<28} AUC {r['auc']:.4f}±{r['auc_std']:.4f} "
+                        f"GAUC {r['gauc']:.4f}±{r['gauc_std']:.4f} lift {r['lift_auc_pct']:+.2f}% "
+                        f"{'(real)' if r['real'] else ''}")
+    return {"variants": [n for n, _, _ in plan], "n_train": n_train, "n_test": n_test,
+            "predictions_table_version": pv, "feature_sources": sources,
+            "metrics_json": p.report_file("metrics.json"),
+            "headline": {r["variant"]: {"auc": r["auc"], "auc_std": r["auc_std"], "gauc": r["gauc"],
+                                        "lift_auc_pct": r["lift_auc_pct"], "real": bool(r["real"])}
+                         for _, r in main.iterrows()}}

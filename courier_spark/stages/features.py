@@ -1,0 +1,94 @@
+"""`courier features`: centroids + embeddings + ctr_samples -> feature_store/item_visual,
+feature_store/impression_visual (MERGE upserts)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..logs import say, step
+from ..tables import read_table
+
+if TYPE_CHECKING:
+    from ..pipeline import StageContext
+
+
+def run(ctx: StageContext) -> dict:
+    """centroids + embeddings + ctr_samples -> feature_store/item_visual, impression_visual (MERGE)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from ..cluster import latest_centroid_version, load_centroids, serving_model_version
+    from ..embed import read_embeddings
+    from ..feature_store import (IMPRESSION_VISUAL_COMMENTS, IMPRESSION_VISUAL_KEYS, ITEM_VISUAL_COMMENTS,
+                                 ITEM_VISUAL_KEYS, merge_upsert)
+    from ..features import (assign_cluster_ids, assign_new_items, impression_visual_rows, item_visual_rows,
+                            similarity_features)
+
+    cfg = ctx.cfg.features
+    spark, p = ctx.spark, ctx.paths
+    # "latest" = the newest centroids of the serving model (embed.method), not
+    # of whichever method was clustered last (comparison runs add versions).
+    wanted = (latest_centroid_version(spark, p.centroids, serving_model_version(p.models, ctx.cfg.embed))
+              if cfg.centroid_version == "latest" else cfg.centroid_version)
+    cv, mv, centroids = load_centroids(spark, p.centroids, wanted)
+    emb = read_embeddings(spark, p.item_embeddings, mv)
+    say("features", f"centroid_version={cv} (k={len(centroids)}) model_version={mv} "
+                    f"{'incremental' if cfg.incremental else 'full'} item assignment")
+
+    # --- item_visual: nearest centroid per item
+    if cfg.incremental:
+        assigned = assign_new_items(spark, emb, centroids, cv, mv, p.item_visual_features,
+                                    faiss_threads=cfg.faiss_threads)
+    else:
+        assigned = assign_cluster_ids(emb, centroids, spark, faiss_threads=cfg.faiss_threads)
+    # Materialise once: MERGE and its duplicate-key check would otherwise re-run the UDF.
+    items_src = item_visual_rows(assigned, mv, cv).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with step("features", "assigning items and merging feature_store/item_visual"):
+            n_assigned = items_src.count()
+            item_merge = merge_upsert(spark, items_src, p.item_visual_features, ITEM_VISUAL_KEYS,
+                                      ITEM_VISUAL_COMMENTS)
+    finally:
+        items_src.unpersist()
+    item_visual = (read_table(spark, p.item_visual_features)
+                   .filter((F.col("centroid_version") == cv) & (F.col("model_version") == mv)))
+    n_items_cv = item_visual.count()
+
+    # --- impression_visual: SimScores + cluster ids for every CTR sample
+    ctr = read_table(spark, p.ctr_samples, made_by="samples")
+    n_emb = emb.count()
+    emb_mb = n_emb * centroids.shape[1] * 4 / 2 ** 20
+    cids = item_visual.select("item_id", F.col("courier_cluster_id").alias("cluster_id"))
+    sims = similarity_features(ctr, emb, cids, cfg.k, broadcast_embeddings=emb_mb <= cfg.broadcast_embeddings_mb)
+    imp_src = impression_visual_rows(sims, mv, cv).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with step("features", f"SimScores (k={cfg.k}) and merging feature_store/impression_visual"):
+            st = imp_src.agg(
+                F.count("*").alias("events"),
+                F.avg(F.col("target_cluster_id").isNotNull().cast("double")).alias("target_cov"),
+                F.avg(F.col("sim_scores")[0].isNotNull().cast("double")).alias("slot0_cov"),
+                F.avg(F.col("sim_scores")[0]).alias("slot0_mean"),
+                F.avg(F.size(F.filter("sim_scores", lambda s: s.isNotNull()))).alias("slots_filled"),
+            ).first()
+            imp_merge = merge_upsert(spark, imp_src, p.impression_visual_features, IMPRESSION_VISUAL_KEYS,
+                                     IMPRESSION_VISUAL_COMMENTS)
+    finally:
+        imp_src.unpersist()
+
+    summary = {
+        "centroid_version": cv, "model_version": mv, "k": cfg.k, "incremental": cfg.incremental,
+        "item_visual": {"embedded_items": n_emb, "assigned_this_run": n_assigned,
+                        "items_with_features": n_items_cv, "merge": item_merge},
+        "impression_visual": {"events": int(st["events"]),
+                              "target_cluster_coverage": float(st["target_cov"] or 0.0),
+                              "slot0_sim_coverage": float(st["slot0_cov"] or 0.0),
+                              "slot0_sim_mean": None if st["slot0_mean"] is None else float(st["slot0_mean"]),
+                              "mean_filled_slots": float(st["slots_filled"] or 0.0),
+                              "embeddings_broadcast": emb_mb <= cfg.broadcast_embeddings_mb,
+                              "merge": imp_merge},
+    }
+    say("features", f"item_visual: assigned {n_assigned} item(s) this run; {n_items_cv}/{n_emb} embedded items "
+                    f"have {cv} features; merge {item_merge}")
+    say("features", f"impression_visual: {int(st['events'])} events, target cluster coverage "
+                    f"{summary['impression_visual']['target_cluster_coverage']:.3f}, slot-0 SimScore coverage "
+                    f"{summary['impression_visual']['slot0_sim_coverage']:.3f}; merge {imp_merge}")
+    return summary

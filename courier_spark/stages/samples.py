@@ -1,0 +1,37 @@
+"""`courier samples`: silver impressions -> silver/pretrain_samples, silver/ctr_samples."""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from ..logs import say, step
+from ..tables import read_table, write_table
+
+if TYPE_CHECKING:
+    from ..pipeline import StageContext
+
+
+def run(ctx: StageContext) -> dict:
+    """silver impressions -> silver/pretrain_samples, silver/ctr_samples."""
+    from ..samples import assemble_samples, window_accounting
+
+    p = ctx.paths
+    imps = read_table(ctx.spark, p.silver_impressions, made_by="validate")
+    items = read_table(ctx.spark, p.silver_items, made_by="validate")
+    tables = assemble_samples(imps, items, ctx.cfg.windows, ctx.cfg.samples)
+    say("samples", "windows: " + tables.windows.describe())
+    with step("samples", "writing silver/pretrain_samples"):
+        v_pre = write_table(tables.pretrain, p.pretrain_samples)
+    with step("samples", "writing silver/ctr_samples"):
+        v_ctr = write_table(tables.ctr, p.ctr_samples, partition_by=["split"])
+    pre = read_table(ctx.spark, p.pretrain_samples)
+    ctr = read_table(ctx.spark, p.ctr_samples)
+    splits = {r["split"]: int(r["count"]) for r in ctr.groupBy("split").count().collect()}
+    # Where every clean impression went, including those outside all windows.
+    accounting = window_accounting(imps, tables.windows)
+    say("samples", f"clean impressions by window: {accounting}")
+    summary = {"windows": dataclasses.asdict(tables.windows), "impressions_by_window": accounting,
+               "pretrain_samples": pre.count(),
+               "ctr_samples": splits, "table_versions": {"pretrain_samples": v_pre, "ctr_samples": v_ctr}}
+    say("samples", f"pretrain_samples={summary['pretrain_samples']} ctr_samples={splits}")
+    return summary

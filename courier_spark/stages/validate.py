@@ -1,0 +1,34 @@
+"""`courier validate`: bronze -> silver/items, silver/impressions + quarantine/*."""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from ..logs import say, step
+from ..tables import read_table, write_table
+
+if TYPE_CHECKING:
+    from ..pipeline import StageContext
+
+
+def run(ctx: StageContext) -> dict:
+    """bronze -> silver/items, silver/impressions + quarantine/*."""
+    from ..validate import summarize, validate_bronze
+
+    p = ctx.paths
+    items = read_table(ctx.spark, p.bronze_items, made_by="generate (or land bronze/items)")
+    imps = read_table(ctx.spark, p.bronze_impressions, made_by="generate (or land bronze/impressions)")
+    res = validate_bronze(items, imps, ctx.cfg.validate)
+    with step("validate", "writing silver/items and quarantine/items"):
+        write_table(res.clean_items, p.silver_items)
+        write_table(res.quarantine_items, p.quarantine_items)
+    with step("validate", "writing silver/impressions and quarantine/impressions"):
+        write_table(res.clean_impressions, p.silver_impressions)
+        write_table(res.quarantine_impressions, p.quarantine_impressions)
+    s = summarize(items, imps, *(read_table(ctx.spark, t) for t in (
+        p.silver_items, p.silver_impressions, p.quarantine_items, p.quarantine_impressions)))
+    for line in s.lines():
+        say("validate", line)
+    if not s.balanced():
+        raise RuntimeError("validation lost rows: clean + quarantined != input (see summary above)")
+    return dataclasses.asdict(s)

@@ -1,0 +1,47 @@
+"""Training checkpoints: ``<root>/models/_checkpoints/<method>-<config hash>/step_NNNNNNN.pt``,
+written and read through the filesystem layer (any root URI), atomically."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+
+import torch
+from torch import nn
+
+from courier_spark import fs
+from courier_spark.schema import TrainConfig
+
+# Settings that do not change what is trained: a resumed run may change them.
+_NOT_HASHED = ("log_every", "checkpoint_every", "max_steps_this_run", "loader_workers", "timeout_s")
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    keep = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_HASHED}
+    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def checkpoint_dir(checkpoints_root: str, cfg: TrainConfig) -> str:
+    return fs.join(checkpoints_root, f"{cfg.method}-{config_hash(cfg)}")
+
+
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    files = fs.glob(fs.join(ckpt_dir, "step_*.pt"))
+    return files[-1] if files else None
+
+
+def save_checkpoint(ckpt_dir: str, step: int, model: nn.Module, opt: torch.optim.Optimizer,
+                    history: list, saved_steps: list) -> str:
+    path = fs.join(ckpt_dir, f"step_{step:07d}.pt")
+    m = model.module if hasattr(model, "module") else model
+    buf = io.BytesIO()
+    torch.save({"step": step, "model": m.state_dict(), "optimizer": opt.state_dict(),
+                "history": history, "checkpoint_steps": saved_steps + [step]}, buf)
+    fs.makedirs(ckpt_dir)
+    fs.write_bytes(path, buf.getvalue())  # atomic: a kill never leaves a half checkpoint under the real name
+    return path
+
+
+def load_checkpoint(path: str) -> dict:
+    return torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=False)

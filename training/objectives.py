@@ -1,0 +1,41 @@
+"""Model and loss per pre-training objective (courier | simclr | supervised)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from courier_spark.schema import TrainConfig
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    from .backbones import build_backbone
+    enc = build_backbone(cfg.backbone, cfg.embed_dim, cfg.weights_path,
+                         grad_checkpointing=cfg.grad_checkpointing, projection_head=cfg.projection_head)
+    if cfg.objective == "courier":
+        from .model import CourierModel
+        return CourierModel(enc, attention=cfg.attention)
+    if cfg.objective == "simclr":
+        from .baselines import SimCLRModel
+        return SimCLRModel(enc)
+    if cfg.objective == "supervised":
+        from .baselines import SupervisedClickModel
+        return SupervisedClickModel(enc)
+    raise ValueError(f"unknown objective {cfg.objective!r}")
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    m = model.module if hasattr(model, "module") else model
+    return m.encoder
+
+
+def compute_loss(model: nn.Module, batch: dict, cfg: TrainConfig, collective,
+                 step: int) -> tuple[torch.Tensor, dict]:
+    if cfg.objective == "courier":
+        from .losses import LossConfig, courier_loss
+        out = model(batch["pv_images"], batch["pv_mask"], batch["hist_images"], batch["hist_mask"])
+        lc = LossConfig(tau_pv=cfg.tau_pv, tau_ucs=cfg.tau_ucs, use_ucs=cfg.use_ucs, contrast=cfg.contrast,
+                        use_negative_pv=cfg.use_negative_pv, loss_type=cfg.loss_type,
+                        hinge_margin=cfg.hinge_margin)
+        return courier_loss(out, batch, lc, collective)
+    from . import baselines
+    return baselines.baseline_loss(cfg.objective, model, batch, cfg, collective, step)
