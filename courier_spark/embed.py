@@ -106,14 +106,11 @@ def embed_items(items_df: DataFrame, artifact, batch_size: int = 64, *,
     for c in ("item_id", "image"):
         if c not in items_df.columns:
             raise ValueError(f"embed_items: input lacks column {c!r} (has {', '.join(items_df.columns)})")
-    import os
-
-    weights_file = os.path.join(artifact.path, "encoder.pt")
-    if not os.path.exists(weights_file):
-        raise FileNotFoundError(f"model {artifact.model_version}: no encoder weights at {weights_file}")
+    from . import fs
+    if not fs.exists(artifact.encoder_uri):
+        raise FileNotFoundError(f"model {artifact.model_version}: no encoder weights at {artifact.encoder_uri}")
     spark: SparkSession = items_df.sparkSession
-    with open(weights_file, "rb") as fh:
-        weights_bc = spark.sparkContext.broadcast(fh.read())
+    weights_bc = spark.sparkContext.broadcast(artifact.encoder_bytes())
     spec = _EncoderSpec(artifact.backbone, int(artifact.embed_dim), int(artifact.image_size),
                         bool((artifact.config or {}).get("projection_head", False)),
                         artifact.model_version, int(batch_size), int(torch_threads), device)

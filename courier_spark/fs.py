@@ -13,8 +13,9 @@ temporary sibling ``.<name>.tmp-<uuid>`` that is then moved over the target; on
 object stores (s3, gcs, abfs) an object appears only when its single PUT (or
 multipart upload) completes, so they are written directly.
 
-Only the standard library and fsspec are imported here (no torch, pandas or
-pyspark): every part of the project can use it, drivers and workers alike.
+Only the standard library, fsspec and the (standard-library-only)
+``courier_spark.errors`` are imported here -- no torch, pandas or pyspark:
+every part of the project can use it, drivers and workers alike.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from typing import IO, Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from .errors import CourierError
+
 __all__ = [
     "FilesystemError", "join", "to_fsspec", "filesystem", "is_local", "to_local_path",
     "exists", "isdir", "makedirs", "ls", "glob", "rm", "size",
@@ -39,10 +42,11 @@ __all__ = [
 ]
 
 
-class FilesystemError(RuntimeError):
+class FilesystemError(CourierError, RuntimeError):
     """A root or URI that cannot be used: unknown scheme, missing client
     package, unreachable filesystem, or a file where a directory must be.
-    The message is one line naming the URI, fit to show a user as is."""
+    The message is one line naming the URI, fit to show a user as is (a
+    ``CourierError``: the CLI prints it as one ``courier: error:`` line)."""
 
 
 # Hadoop scheme -> fsspec protocol. Hadoop's connectors and fsspec name the

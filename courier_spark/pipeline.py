@@ -1,28 +1,26 @@
-"""The pipeline: the stage context, the ordered stage registry and the one
-runner every stage goes through (the CLI, ``jobs/*.py`` and the
-``comparisons`` stage's sub-runs alike). Each run prints a start and a finish
-line and writes its JSON summary to ``<root>/_runs/<name>.json``.
+"""The pipeline: the ordered stage registry and the one runner every stage
+goes through (the CLI, ``jobs/*.py`` and the ``comparisons`` stage's
+sub-runs alike). Each run prints a start and a finish line and writes its
+JSON summary to ``<root>/_runs/<name>.json``. ``StageContext`` (defined
+beside the stages, which receive it) is re-exported here.
 
 Stage order is the flow of data: raw -> samples -> training -> embeddings ->
 clusters -> features -> comparison methods -> CTR evaluation -> report.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-from pyspark.sql import SparkSession
-
 from . import fs
-from .config import CourierConfig
 from .errors import CourierError
 from .logs import say
-from .paths import TablePaths
 from .stages import cluster, comparisons, embed, evaluate, features, generate, report, samples, train, validate
+from .stages.context import StageContext
 
-StageFn = Callable[["StageContext"], dict]
+__all__ = ["STAGES", "StageContext", "pipeline_stages", "run_stage", "stage_help", "write_summary"]
+
+StageFn = Callable[[StageContext], dict]
 
 STAGES: dict[str, StageFn] = {
     "generate": generate.run,
@@ -38,28 +36,6 @@ STAGES: dict[str, StageFn] = {
 }
 
 
-@dataclass(frozen=True)
-class StageContext:
-    """What a stage gets: the session, the checked config and the dataset's paths.
-
-    ``summary_prefix`` names where sub-runs' summaries go (the comparisons
-    stage runs train/embed/cluster per method as ``comparisons/<method>/...``);
-    ``keep_loader_cache`` lets consecutive trainings in one session share the
-    petastorm cache."""
-    spark: SparkSession
-    cfg: CourierConfig
-    paths: TablePaths
-    summary_prefix: str = ""
-    keep_loader_cache: bool = False
-
-    def derive(self, **changes) -> "StageContext":
-        return dataclasses.replace(self, **changes)
-
-    def run_stage(self, name: str) -> dict:
-        """Run another stage through the same runner (summary under this context's prefix)."""
-        return run_stage(name, self)
-
-
 def write_summary(directory: str, name: str, summary: dict) -> str:
     """``<directory>/<name>.json`` through the filesystem layer (any root URI)."""
     path = fs.join(directory, f"{name}.json")
@@ -70,6 +46,8 @@ def write_summary(directory: str, name: str, summary: dict) -> str:
 def run_stage(name: str, ctx: StageContext) -> dict:
     if name not in STAGES:
         raise CourierError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    if ctx.runner is None:
+        ctx = ctx.derive(runner=run_stage)
     label = f"{ctx.summary_prefix}{name}"
     t0 = time.perf_counter()
     say(name, f"start{' (' + ctx.summary_prefix.rstrip('/') + ')' if ctx.summary_prefix else ''} "

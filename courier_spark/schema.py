@@ -267,7 +267,7 @@ class TrainConfig(Section):
     grad_checkpointing: bool = False
     backend: str = choice("horovod", BACKENDS)
     num_proc: int = num(2, 1, 10_000)
-    loader_workers: int = num(2, 1, 256)
+    loader_workers: int = num(2, 0, 256)      # petastorm reader threads per worker (0: tests' in-memory loaders)
     checkpoint_every: int = num(50, 1, BIG)
     log_every: int = num(10, 1, BIG)
     seed: int = num(0, 0, 2 ** 31 - 1)

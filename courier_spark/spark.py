@@ -1,20 +1,31 @@
 """The one SparkSession builder.
 
-Local mode with Delta by default: Delta's JVM package is resolved by Spark
-from Maven Central (``spark.jars.packages``) and cached in the Ivy cache, so
-only the first start on a machine downloads it. When the driver was launched
-by ``spark-submit`` (the JVM already exists and owns master/packages), only
-the session-level settings are applied.
+Local mode with Delta by default. Delta's JVM jars come from, in order:
+``cfg.jars`` when set; else the list ``scripts/bootstrap.sh`` resolved once at
+set-up (``<venv>/courier-delta-jars.txt``, one absolute jar path a line, for
+exactly ``cfg.delta_package``) when every listed file is present; else
+``spark.jars.packages`` (Ivy resolves the package at every start and prints
+its resolution report). When the driver was launched by ``spark-submit`` (the
+JVM already exists and owns master/jars/logging), only the session-level
+settings are applied.
+
+Local starts also get ``conf/log4j2.properties`` (console at WARN, known-noisy
+loggers at ERROR) through the driver's JVM options, and
+``courier_spark.noise.silence_third_party_warnings()`` runs before the JVM and
+the Python workers start, so they inherit its ``PYTHONWARNINGS`` (also passed
+as ``spark.executorEnv.PYTHONWARNINGS`` for executors on a cluster).
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from .config import SparkConfig
+from .noise import silence_third_party_warnings
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +34,69 @@ DELTA_SQL_CONF = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 
+# Written by scripts/bootstrap.sh; COURIER_DELTA_JARS_FILE points elsewhere.
+DELTA_JARS_FILE_ENV = "COURIER_DELTA_JARS_FILE"
+DELTA_JARS_FILE_NAME = "courier-delta-jars.txt"
+# The list's header line naming the package its jars were resolved for.
+DELTA_JARS_HEADER = "# package: "
+LOG4J2_PROPERTIES = Path(__file__).resolve().parent.parent / "conf" / "log4j2.properties"
+NETTY_OPTS = "-Dio.netty.tryReflectionSetAccessible=true"
+
 
 def launched_by_spark_submit() -> bool:
     # spark-submit's PythonRunner starts the JVM first and hands its gateway
     # to the Python driver through these variables.
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def delta_jars_file() -> Path:
+    """Where bootstrap.sh lists the resolved Delta jars (in the running venv)."""
+    return Path(os.environ.get(DELTA_JARS_FILE_ENV) or Path(sys.prefix) / DELTA_JARS_FILE_NAME)
+
+
+def read_delta_jars(list_file: str | os.PathLike, package: str) -> list[str] | None:
+    """The jar paths of ``list_file`` when it was resolved for ``package`` and
+    every listed file exists; None otherwise (missing or unreadable list,
+    another package, a jar deleted since, an empty list)."""
+    try:
+        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    headers = [ln[len(DELTA_JARS_HEADER):].strip() for ln in lines if ln.startswith(DELTA_JARS_HEADER)]
+    jars = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if headers != [package] or not jars:
+        return None
+    if not all(os.path.isabs(j) and os.path.isfile(j) for j in jars):
+        return None
+    return jars
+
+
+def jar_settings(cfg: SparkConfig, list_file: str | os.PathLike | None = None) -> dict[str, str]:
+    """``spark.jars`` or ``spark.jars.packages`` for Delta (see the module doc).
+    Pure: reads only ``list_file`` (default ``delta_jars_file()``)."""
+    if cfg.jars:
+        return {"spark.jars": cfg.jars}
+    jars = read_delta_jars(delta_jars_file() if list_file is None else list_file, cfg.delta_package)
+    if jars:
+        return {"spark.jars": ",".join(jars)}
+    return {"spark.jars.packages": cfg.delta_package}
+
+
+def driver_java_options(log4j2_file: str | os.PathLike | None = LOG4J2_PROPERTIES) -> str:
+    """The local driver's JVM options: netty reflection, and our log4j2 file when it exists."""
+    opts = [NETTY_OPTS]
+    if log4j2_file is not None and Path(log4j2_file).is_file():
+        # A file: URI, so a path with spaces survives Spark's option splitting.
+        opts.append(f"-Dlog4j2.configurationFile={Path(log4j2_file).resolve().as_uri()}")
+    return " ".join(opts)
+
+
+def worker_env_settings() -> dict[str, str]:
+    """Executor environment for Python workers: the warning filters of
+    ``silence_third_party_warnings`` (on a cluster the executors do not
+    inherit the driver's environment; locally this matches it)."""
+    value = os.environ.get("PYTHONWARNINGS", "")
+    return {"spark.executorEnv.PYTHONWARNINGS": value} if value else {}
 
 
 def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
@@ -36,6 +105,8 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    # Before the JVM and any Python worker start: they inherit PYTHONWARNINGS.
+    silence_third_party_warnings()
     builder = SparkSession.builder.appName(cfg.app_name)
     settings = {
         **DELTA_SQL_CONF,
@@ -48,6 +119,7 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         # hundreds of tiny files on 2 cores.
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        **worker_env_settings(),
     }
     if not launched_by_spark_submit():
         # Local mode talks only to itself; binding to loopback avoids the
@@ -64,11 +136,14 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         # Workers must run the same interpreter (the project .venv); PySpark
         # reads the worker interpreter from this variable, not from conf.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        if cfg.jars:
-            settings["spark.jars"] = cfg.jars
-        else:
-            settings["spark.jars.packages"] = cfg.delta_package
-        settings["spark.driver.extraJavaOptions"] = "-Dio.netty.tryReflectionSetAccessible=true"
+        jars = jar_settings(cfg)
+        if "spark.jars.packages" in jars:
+            log.debug("no resolved Delta jar list at %s: Spark resolves %s at start",
+                      delta_jars_file(), cfg.delta_package)
+        settings.update(jars)
+        # JVM options only take effect here because pyspark launches the
+        # driver JVM (spark-submit) with these settings after this point.
+        settings["spark.driver.extraJavaOptions"] = driver_java_options()
     for k, v in {**settings, **{k: str(v) for k, v in (cfg.extra or {}).items()}}.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

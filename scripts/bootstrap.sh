@@ -6,8 +6,13 @@
 #   2.13 needs >=77; its real runtime deps are listed in requirements/base.txt.
 # * horovod 0.28.1 built once per machine with the C++17 fix and cached as a
 #   wheel under $COURIER_CACHE (default ~/.cache/courier-spark/wheels).
-# * The Delta JVM package is resolved by Spark from Maven Central at first
-#   session start (ivy cache in ~/.ivy2.5.2 / ~/.ivy2); nothing to do here.
+# * The Delta JVM package (DELTA_PACKAGE) is resolved once here by a one-off
+#   local Spark start (Ivy's report goes to $COURIER_CACHE/delta-jars.log); its
+#   jars are copied to $COURIER_CACHE/jars/ and listed, one absolute path a
+#   line, in .venv/courier-delta-jars.txt. courier_spark/spark.py then passes
+#   them as spark.jars (no Ivy resolution or report at every start) and falls
+#   back to spark.jars.packages when the list is missing or stale. Re-checked
+#   on every run, also when the rest is up to date.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,9 +24,67 @@ WHEELS="$CACHE/wheels"
 STAMP="$VENV/.courier-installed"
 HASH="$(cat requirements/*.txt pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
 
+# Keep equal to SparkConfig.delta_package (spark.py ignores a list resolved for another package).
+DELTA_PACKAGE="${COURIER_DELTA_PACKAGE:-io.delta:delta-spark_2.13:4.0.0}"
+JARS_DIR="$CACHE/jars"
+JARS_LIST="$VENV/courier-delta-jars.txt"
+
 log() { echo "[bootstrap] $*" >&2; }
 
+delta_jars_ok() {  # the list exists, is for DELTA_PACKAGE, and every jar it names is there
+  [ -s "$JARS_LIST" ] && [ "$(sed -n 's/^# package: //p' "$JARS_LIST")" = "$DELTA_PACKAGE" ] || return 1
+  local jar n=0
+  while IFS= read -r jar; do
+    case "$jar" in ''|'#'*) continue ;; esac
+    [ -f "$jar" ] || return 1
+    n=$((n + 1))
+  done < "$JARS_LIST"
+  [ "$n" -gt 0 ]
+}
+
+ensure_delta_jars() {
+  delta_jars_ok && return 0
+  log "resolving $DELTA_PACKAGE once (log: $CACHE/delta-jars.log)"
+  mkdir -p "$JARS_DIR"
+  # A one-off local Spark start with spark.jars.packages: spark-submit resolves
+  # the package through Ivy and reports the resolved jar files in spark.jars.
+  # Failure is reported below, from the list's state.
+  SPARK_LOCAL_IP=127.0.0.1 "$VENV/bin/python" - "$DELTA_PACKAGE" "$JARS_DIR" "$JARS_LIST" \
+      > "$CACHE/delta-jars.log" 2>&1 <<'PY' || true
+import os, shutil, sys
+from urllib.parse import unquote, urlparse
+from pyspark.sql import SparkSession
+package, jars_dir, list_file = sys.argv[1:4]
+spark = (SparkSession.builder.master("local[1]").appName("courier-bootstrap-delta-jars")
+         .config("spark.jars.packages", package).config("spark.ui.enabled", "false").getOrCreate())
+uris = [u for u in spark.sparkContext.getConf().get("spark.jars", "").split(",") if u]
+spark.stop()
+print("spark.jars after resolution:", uris)
+paths = [unquote(urlparse(u).path) if u.startswith("file:") else u for u in uris]
+if not paths or not all(os.path.isfile(p) for p in paths):
+    sys.exit(f"resolved jars missing: {paths}")
+out = []
+for p in paths:
+    dst = os.path.join(jars_dir, os.path.basename(p))
+    shutil.copy2(p, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+    out.append(os.path.abspath(dst))
+with open(list_file + ".tmp", "w") as f:
+    f.write(f"# package: {package}\n# written by scripts/bootstrap.sh; read by courier_spark/spark.py\n")
+    f.write("".join(p + "\n" for p in out))
+os.replace(list_file + ".tmp", list_file)
+print("listed", len(out), "jars in", list_file)
+PY
+  if delta_jars_ok; then
+    log "Delta jars: $(grep -vc '^#' "$JARS_LIST") listed in $JARS_LIST"
+  else
+    # Not fatal (an offline machine may set spark.jars itself): spark.py falls back.
+    log "could not resolve $DELTA_PACKAGE (see $CACHE/delta-jars.log); Spark will resolve it at every start"
+  fi
+}
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
+  ensure_delta_jars
   log "environment up to date ($VENV)"
   exit 0
 fi
@@ -67,5 +130,6 @@ fi
 
 log "installing courier-spark (editable)"
 "${PIP[@]}" install -q --no-deps -e .
+ensure_delta_jars
 echo "$HASH" > "$STAMP"
 log "done: $("$VENV/bin/python" -c 'import pyspark,delta,torch,petastorm,horovod,faiss,lightgbm;print("pyspark",pyspark.__version__,"torch",torch.__version__,"horovod",horovod.__version__,"faiss",faiss.__version__)')"

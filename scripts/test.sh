@@ -5,4 +5,8 @@ set -euo pipefail
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT_DIR/scripts/bootstrap.sh"
 cd "$ROOT_DIR"
+# The layering contract (.importlinter): cli -> pipeline -> stages -> library -> infrastructure, no cycles.
+"$ROOT_DIR/.venv/bin/lint-imports" --no-cache > "$ROOT_DIR/.venv/lint-imports.log" 2>&1 \
+  || { cat "$ROOT_DIR/.venv/lint-imports.log"; echo "[test] import contract broken (see above)" >&2; exit 1; }
+echo "[test] import contract kept: $(grep -c ' KEPT' "$ROOT_DIR/.venv/lint-imports.log") contracts (lint-imports)" >&2
 exec "$ROOT_DIR/.venv/bin/python" -m pytest "$@"

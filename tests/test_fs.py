@@ -21,6 +21,7 @@ import pytest
 _REGISTRY = sys.modules["fsspec.registry"]._registry   # fsspec.registry is shadowed by a mapping
 
 from courier_spark import fs
+from courier_spark.errors import CourierError
 from courier_spark.fs import FilesystemError
 
 
@@ -347,6 +348,7 @@ def test_check_root_unreachable_filesystem_is_one_line():
     with pytest.raises(FilesystemError) as ei:
         fs.check_root("courierdead://host/ds")
     msg = str(ei.value)
+    assert isinstance(ei.value, RuntimeError) and isinstance(ei.value, CourierError)  # CLI: one line
     assert msg.startswith("dataset root courierdead://host/ds is not usable: ConnectionRefusedError")
     assert "Connection refused" in msg and "\n" not in msg and "Traceback" not in msg
 

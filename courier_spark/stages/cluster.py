@@ -1,13 +1,9 @@
 """`courier cluster`: gold/item_embeddings (one model version) -> gold/centroids (faiss k-means)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..logs import say, step, warn
 from ..tables import read_table, table_version
-
-if TYPE_CHECKING:
-    from ..pipeline import StageContext
+from .context import StageContext
 
 
 def run(ctx: StageContext) -> dict:

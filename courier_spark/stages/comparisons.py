@@ -6,14 +6,10 @@ gold/item_embeddings and gold/centroids; the feature store is untouched."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
-
 from ..config import with_section_values
 from ..errors import CourierError
 from ..logs import say
-
-if TYPE_CHECKING:
-    from ..pipeline import StageContext
+from .context import StageContext
 
 
 def run(ctx: StageContext) -> dict:

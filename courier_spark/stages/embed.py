@@ -1,13 +1,9 @@
 """`courier embed`: silver/items + model artifact -> gold/item_embeddings (that model version's rows replaced)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..logs import say, step
 from ..tables import read_table
-
-if TYPE_CHECKING:
-    from ..pipeline import StageContext
+from .context import StageContext
 
 
 def run(ctx: StageContext) -> dict:

@@ -3,13 +3,9 @@ gold/predictions, <root>/reports/metrics.json, results.json, per_category.csv.""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
-
 from .. import fs
 from ..logs import say, step
-
-if TYPE_CHECKING:
-    from ..pipeline import StageContext
+from .context import StageContext
 
 
 def run(ctx: StageContext) -> dict:

@@ -2,13 +2,9 @@
 feature_store/impression_visual (MERGE upserts)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..logs import say, step
 from ..tables import read_table
-
-if TYPE_CHECKING:
-    from ..pipeline import StageContext
+from .context import StageContext
 
 
 def run(ctx: StageContext) -> dict:

@@ -1,13 +1,9 @@
 """`courier generate`: the synthetic marketplace -> bronze tables (+ hidden truth)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..logs import say, step
 from ..tables import write_table
-
-if TYPE_CHECKING:
-    from ..pipeline import StageContext
+from .context import StageContext
 
 
 def run(ctx: StageContext) -> dict:

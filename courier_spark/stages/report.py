@@ -2,13 +2,9 @@
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
-
 from .. import fs
 from ..logs import say, step
-
-if TYPE_CHECKING:
-    from ..pipeline import StageContext
+from .context import StageContext
 
 SQL_FILES = ("per_category_auc_lift.sql", "ctr_by_cluster.sql", "cluster_category_purity.sql")
 

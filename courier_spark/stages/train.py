@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
-
 from .. import fs
 from ..errors import DataError
 from ..logs import debug, say, step
 from ..tables import read_table, table_version
-
-if TYPE_CHECKING:
-    from ..pipeline import StageContext
+from .context import StageContext
 
 
 def _relay(line: str) -> None:

@@ -2,13 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
-
 from ..logs import say, step
 from ..tables import read_table, write_table
-
-if TYPE_CHECKING:
-    from ..pipeline import StageContext
+from .context import StageContext
 
 
 def run(ctx: StageContext) -> dict:

@@ -182,7 +182,7 @@ def test_empty_and_all_bad_datasets(spark, tmp_path, reliability):
 
 
 def test_config_unknown_key_and_impossible_windows(spark, validated, reliability, tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown config key validate\.max_future_skew_hour \(valid keys"):
+    with pytest.raises(ConfigError, match=r"unknown config key validate\.max_future_skew_hour; did you mean validate\.max_future_skew_hours\? \(valid keys"):
         load_config(None, ["validate.max_future_skew_hour=3"])
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("samples:\n  l_pvv: 3\n")
@@ -196,25 +196,27 @@ def test_config_unknown_key_and_impossible_windows(spark, validated, reliability
 
     lo, hi = T0, T0 + 3 * DAY
     impossible = {
-        "more test+train days than data": (WindowsConfig(test_days=2, ctr_train_days=2),
+        "more test+train days than data": (lambda: WindowsConfig(test_days=2, ctr_train_days=2),
                                            r"impossible windows: the data spans 4 day\(s\)"),
-        "zero test days": (WindowsConfig(test_days=0), r"test_days and windows.ctr_train_days must be >= 1"),
+        # checked by the schema when the section is built, before any data is read
+        "zero test days": (lambda: WindowsConfig(test_days=0), r"windows.test_days must be within \[1, "),
         "overlapping absolute windows": (
-            WindowsConfig(mode="absolute", pretrain_start="2026-03-01", pretrain_end="2026-03-04",
+            lambda: WindowsConfig(mode="absolute", pretrain_start="2026-03-01", pretrain_end="2026-03-04",
                           ctr_train_start="2026-03-03", ctr_train_end="2026-03-05",
                           test_start="2026-03-05", test_end="2026-03-06"), r"must not overlap"),
         "end before start": (
-            WindowsConfig(mode="absolute", pretrain_start="2026-03-03", pretrain_end="2026-03-01",
+            lambda: WindowsConfig(mode="absolute", pretrain_start="2026-03-03", pretrain_end="2026-03-01",
                           ctr_train_start="2026-03-03", ctr_train_end="2026-03-05",
                           test_start="2026-03-05", test_end="2026-03-06"), r"pretrain start .* is not before"),
         "unparseable date": (
-            WindowsConfig(mode="absolute", pretrain_start="March 1st", pretrain_end="2026-03-01",
+            lambda: WindowsConfig(mode="absolute", pretrain_start="March 1st", pretrain_end="2026-03-01",
                           ctr_train_start="2026-03-03", ctr_train_end="2026-03-05",
-                          test_start="2026-03-05", test_end="2026-03-06"), r"cannot parse date 'March 1st'"),
+                          test_start="2026-03-05", test_end="2026-03-06"),
+            r"windows.pretrain_start: expected an ISO date YYYY-MM-DD, got 'March 1st'"),
     }
-    for name, (wcfg, msg) in impossible.items():
+    for name, (make_wcfg, msg) in impossible.items():
         with pytest.raises(ConfigError, match=msg):
-            resolve_windows(wcfg, lo, hi)
+            resolve_windows(make_wcfg(), lo, hi)
         reliability.bad(f"window: {name}")
     # And through the stage on real data: a clear error, nothing written.
     ctx, _ = validated
