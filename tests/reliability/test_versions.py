@@ -122,8 +122,9 @@ def test_missing_versions_are_clear_errors(spark, two_versions, reliability):
     with pytest.raises(LookupError, match=r"centroid version 'c0042' is not in"):
         run_stage("features", _ctx(spark, paths, "features.centroid_version=c0042"))
     assert table_version(spark, paths.item_visual_features) == iv_before
-    with pytest.raises(ConfigError, match=r"cluster.centroid_version must be 'auto' or like c0001, got '42'"):
-        run_stage("cluster", _ctx(spark, paths, "cluster.centroid_version=42"))
+    with pytest.raises(ConfigError, match=r"cluster.centroid_version: expected auto or a version such as c0001, "
+                                          r"got '42'"):
+        run_stage("cluster", _ctx(spark, paths, "cluster.centroid_version=42"))   # when the config is loaded
     last = table_version(spark, paths.item_visual_features)
     with pytest.raises(FeatureVersionError, match=rf"has no version 99; available versions: 0\.\.{last}"):
         read_features(spark, paths.item_visual_features, version=99)
