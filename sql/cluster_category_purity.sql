@@ -24,6 +24,14 @@ ranked AS (
          COUNT(*) OVER (PARTITION BY cluster_id) AS n_categories,
          ROW_NUMBER() OVER (PARTITION BY cluster_id ORDER BY n DESC, category) AS rk
   FROM counts
+),
+top AS (
+  SELECT * FROM ranked WHERE rk = 1
+),
+-- item-weighted mean purity as a one-row table (OVER () would put every row
+-- into one partition)
+overall AS (
+  SELECT SUM(n) / SUM(cluster_items) AS purity FROM top
 )
 SELECT cluster_id,
        cluster_items AS items,
@@ -31,7 +39,6 @@ SELECT cluster_id,
        category AS top_category,
        n AS top_category_items,
        n / cluster_items AS purity,
-       SUM(n) OVER () / SUM(cluster_items) OVER () AS overall_purity
-FROM ranked
-WHERE rk = 1
+       overall.purity AS overall_purity
+FROM top CROSS JOIN overall
 ORDER BY items DESC, cluster_id

@@ -10,6 +10,11 @@ WITH joined AS (
   FROM delta.`${root}/silver/ctr_samples` s
   LEFT JOIN delta.`${root}/feature_store/item_visual` v
     ON s.item_id = v.item_id
+),
+-- the overall CTR as a one-row table (a window over the whole result, OVER (),
+-- would move every row into one partition)
+overall AS (
+  SELECT SUM(label) / COUNT(*) AS ctr FROM joined
 )
 SELECT cluster_id,
        COUNT(DISTINCT item_id) AS items,
@@ -19,9 +24,7 @@ SELECT cluster_id,
        SUM(CASE WHEN split = 'test' THEN 1 ELSE 0 END) AS test_impressions,
        SUM(CASE WHEN split = 'test' THEN label ELSE 0 END)
          / NULLIF(SUM(CASE WHEN split = 'test' THEN 1 ELSE 0 END), 0) AS test_ctr,
-       -- overall CTR from window sums over the per-cluster aggregates (one pass)
-       (SUM(label) / COUNT(*))
-         / NULLIF(SUM(SUM(label)) OVER () / SUM(COUNT(*)) OVER (), 0) AS ctr_vs_overall
-FROM joined
+       (SUM(label) / COUNT(*)) / NULLIF(MAX(overall.ctr), 0) AS ctr_vs_overall
+FROM joined CROSS JOIN overall
 GROUP BY cluster_id
 ORDER BY impressions DESC, cluster_id
