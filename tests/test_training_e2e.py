@@ -132,6 +132,10 @@ def test_comparisons_evaluate_report(spark, samples_root):
     comp = run_stage("comparisons", ctx)
     assert list(comp["methods"]) == ["simclr"]   # courier is the serving method, trained by `train`
     assert comp["methods"]["simclr"]["model_version"].startswith("simclr/v")
+    # every sub-run went through the pipeline's runner and wrote its own summary
+    for sub in ("train", "embed", "cluster"):
+        with open(os.path.join(ctx.paths.run_summaries, "comparisons", "simclr", f"{sub}.json")) as fh:
+            assert json.load(fh)["config"]["train"]["method"] == "simclr"
     ev = run_stage("evaluate", ctx)
     assert ev["variants"] == ["baseline", "courier_cluster_id", "courier_simscore", "courier_vector",
                               "simclr_cluster_id"]
