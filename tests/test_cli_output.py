@@ -10,9 +10,9 @@ import pytest
 
 TINY = ["--set", "synthetic.n_users=40", "--set", "synthetic.n_items=60", "--set", "synthetic.n_days=4",
         "--set", "synthetic.image_size=16"]
-# The JVM prints this itself whenever Spark starts (its launcher adds the module).
 pytestmark = pytest.mark.slow  # two CLI runs, each starting Spark
 
+# The JVM prints this itself whenever Spark starts (its launcher adds the module).
 JVM_NOTICE = "WARNING: Using incubator modules: jdk.incubator.vector"
 
 
