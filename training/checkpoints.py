@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from courier_spark import fs
+from courier_spark.errors import CourierError
 from courier_spark.schema import TrainConfig
 
 # Settings that do not change what is trained: a resumed run may change them.
@@ -43,5 +44,23 @@ def save_checkpoint(ckpt_dir: str, step: int, model: nn.Module, opt: torch.optim
     return path
 
 
+class CheckpointError(CourierError, ValueError):
+    """A checkpoint file is truncated, tampered with or not a courier checkpoint."""
+
+
+_KEYS = ("step", "model", "optimizer", "history", "checkpoint_steps")
+
+
 def load_checkpoint(path: str) -> dict:
-    return torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=False)
+    """A checkpoint as data only: a checkpoint directory on a shared store is a
+    trust boundary, so ``weights_only=True`` (tensors and plain containers; no
+    code runs on load); anything else is a ``CheckpointError`` naming the file."""
+    try:
+        state = torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every unreadable file gets the same clear error
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"checkpoint {path} cannot be read as a courier checkpoint "
+                              f"(truncated or tampered?): {first}; delete it to resume from the one before") from None
+    if not isinstance(state, dict) or any(k not in state for k in _KEYS):
+        raise CheckpointError(f"checkpoint {path} is not a courier checkpoint (expected keys {', '.join(_KEYS)})")
+    return state
