@@ -1,0 +1,198 @@
+"""The project's stages on a real Spark standalone cluster (1 master, 2
+workers of 1 core each, loopback): ``jobs/validate.py``, ``jobs/samples.py``
+and ``jobs/train.py`` (Horovod on Spark, one rank per worker) submitted with
+``spark-submit --master spark://...`` and ``conf/cluster.yaml``.
+
+* The cluster's tables equal, row for row, the same stages run in local mode
+  on a copy of the same bronze tables.
+* Both workers ran tasks, for every submitted job. Evidence, from two
+  independent sources that survive the application:
+  - each worker's work dir ``<work-dir>/<app-id>/<executor-id>/`` exists only
+    if that worker launched an executor for the app, and the executor's
+    ``stderr`` (Spark's default INFO log) has its ``Finished task ... (TID n)``
+    lines;
+  - the application's event log (``spark.eventLog.enabled``, one directory per
+    submission) lists every successful task with its executor ID, and the
+    stage of the ``horovod.spark.run.*`` job group (the training ranks).
+  For training, the two Horovod tasks ran one on each worker, and each
+  worker's executor stderr shows its Horovod task (same TID) finishing.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from courier_spark.config import load_config
+from courier_spark.paths import TablePaths
+from courier_spark.pipeline import StageContext, run_stage
+
+from .conftest import REPO, StandaloneCluster, Submission
+
+pytestmark = pytest.mark.slow
+
+CLUSTER_YAML = str(REPO / "conf" / "cluster.yaml")
+TINY = {"synthetic.n_users": 60, "synthetic.n_items": 120, "synthetic.n_days": 5,
+        "synthetic.image_size": 32, "synthetic.sessions_per_user_day": 1.0,
+        "spark.shuffle_partitions": 4}
+TRAIN = {"train.steps": 20, "train.batch_size": 8, "train.num_proc": 2, "train.backend": "horovod",
+         "train.image_size": 32, "train.embed_dim": 32,
+         # a stuck rank fails the job in bounded time instead of hanging the test
+         "train.timeout_s": 600}
+# Delta rebuilds table state with 50 partitions by default: on 2 slots and
+# tiny tables that is most of each job's time (courier_spark/spark.py sets the
+# same for local mode only).
+SUBMIT_CONF = {"spark.databricks.delta.snapshotPartitions": "2"}
+COMPARED = ("silver/items", "silver/impressions", "silver/pretrain_samples", "silver/ctr_samples")
+WRITE_TIME = ("updated_at", "created_at")
+FINISHED = re.compile(r"Finished task \S+ in stage \S+ \(TID (\d+)\)")
+
+
+def overrides(d: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in d.items()]
+
+
+def set_args(d: dict) -> list[str]:
+    return [a for o in overrides(d) for a in ("--set", o)]
+
+
+def job_args(root: str, extra: dict | None = None) -> list[str]:
+    return ["--root", root, "--config", CLUSTER_YAML, *set_args({**TINY, **(extra or {})})]
+
+
+# --------------------------------------------------------------------------- evidence
+def executor_dirs(cluster: StandaloneCluster, app_id: str) -> dict[int, list[Path]]:
+    """Worker index -> the executor dirs that worker created for ``app_id``."""
+    out = {}
+    for w in cluster.workers:
+        app_dir = w.work_dir / app_id
+        out[w.index] = sorted(p for p in app_dir.iterdir() if p.is_dir()) if app_dir.is_dir() else []
+    return out
+
+
+def finished_tids(executor_dir: Path) -> set[int]:
+    stderr = executor_dir / "stderr"
+    text = stderr.read_text(errors="replace") if stderr.is_file() else ""
+    return {int(m.group(1)) for m in FINISHED.finditer(text)}
+
+
+def successful_tasks(events: list[dict]) -> list[dict]:
+    return [e for e in events if e.get("Event") == "SparkListenerTaskEnd"
+            and e.get("Task End Reason", {}).get("Reason") == "Success"]
+
+
+def job_group_stages(events: list[dict], prefix: str) -> set[int]:
+    stages = set()
+    for e in events:
+        if e.get("Event") == "SparkListenerJobStart" and \
+                str((e.get("Properties") or {}).get("spark.jobGroup.id", "")).startswith(prefix):
+            stages.update(e.get("Stage IDs", []))
+    return stages
+
+
+def assert_both_workers_ran_tasks(cluster: StandaloneCluster, sub: Submission) -> dict[str, int]:
+    """Both sources agree that each worker's executor finished tasks of ``sub``'s
+    application; returns executor ID -> worker index."""
+    app_id = sub.app_id
+    dirs = executor_dirs(cluster, app_id)
+    owner: dict[str, int] = {}
+    for w, ds in dirs.items():
+        assert ds, (f"{sub.name}: worker{w} launched no executor for {app_id} "
+                    f"(nothing under {cluster.workers[w].work_dir / app_id})")
+        for d in ds:
+            owner[d.name] = w
+    events = sub.events()
+    by_exec = collections.defaultdict(set)
+    for e in successful_tasks(events):
+        by_exec[e["Task Info"]["Executor ID"]].add(e["Task Info"]["Task ID"])
+    assert set(by_exec) <= set(owner), f"{sub.name}: tasks on unknown executors {set(by_exec) - set(owner)}"
+    counts = {}
+    for w in dirs:
+        execs = [x for x, ow in owner.items() if ow == w]
+        logged = set().union(*(finished_tids(cluster.workers[w].work_dir / app_id / x) for x in execs))
+        recorded = set().union(*(by_exec.get(x, set()) for x in execs))
+        assert recorded, f"{sub.name}: the event log has no successful task on worker{w} (executors {execs})"
+        assert logged, f"{sub.name}: worker{w}'s executor stderr has no 'Finished task' line ({execs})"
+        # Every task the driver saw succeed there, the executor logged finishing.
+        assert recorded <= logged, f"{sub.name}: worker{w}: TIDs {sorted(recorded - logged)} not in its stderr"
+        counts[f"worker{w}"] = len(recorded)
+    print(f"\n{sub.name} ({app_id}, {sub.seconds:.0f}s): successful tasks per worker {counts}")
+    return owner
+
+
+# --------------------------------------------------------------------------- the runs
+@pytest.fixture(scope="module")
+def cluster_root(standalone_cluster, spark, tmp_path_factory):
+    """generate (local) -> validate, samples (spark-submit on the cluster)."""
+    root = str(tmp_path_factory.mktemp("on_cluster") / "ds")
+    run_stage("generate", StageContext(spark, load_config(None, overrides(TINY)), TablePaths.for_root(root)))
+    subs = {job: standalone_cluster.submit(f"{job}.py", job_args(root), name=job, conf=SUBMIT_CONF)
+            for job in ("validate", "samples")}
+    return root, subs
+
+
+def test_validate_and_samples_run_on_both_workers(standalone_cluster, cluster_root):
+    root, subs = cluster_root
+    p = TablePaths.for_root(root)
+    for job in ("validate", "samples"):
+        summary = json.loads((Path(p.run_summaries) / f"{job}.json").read_text())
+        assert summary, job
+        assert_both_workers_ran_tasks(standalone_cluster, subs[job])
+    for t in COMPARED:
+        assert (Path(p.table(*t.split("/"))) / "_delta_log").is_dir(), t
+
+
+def test_cluster_tables_equal_local_mode(spark, cluster_root, tmp_path):
+    """validate + samples in local mode on a copy of the same bronze: the same rows."""
+    root, _ = cluster_root
+    local_root = str(tmp_path / "local")
+    a, b = TablePaths.for_root(root), TablePaths.for_root(local_root)
+    for t in ("items", "impressions"):
+        shutil.copytree(a.table("bronze", t), b.table("bronze", t))
+    # The default (local) config: conf/cluster.yaml must change only how Spark runs.
+    ctx = StageContext(spark, load_config(None, overrides(TINY)), b)
+    for stage in ("validate", "samples"):
+        run_stage(stage, ctx)
+    for t in COMPARED:
+        layer, name = t.split("/")
+        da = spark.read.format("delta").load(a.table(layer, name))
+        db = spark.read.format("delta").load(b.table(layer, name))
+        cols = sorted(c for c in da.columns if c not in WRITE_TIME)
+        assert sorted(c for c in db.columns if c not in WRITE_TIME) == cols, f"{t}: columns differ"
+        da, db = da.select(*cols), db.select(*cols)
+        na, nb = da.count(), db.count()
+        only_cluster, only_local = da.exceptAll(db), db.exceptAll(da)
+        n_oc, n_ol = only_cluster.count(), only_local.count()
+        print(f"{t}: {na} rows on the cluster, {nb} local; only cluster {n_oc}, only local {n_ol}")
+        assert na > 0, f"{t} is empty"
+        assert (na, n_oc, n_ol) == (nb, 0, 0), (
+            f"{t}: cluster {na} rows vs local {nb}; only on the cluster {n_oc} "
+            f"(e.g. {only_cluster.limit(3).collect()}), only local {n_ol} (e.g. {only_local.limit(3).collect()})")
+
+
+def test_horovod_training_one_rank_per_worker(standalone_cluster, cluster_root):
+    root, _ = cluster_root
+    sub = standalone_cluster.submit("train.py", job_args(root, TRAIN), name="train", conf=SUBMIT_CONF,
+                                    timeout_s=1200)
+    artifact = Path(root) / "models" / "courier" / "v0001" / "artifact.json"
+    assert artifact.is_file(), f"no model version at {artifact}; see {sub.log}"
+    meta = json.loads(artifact.read_text())
+    assert meta["config"]["backend"] == "horovod" and meta["config"]["num_proc"] == 2
+    assert meta["metrics"]["steps"] == 20
+
+    owner = assert_both_workers_ran_tasks(standalone_cluster, sub)
+    events = sub.events()
+    hvd_stages = job_group_stages(events, "horovod.spark.run")
+    assert hvd_stages, "the event log has no horovod.spark.run job"
+    ranks = [e for e in successful_tasks(events) if e["Stage ID"] in hvd_stages]
+    per_worker = collections.Counter(owner[e["Task Info"]["Executor ID"]] for e in ranks)
+    assert per_worker == {0: 1, 1: 1}, f"Horovod tasks per worker: {dict(per_worker)} (want one each)"
+    for e in ranks:
+        x, tid = e["Task Info"]["Executor ID"], e["Task Info"]["Task ID"]
+        w = owner[x]
+        assert tid in finished_tids(standalone_cluster.workers[w].work_dir / sub.app_id / x), (
+            f"worker{w}'s executor {x} stderr does not show its Horovod task (TID {tid}) finishing")
