@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .errors import DataError
+from .errors import DataError, VersionNotFoundError
 from .schema import ClusterConfig, EmbedConfig  # noqa: F401 (ClusterConfig re-exported for callers)
 
 CENTROIDS_SCHEMA = T.StructType([
@@ -63,7 +63,7 @@ def latest_centroid_version(spark: SparkSession, centroids_path: str, model_vers
                   key=lambda s: int(s[1:]))
     if not mine:
         made = sorted({m["model_version"] for m in have.values()})
-        raise LookupError(f"gold/centroids has no centroid version for model {model_version}; "
+        raise VersionNotFoundError(f"gold/centroids has no centroid version for model {model_version}; "
                           f"it has centroids for {made or 'no model'} - run `courier cluster` "
                           f"with --set embed.method=<method>")
     return mine[-1]
@@ -243,11 +243,11 @@ def load_centroids(spark: SparkSession, path: str, centroid_version: str = "late
     have = sorted((r[0] for r in df.select("centroid_version").distinct().collect()),
                   key=lambda s: int(s[1:]) if _CVERSION.match(s) else -1)
     if not have:
-        raise LookupError(f"{path} holds no centroids; run `courier cluster` first")
+        raise VersionNotFoundError(f"{path} holds no centroids; run `courier cluster` first")
     if centroid_version == "latest":
         centroid_version = have[-1]
     if centroid_version not in have:
-        raise LookupError(f"centroid version {centroid_version!r} is not in {path}; available: {', '.join(have)}")
+        raise VersionNotFoundError(f"centroid version {centroid_version!r} is not in {path}; available: {', '.join(have)}")
     pdf = (df.filter(F.col("centroid_version") == centroid_version)
            .select("cluster_id", "model_version", "centroid").toPandas().sort_values("cluster_id"))
     if list(pdf["cluster_id"]) != list(range(len(pdf))):

@@ -25,6 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from .errors import MissingArtifactError, VersionNotFoundError
 from .schema import EmbedConfig  # noqa: F401 (re-exported for callers)
 
 EMBEDDINGS_SCHEMA = T.StructType([
@@ -108,7 +109,7 @@ def embed_items(items_df: DataFrame, artifact, batch_size: int = 64, *,
             raise ValueError(f"embed_items: input lacks column {c!r} (has {', '.join(items_df.columns)})")
     from . import fs
     if not fs.exists(artifact.encoder_uri):
-        raise FileNotFoundError(f"model {artifact.model_version}: no encoder weights at {artifact.encoder_uri}")
+        raise MissingArtifactError(f"model {artifact.model_version}: no encoder weights at {artifact.encoder_uri}")
     spark: SparkSession = items_df.sparkSession
     weights_bc = spark.sparkContext.broadcast(artifact.encoder_bytes())
     spec = _EncoderSpec(artifact.backbone, int(artifact.embed_dim), int(artifact.image_size),
@@ -133,7 +134,7 @@ def read_embeddings(spark: SparkSession, path: str, model_version: str) -> DataF
     out = df.filter(F.col("model_version") == model_version)
     if out.limit(1).count() == 0:
         have = sorted(r[0] for r in df.select("model_version").distinct().collect())
-        raise LookupError(f"no embeddings of model {model_version!r} in {path}; "
+        raise VersionNotFoundError(f"no embeddings of model {model_version!r} in {path}; "
                           f"available: {', '.join(have) or 'none'}; run `courier embed` for it first")
     return out
 

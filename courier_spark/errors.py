@@ -18,3 +18,7 @@ class DataError(CourierError, ValueError):
 
 class MissingArtifactError(CourierError, FileNotFoundError):
     """A non-table artefact a stage needs (model, results, centroids) is absent; names the stage that makes it."""
+
+
+class VersionNotFoundError(CourierError, LookupError):
+    """A requested model, centroid or table version does not exist (message lists what does)."""

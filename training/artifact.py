@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from courier_spark import fs
+from courier_spark.errors import CourierError
 
 from .backbones import build_backbone
 
@@ -32,8 +33,12 @@ _VERSION = re.compile(r"^v(\d{4,})$")
 _META = "artifact.json"     # the completion marker: written last
 
 
-class ArtifactNotFoundError(FileNotFoundError):
+class ArtifactNotFoundError(CourierError, FileNotFoundError):
     """The requested model version does not exist (message lists what does)."""
+
+
+class ArtifactCorruptError(CourierError, ValueError):
+    """A model artefact's files are truncated, tampered with or not ours (message names the file)."""
 
 
 @dataclass
@@ -65,8 +70,13 @@ class ModelArtifact:
     def load_encoder(self, map_location: str = "cpu") -> nn.Module:
         enc = build_backbone(self.backbone, self.embed_dim,
                              projection_head=bool(self.config.get("projection_head", False)))
-        enc.load_state_dict(torch.load(io.BytesIO(self.encoder_bytes()),
-                                       map_location=map_location, weights_only=True))
+        try:
+            state = torch.load(io.BytesIO(self.encoder_bytes()), map_location=map_location, weights_only=True)
+            enc.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 - read back from a shared store: data only, clear error
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ArtifactCorruptError(f"model {self.model_version}: {self.encoder_uri} is not a readable "
+                                       f"{self.backbone} state dict (truncated or tampered?): {first}") from None
         return enc.eval()
 
 
@@ -131,6 +141,11 @@ def load_artifact(models_dir: str, method: str, version: str = "latest") -> Mode
             f"model {method}/{version} does not exist under {models_dir}; "
             f"available: {', '.join(have) or 'none'}")
     path = fs.join(models_dir, method, version)
-    meta: dict[str, Any] = fs.read_json(fs.join(path, _META))
-    meta["path"] = path
-    return ModelArtifact(**meta)
+    meta_uri = fs.join(path, _META)
+    try:
+        meta: dict[str, Any] = fs.read_json(meta_uri)
+        meta["path"] = path
+        return ModelArtifact(**meta)
+    except (ValueError, TypeError) as exc:  # JSON that does not parse, or not an artefact's fields
+        raise ArtifactCorruptError(f"model {method}/{version}: {meta_uri} is not a valid artefact "
+                                   f"description ({str(exc)[:200]})") from None

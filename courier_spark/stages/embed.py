@@ -21,6 +21,7 @@ def run(ctx: StageContext) -> dict:
     cfg = ctx.cfg.embed
     spark, p = ctx.spark, ctx.paths
     art = load_artifact(p.models, cfg.method, cfg.model_version)
+    art.load_encoder()  # read on the driver first: a corrupt file is one clear error, not failed tasks
     mv = art.model_version
     items = read_table(spark, p.silver_items, made_by="validate")
     n_in = items.count()
