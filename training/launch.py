@@ -188,6 +188,19 @@ def explain_worker_failure(lines: list[str], exc: BaseException | None, *, gener
     return f"{type(exc).__name__}: {first[0]}" if generic and first else "no worker reported an error"
 
 
+def horovod_nics(master: str | None) -> set[str] | None:
+    """Network interfaces Horovod's ranks may use: ``COURIER_HOROVOD_NICS``
+    (comma-separated) if set; the loopback interface for a local master or a
+    loopback-bound Spark (all ranks are on this machine, and Horovod would
+    otherwise offer every interface it finds); else Horovod's own choice."""
+    env = os.environ.get("COURIER_HOROVOD_NICS", "").strip()
+    if env:
+        return {n.strip() for n in env.split(",") if n.strip()}
+    if (master or "").startswith("local") or os.environ.get("SPARK_LOCAL_IP", "").startswith("127."):
+        return {"lo"}
+    return None
+
+
 def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | None,
                  forward_to: Callable[[str], None] | None = None) -> list:
     import horovod.spark
@@ -225,7 +238,7 @@ def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | No
     t0 = time.perf_counter()
     try:
         return horovod.spark.run(fn, args=(*args, "horovod"), num_proc=num_proc, verbose=0,
-                                 stdout=out, stderr=err)
+                                 stdout=out, stderr=err, nics=horovod_nics(sc.master))
     except Exception as e:  # noqa: BLE001 - re-raised with the failed rank and cause named
         why = explain_worker_failure(list(err.lines) + list(out.lines), e, generic=not timed_out.is_set(),
                                      num_proc=num_proc)
