@@ -12,7 +12,7 @@ reused by later runs) is used for everything. Printed in one run:
     vector column).
 (a) nearest-centre assignment of all N vectors: our Spark job
     (``features.assign_cluster_ids``: broadcast centroids, one faiss index per
-    Python worker, mapInPandas, read from Parquet) vs faiss alone in one
+    Python worker, mapInArrow, read from Parquet) vs faiss alone in one
     process on the in-memory array: the Spark overhead ratio. A scan-only
     Spark pass over the same Parquet is printed to split the overhead.
 (b) the same assignment with Spark MLlib ``KMeansModel.transform`` (JVM).
@@ -152,7 +152,7 @@ def main() -> None:
     print("\n=== bench_assign: N={:,} d={} C={} iterations={} ({} cores) ===".format(n, a.d, a.k, a.iters, cores))
     print("(a) assignment, same centroids (MLlib-trained), vectors/s:")
     print(f"    faiss alone, in-memory array         {t_faiss:8.1f}s  {rate(t_faiss):>12,.0f}/s")
-    print(f"    Spark + broadcast faiss (mapInPandas){t_spark:8.1f}s  {rate(t_spark):>12,.0f}/s  "
+    print(f"    Spark + broadcast faiss (mapInArrow) {t_spark:8.1f}s  {rate(t_spark):>12,.0f}/s  "
           f"Spark overhead ratio {t_spark / t_faiss:.1f}x")
     print(f"    (Spark scan-only of the same Parquet {t_scan:8.1f}s)")
     print(f"(b) Spark MLlib KMeansModel.transform    {t_ml:8.1f}s  {rate(t_ml):>12,.0f}/s  "

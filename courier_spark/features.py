@@ -3,7 +3,8 @@
 * ``assign_cluster_ids``: the centroids are broadcast once (``sc.broadcast``);
   each Python worker builds one faiss ``IndexFlatL2`` per broadcast (cached in
   a module global keyed by the broadcast id, reused across tasks) and assigns
-  whole Arrow batches (``mapInPandas``): no per-row calls. New items are
+  whole Arrow record batches (``mapInArrow``; vectors reshaped from the flat
+  list values, no Python object per row): no per-row calls. New items are
   assigned against the current centroid version without re-clustering
   (``assign_new_items``), which is how production handles new items between
   the rare full re-clusterings (method.md).
@@ -51,20 +52,38 @@ def _worker_index(key: str, centroids_bc, threads: int) -> tuple[Any, np.ndarray
     return _INDEXES[key]
 
 
-def _assign_batches(batches: Iterator[pd.DataFrame], key: str, centroids_bc, threads: int
-                    ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: (item_id, embedding) -> (item_id, cluster_id, distance)."""
+def embedding_matrix(embeddings, d: int):
+    """An Arrow ``list<float>`` column of equal-length vectors -> a float32
+    ``[n, d]`` matrix without a Python object per row (the flat values are
+    reshaped, not stacked)."""
+    import pyarrow as pa
+    arr = embeddings.combine_chunks() if isinstance(embeddings, pa.ChunkedArray) else embeddings
+    offsets = np.asarray(arr.offsets)
+    lengths = np.diff(offsets)
+    if len(lengths) and (lengths != d).any():
+        bad = int(lengths[lengths != d][0])
+        raise ValueError(f"embedding dimension {bad} != centroid dimension {d}")
+    flat = arr.flatten().to_numpy(zero_copy_only=False)  # honours the array's slice offset
+    return np.ascontiguousarray(flat.reshape(len(arr), d), dtype=np.float32)
+
+
+def _assign_batches(batches, key: str, centroids_bc, threads: int):
+    """mapInArrow body: (item_id, embedding) record batches -> (item_id, cluster_id, distance).
+
+    Arrow end to end: measured (bench/bench_assign.py) the pandas path spent
+    most of its time building one numpy object per vector and stacking them."""
+    import pyarrow as pa
+
     from .cluster import _search
 
     index, c = _worker_index(key, centroids_bc, threads)
-    for pdf in batches:
-        if len(pdf) == 0:
+    for rb in batches:
+        if rb.num_rows == 0:
             continue
-        x = np.ascontiguousarray(np.stack(pdf["embedding"].to_numpy()), dtype=np.float32)
-        if x.shape[1] != c.shape[1]:
-            raise ValueError(f"embedding dimension {x.shape[1]} != centroid dimension {c.shape[1]}")
+        x = embedding_matrix(rb.column(1), c.shape[1])
         ids, dist = _search(index, c, x)
-        yield pd.DataFrame({"item_id": pdf["item_id"].to_numpy(np.int64), "cluster_id": ids, "distance": dist})
+        yield pa.RecordBatch.from_arrays([rb.column(0), pa.array(ids, pa.int32()), pa.array(dist, pa.float32())],
+                                         names=["item_id", "cluster_id", "distance"])
 
 
 def assign_cluster_ids(embeddings_df: DataFrame, centroids: np.ndarray, spark: SparkSession | None = None,
@@ -83,7 +102,7 @@ def assign_cluster_ids(embeddings_df: DataFrame, centroids: np.ndarray, spark: S
     fn = functools.partial(_assign_batches, key=uuid.uuid4().hex, centroids_bc=bc, threads=int(faiss_threads))
     return (embeddings_df.filter(F.col("embedding").isNotNull())
             .select(F.col("item_id").cast("long"), "embedding")
-            .mapInPandas(fn, schema=ASSIGN_SCHEMA))
+            .mapInArrow(fn, schema=ASSIGN_SCHEMA))
 
 
 def assign_new_items(spark: SparkSession, embeddings_df: DataFrame, centroids: np.ndarray,

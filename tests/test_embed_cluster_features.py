@@ -268,3 +268,16 @@ def test_stages_end_to_end_and_rerun(spark, artifact, tmp_path):
     assert len(iv2) == 80 and iv2.reset_index(drop=True).equals(iv1.reset_index(drop=True))
     assert set(iv2["centroid_version"]) == {"c0001"}
     assert spark.read.format("delta").load(paths.item_embeddings).count() == 48
+
+
+def test_embedding_matrix_reshapes_sliced_arrow_lists_and_rejects_ragged_ones():
+    import pyarrow as pa
+
+    from courier_spark.features import embedding_matrix
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    arr = pa.array(list(map(list, x)), pa.list_(pa.float32()))
+    np.testing.assert_array_equal(embedding_matrix(arr, 3), x)
+    np.testing.assert_array_equal(embedding_matrix(arr.slice(1, 2), 3), x[1:3])   # a batch's slice
+    np.testing.assert_array_equal(embedding_matrix(pa.chunked_array([arr.slice(0, 1), arr.slice(1)]), 3), x)
+    with pytest.raises(ValueError, match="embedding dimension 2 != centroid dimension 3"):
+        embedding_matrix(pa.array([[1.0, 2.0, 3.0], [1.0, 2.0]], pa.list_(pa.float32())), 3)
