@@ -16,7 +16,7 @@ from typing import Sequence
 from . import fs
 from .config import load_config
 from .errors import CourierError
-from .logs import RunLog, configure_logging, say
+from .logs import RunLog, configure_logging, debug
 from .paths import TablePaths
 from .pipeline import STAGES, StageContext, pipeline_stages, run_stage, stage_help
 
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CourierError as exc:
         return _error(str(exc))
     with RunLog(paths.run_logs, args.command) as run_log:
-        say("run", f"{args.command}: full log in {run_log.final_path}", level=10)
+        debug("run", f"{args.command}: full log in {run_log.final_path}")
         from .spark import get_spark
         name = "spark"
         try:

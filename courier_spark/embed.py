@@ -25,6 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from . import fs
 from .errors import MissingArtifactError, VersionNotFoundError
 from .schema import EmbedConfig  # noqa: F401 (re-exported for callers)
 
@@ -107,7 +108,6 @@ def embed_items(items_df: DataFrame, artifact, batch_size: int = 64, *,
     for c in ("item_id", "image"):
         if c not in items_df.columns:
             raise ValueError(f"embed_items: input lacks column {c!r} (has {', '.join(items_df.columns)})")
-    from . import fs
     if not fs.exists(artifact.encoder_uri):
         raise MissingArtifactError(f"model {artifact.model_version}: no encoder weights at {artifact.encoder_uri}")
     spark: SparkSession = items_df.sparkSession

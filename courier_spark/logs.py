@@ -67,16 +67,16 @@ _file: logging.Handler | None = None
 
 
 def _default_console() -> None:
-    """Library use without ``configure_logging``: INFO lines of ``courier.*`` to stderr."""
+    """One console handler on the root logger (installed on first use): our
+    INFO lines, everyone else's ERRORs; ``configure_logging`` only sets levels."""
     global _console
     if _console is None:
         _console = _StderrHandler()
         _console.setFormatter(ConsoleFormatter())
         _console.addFilter(_ConsoleFilter())
         _console.setLevel(logging.INFO)
-        logging.getLogger(ROOT_LOGGER).addHandler(_console)
+        logging.getLogger().addHandler(_console)
         logging.getLogger(ROOT_LOGGER).setLevel(logging.DEBUG)
-        logging.getLogger(ROOT_LOGGER).propagate = True
 
 
 def configure_logging(verbosity: int = 0, log_file: str | None = None) -> None:
@@ -86,13 +86,6 @@ def configure_logging(verbosity: int = 0, log_file: str | None = None) -> None:
     assert _console is not None
     _console.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
     logging.captureWarnings(True)  # warnings -> logger py.warnings -> the file (console: ERROR only)
-    root = logging.getLogger()
-    # Our console handler sits on `courier`; route third-party records through
-    # the root logger to the same handler, filtered to ERROR.
-    if _console not in root.handlers:
-        root.addHandler(_console)
-        logging.getLogger(ROOT_LOGGER).removeHandler(_console)
-    root.setLevel(logging.DEBUG)
     for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "fsspec", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.INFO)  # their DEBUG chatter is not worth the file
     if log_file:

@@ -464,5 +464,3 @@ class CourierConfig(Section):
         import json
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
 
-
-SECTIONS = {f.name: f.default_factory for f in fields(CourierConfig)}

@@ -92,7 +92,7 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
             history.append((step, lv, acc))
             if rank == 0:
                 rate = n_img * world / max(time.perf_counter() - t0, 1e-9)
-                report_progress(f"[courier train] {cfg.method} step {step}/{cfg.steps} loss {lv:.4f} "
+                report_progress(f"{PROGRESS_PREFIX}{cfg.method} step {step}/{cfg.steps} loss {lv:.4f} "
                                 f"in-batch acc {acc:.3f} images/s {rate:.1f}", ckpt_dir, backend)
             if not math.isfinite(lv):
                 raise FloatingPointError(f"loss became {lv} at step {step}")
@@ -116,15 +116,20 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
 
 
 PROGRESS_FILE = "progress.log"
+PROGRESS_PREFIX = "[courier train] "  # rank 0's lines carry it; the driver's logger adds its own
 
 
 def report_progress(line: str, ckpt_dir: str, backend: str) -> None:
     """Rank 0's progress line. Under Horovod it is appended to
     ``<ckpt_dir>/progress.log`` (the checkpoint dir is shared by all ranks
     anyway) and the driver relays it as it comes (``launch.ProgressTail``);
-    otherwise it goes to stderr like every ``[courier ...]`` line."""
+    in this process (``local``) it is a log line like every other (console and
+    run log); a torchrun process (``torch_distributor``) prints it to stderr."""
     if backend == "horovod":
         fs.append_line(fs.join(ckpt_dir, PROGRESS_FILE), line)
+    elif backend == "local":
+        from courier_spark.logs import say
+        say("train", line.removeprefix(PROGRESS_PREFIX))
     else:
         print(line, file=sys.stderr, flush=True)
 

@@ -12,7 +12,8 @@ from .context import StageContext
 
 def _relay(line: str) -> None:
     """A training step line from rank 0 -> the console, as our own log line."""
-    say("train", line.removeprefix("[courier train] "))
+    from training.train import PROGRESS_PREFIX
+    say("train", line.removeprefix(PROGRESS_PREFIX))
 
 
 def _forwarded(line: str) -> None:
