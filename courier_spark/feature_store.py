@@ -1,16 +1,28 @@
-"""Delta feature tables: keyed MERGE upserts, column comments, time travel.
+"""Delta feature tables: keyed MERGE upserts, validity intervals, column comments.
 
-``merge_upsert`` keeps one row per entity key:
-* the table is created on first write with a comment on every column,
-* a key already present is updated only when one of its values (including
-  ``model_version`` / ``centroid_version``) differs, so ``updated_at`` moves
-  only when something really changed and a re-run is a no-op,
-* a new key is inserted.
-Every write is one Delta commit: a consumer reads an earlier state with
-``read_features(spark, path, version=N)`` (time travel).
+Two write disciplines:
+
+* ``merge_upsert`` (``feature_store/impression_visual``) keeps one row per
+  key; a key already present is updated only when one of its values
+  (including ``model_version`` / ``centroid_version``) differs, so
+  ``updated_at`` moves only when something really changed and a re-run is a
+  no-op.
+* ``merge_history`` (``feature_store/item_visual``) keeps every value an
+  entity ever had, each row valid over ``[valid_from, valid_to)`` (``valid_to``
+  null = the current row; type-2 slowly changing dimension). A changed value
+  closes the current row and inserts the new one in the same Delta commit,
+  with ``valid_to`` of the old row equal to ``valid_from`` of the new one, so
+  the intervals of one key never overlap and never leave a gap. Point-in-time
+  retrieval (``courier_spark.retrieval``) reads these intervals, not Delta
+  time travel, whose old versions ``VACUUM`` deletes. The table has Delta's
+  change data feed on: the online store copies only changed rows.
+
+Every write is one Delta commit; the table is created on first write with a
+comment on every column.
 """
 from __future__ import annotations
 
+import datetime as dt
 import random
 import re
 import time
@@ -25,6 +37,7 @@ from .logs import say
 from .tables import table_exists
 
 UPDATED_AT = "updated_at"
+VALID_FROM, VALID_TO = "valid_from", "valid_to"
 # Lineage: which encoder and which k-means run made a feature row (never null).
 LINEAGE_COLUMNS = ("model_version", "centroid_version")
 
@@ -36,7 +49,9 @@ ITEM_VISUAL_COMMENTS = {
     "distance": "Squared Euclidean distance of the L2-normalised embedding to that centroid (= 2 - 2 cos).",
     "model_version": "Encoder that made the embedding (<method>/<vNNNN>, gold/item_embeddings).",
     "centroid_version": "k-means run that made the centroids (gold/centroids).",
-    UPDATED_AT: "When these values last changed (UTC); unchanged on a re-run with the same values.",
+    "item_updated_at": "silver/items.updated_at of the item version whose image was embedded (null if unknown).",
+    VALID_FROM: "When this row started serving (UTC): written then, never earlier.",
+    VALID_TO: "When a newer row replaced it (UTC, exclusive); null = the current row.",
 }
 
 IMPRESSION_VISUAL_KEYS = ["event_id"]
@@ -60,11 +75,17 @@ def _q(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+class FeatureTableSchemaError(CourierError, ValueError):
+    """A feature table's columns are not what this write produces (e.g. written by an older release)."""
+
+
 def _create_table(spark: SparkSession, path: str, schema: T.StructType, keys: Sequence[str],
-                  comments: Mapping[str, str]) -> None:
+                  comments: Mapping[str, str], properties: Mapping[str, str] | None = None) -> None:
     from delta.tables import DeltaTable
 
     builder = DeltaTable.createIfNotExists(spark).location(path)
+    for k, v in (properties or {}).items():
+        builder = builder.property(k, v)
     for f in schema.fields:
         # Keys NOT NULL; values nullable whatever the first batch looked like
         # (a later batch may carry nulls, e.g. an item without an embedding).
@@ -77,6 +98,35 @@ def column_comments(spark: SparkSession, path: str) -> dict[str, str]:
     """Column -> comment of a Delta table (from its schema metadata)."""
     schema = spark.read.format("delta").load(path).schema
     return {f.name: f.metadata["comment"] for f in schema.fields if "comment" in (f.metadata or {})}
+
+
+def _checked_input(df: DataFrame, path: str, keys: list[str], lineage: Sequence[str], check_unique: bool
+                   ) -> DataFrame:
+    """The checks every feature write makes before touching the table: key
+    columns present, lineage never null, keys unique (MERGE would otherwise
+    insert both rows of a duplicated new key). Returns ``df`` without any
+    write-time column the caller passed through."""
+    if not keys:
+        raise ValueError("a feature-table write needs at least one key column")
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise ValueError(f"write into {path}: key column(s) {missing} not in the input ({', '.join(df.columns)})")
+    df = df.drop(*[c for c in (UPDATED_AT, VALID_FROM, VALID_TO) if c in df.columns])
+    lineage = [c for c in lineage if c in df.columns]
+    if lineage:
+        # Every feature row must name the model and centroid versions that made
+        # it; a row that cannot say where it came from is refused, not stored.
+        nulls = df.agg(*[F.sum(F.col(c).isNull().cast("int")).alias(c) for c in lineage]).first()
+        bad = {c: int(nulls[c]) for c in lineage if nulls[c]}
+        if bad:
+            raise ValueError(f"write into {path}: {', '.join(f'{n} row(s) with null {c}' for c, n in bad.items())}; "
+                             f"every feature row must name the versions that made it")
+    if check_unique:
+        dup = df.groupBy(*keys).count().filter("count > 1").limit(3).collect()
+        if dup:
+            raise ValueError(f"write into {path}: the input repeats key(s) "
+                             f"{[tuple(r[k] for k in keys) for r in dup]}; keys {keys} must be unique")
+    return df
 
 
 def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[str],
@@ -97,31 +147,9 @@ def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[s
     from delta.tables import DeltaTable
 
     keys = list(keys)
-    if not keys:
-        raise ValueError("merge_upsert needs at least one key column")
-    missing = [k for k in keys if k not in df.columns]
-    if missing:
-        raise ValueError(f"merge_upsert into {path}: key column(s) {missing} not in the input "
-                         f"({', '.join(df.columns)})")
-    if UPDATED_AT in df.columns:
-        df = df.drop(UPDATED_AT)
+    df = _checked_input(df, path, keys, lineage, check_unique)
     values = [c for c in df.columns if c not in keys]
     src = df.withColumn(UPDATED_AT, F.current_timestamp())
-    lineage = [c for c in lineage if c in df.columns]
-    if lineage:
-        # Every feature row must name the model and centroid versions that made
-        # it; a row that cannot say where it came from is refused, not stored.
-        nulls = df.agg(*[F.sum(F.col(c).isNull().cast("int")).alias(c) for c in lineage]).first()
-        bad = {c: int(nulls[c]) for c in lineage if nulls[c]}
-        if bad:
-            raise ValueError(f"merge_upsert into {path}: {', '.join(f'{n} row(s) with null {c}' for c, n in bad.items())}; "
-                             f"every feature row must name the versions that made it")
-    if check_unique:
-        # MERGE would insert both rows of a duplicated new key: refuse instead.
-        dup = df.groupBy(*keys).count().filter("count > 1").limit(3).collect()
-        if dup:
-            raise ValueError(f"merge_upsert into {path}: the input repeats key(s) "
-                             f"{[tuple(r[k] for k in keys) for r in dup]}; keys {keys} must be unique")
     on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in keys)
     changed = " OR ".join(f"NOT (t.{_q(c)} <=> s.{_q(c)})" for c in values) or "false"
 
@@ -161,6 +189,77 @@ def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[s
     out, retries = _with_commit_retries(attempt, path, max_attempts)
     out["retries"] = retries
     return out
+
+
+def merge_history(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[str],
+                  comments: Mapping[str, str] | None = None, *, as_of: dt.datetime | None = None,
+                  check_unique: bool = True, max_attempts: int = 5,
+                  lineage: Sequence[str] = LINEAGE_COLUMNS) -> dict:
+    """Validity-interval upsert of ``df`` (keys + values) into ``path``.
+
+    For each key: no current row -> insert one valid from ``as_of`` (default:
+    now, UTC); a current row with the same values -> nothing; a current row
+    with other values -> close it at ``as_of`` and insert the new values valid
+    from ``as_of``. One Delta commit (a MERGE whose source holds each changed
+    key twice: once to match and close, once with null merge keys to insert),
+    so a reader never sees a key with two current rows or none in between.
+    Returns ``{"version", "source_rows", "inserted", "closed", "new_keys",
+    "unchanged", "retries"}``; a re-run with the same values commits nothing.
+    """
+    from delta.tables import DeltaTable
+
+    keys = list(keys)
+    df = _checked_input(df, path, keys, lineage, check_unique)
+    values = [c for c in df.columns if c not in keys]
+    as_of = as_of or dt.datetime.now(dt.timezone.utc)
+    src = (df.withColumn(VALID_FROM, F.lit(as_of).cast("timestamp"))
+           .withColumn(VALID_TO, F.lit(None).cast("timestamp")))
+    mk = {k: f"_mk_{i}" for i, k in enumerate(keys)}
+    differs = " OR ".join(f"NOT (t.{_q(c)} <=> s.{_q(c)})" for c in values) or "false"
+
+    def attempt() -> dict:
+        if not table_exists(spark, path):
+            _create_table(spark, path, src.schema, keys, comments or {},
+                          {"delta.enableChangeDataFeed": "true"})
+        target = DeltaTable.forPath(spark, path)
+        have = target.toDF().columns
+        if sorted(have) != sorted(src.columns):
+            hint = (" (it has no validity intervals: written by an older release; delete it and re-run "
+                    "`courier features --set features.incremental=false`)" if VALID_FROM not in have else "")
+            raise FeatureTableSchemaError(f"feature table {path}: columns {sorted(have)} differ from this "
+                                          f"write's {sorted(src.columns)}{hint}")
+        current = target.toDF().filter(F.col(VALID_TO).isNull())
+        last = current.agg(F.max(VALID_FROM)).first()[0]
+        if last is not None and last.replace(tzinfo=None) >= as_of.astimezone(dt.timezone.utc).replace(tzinfo=None):
+            raise ValueError(f"merge_history into {path}: as_of {as_of.isoformat()} is not after the newest "
+                             f"valid_from {last.isoformat()} (clock moved back?); intervals must not overlap")
+        changed = (src.alias("s").join(current.alias("t"), [F.col(f"s.{_q(k)}") == F.col(f"t.{_q(k)}") for k in keys])
+                   .where(F.expr(differs)).select("s.*"))
+        key_types = {f.name: f.dataType for f in src.schema.fields}
+        staged = (src.select(*[F.col(k).alias(mk[k]) for k in keys], "*")
+                  .unionByName(changed.select(*[F.lit(None).cast(key_types[k]).alias(mk[k]) for k in keys], "*")))
+        on = " AND ".join(f"t.{_q(k)} = s.{mk[k]}" for k in keys) + f" AND t.{VALID_TO} IS NULL"
+        n_src, n_new, n_changed = src.count(), src.join(current, keys, "left_anti").count(), changed.count()
+        before = int(target.history(1).select("version").collect()[0][0])
+        if n_new == 0 and n_changed == 0:  # nothing to write: no commit at all (the online copy sees no change)
+            return {"version": before, "source_rows": n_src, "inserted": 0, "closed": 0, "new_keys": 0,
+                    "unchanged": n_src}
+        (target.alias("t").merge(staged.alias("s"), on)
+         .whenMatchedUpdate(condition=differs, set={VALID_TO: f"s.{VALID_FROM}"})
+         .whenNotMatchedInsert(values={c: f"s.{_q(c)}" for c in src.columns})
+         .execute())
+        return {"version": int(target.history(1).collect()[0]["version"]), "source_rows": n_src,
+                "inserted": n_new + n_changed, "closed": n_changed, "new_keys": n_new,
+                "unchanged": n_src - n_new - n_changed}
+
+    out, retries = _with_commit_retries(attempt, path, max_attempts)
+    out["retries"] = retries
+    return out
+
+
+def current_rows(df: DataFrame) -> DataFrame:
+    """The rows serving now (``valid_to`` null) of a validity-interval table."""
+    return df.filter(F.col(VALID_TO).isNull())
 
 
 # Delta's optimistic concurrency: a commit that lost the race against another

@@ -107,27 +107,43 @@ def assign_cluster_ids(embeddings_df: DataFrame, centroids: np.ndarray, spark: S
 
 def assign_new_items(spark: SparkSession, embeddings_df: DataFrame, centroids: np.ndarray,
                      centroid_version: str, model_version: str, feature_path: str,
-                     *, faiss_threads: int = 1) -> DataFrame:
-    """Like ``assign_cluster_ids`` but only for items that have no row in the
-    item feature table (``feature_path``) for this centroid and model version:
-    new items get the nearest existing centre without re-clustering."""
+                     *, faiss_threads: int = 1, item_versions: DataFrame | None = None) -> DataFrame:
+    """Like ``assign_cluster_ids`` but only for items whose current row in the
+    item feature table (``feature_path``) is not already of this centroid and
+    model version (and, given ``item_versions`` = ``item_id, item_updated_at``,
+    of the same item version): new items get the nearest existing centre
+    without re-clustering, and an item whose image changed is assigned again."""
+    from .feature_store import current_rows
     from .tables import table_exists
 
     todo = embeddings_df
     if table_exists(spark, feature_path):
-        done = (spark.read.format("delta").load(feature_path)
+        done = (current_rows(spark.read.format("delta").load(feature_path))
                 .filter((F.col("centroid_version") == centroid_version)
-                        & (F.col("model_version") == model_version))
-                .select("item_id"))
-        todo = embeddings_df.join(done, "item_id", "left_anti")
+                        & (F.col("model_version") == model_version)))
+        if item_versions is None:
+            todo = todo.join(done.select("item_id"), "item_id", "left_anti")
+        else:
+            cur = item_versions.select("item_id", F.col("item_updated_at").alias("_v"))
+            have = done.select("item_id", F.col("item_updated_at").alias("_have"))
+            todo = (todo.join(cur, "item_id", "left").join(have, "item_id", "left")
+                    .filter(F.col("_have").isNull() | ~F.col("_have").eqNullSafe(F.col("_v")))
+                    .drop("_v", "_have"))
     return assign_cluster_ids(todo, centroids, spark, faiss_threads=faiss_threads)
 
 
-def item_visual_rows(assigned: DataFrame, model_version: str, centroid_version: str) -> DataFrame:
-    """Assignment -> the feature_store/item_visual row shape (without updated_at)."""
+def item_visual_rows(assigned: DataFrame, model_version: str, centroid_version: str,
+                     item_versions: DataFrame | None = None) -> DataFrame:
+    """Assignment -> the feature_store/item_visual row shape (without the
+    validity interval). ``item_versions`` (``item_id, item_updated_at``) names
+    the item version each embedding was made from; without it that is null."""
+    if item_versions is not None:
+        assigned = assigned.join(item_versions.select("item_id", "item_updated_at"), "item_id", "left")
+    else:
+        assigned = assigned.withColumn("item_updated_at", F.lit(None).cast("timestamp"))
     return assigned.select("item_id", F.col("cluster_id").alias("courier_cluster_id"), "distance",
                            F.lit(model_version).alias("model_version"),
-                           F.lit(centroid_version).alias("centroid_version"))
+                           F.lit(centroid_version).alias("centroid_version"), "item_updated_at")
 
 
 def array_dot(a: Column, b: Column) -> Column:

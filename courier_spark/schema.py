@@ -334,6 +334,57 @@ class FeaturesConfig(Section):
     broadcast_embeddings_mb: int = num(64, 0, 1_000_000)
 
 
+# --------------------------------------------------------------------------- fresh features
+@dataclass
+class StreamConfig(Section):
+    """`courier stream`: new/changed bronze/items rows -> silver/items, quarantine/items,
+    gold/item_embeddings, feature_store/item_visual, as a Structured Streaming query."""
+    SECTION: ClassVar[str] = "stream"
+    # available_now: process everything that landed since the last run, then
+    # stop (scheduled batch runs); processing_time: keep running, one
+    # micro-batch every interval_seconds (continuous runs).
+    trigger: str = choice("available_now", ("available_now", "processing_time"))
+    interval_seconds: float = num(10.0, 0.0, 86_400.0, lo_open=True)
+    # Delta source: at most this many new bronze files per micro-batch.
+    max_files_per_trigger: int = num(1000, 1, BIG)
+    # processing_time only: stop after this many seconds (0 = run until killed).
+    run_seconds: float = num(0.0, 0.0, 1e9)
+    # Also push the changed item_visual rows to the online store after every micro-batch.
+    online: bool = False
+
+
+@dataclass
+class OnlineConfig(Section):
+    """The online key-value store (Redis) that serving reads item_visual from."""
+    SECTION: ClassVar[str] = "online"
+    host: str = text("127.0.0.1")
+    port: int = num(6379, 1, 65535)
+    db: int = num(0, 0, 1_000_000)
+    username: str = text("")              # Redis 6 ACL user; empty = the default user
+    # Name of the environment variable that holds the password (never the
+    # password itself: configs are printed into run summaries and logs).
+    password_env: str = text("COURIER_REDIS_PASSWORD", r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")
+    key_prefix: str = text("courier:", r"[^\s]{0,200}", "a key prefix without spaces")
+    batch_size: int = num(1000, 1, 1_000_000)   # keys per pipelined round trip
+    timeout_seconds: float = num(5.0, 0.0, 3600.0, lo_open=True)
+
+
+@dataclass
+class RetrievalConfig(Section):
+    """`courier point_in_time`: a consumer's (item_id, event_ts[, user_id]) table ->
+    the same rows with item_visual (and history) features as of each event_ts."""
+    SECTION: ClassVar[str] = "retrieval"
+    input: str = text("")                 # Delta or Parquet path of the consumer's events
+    input_format: str = choice("delta", ("delta", "parquet"))
+    output: str = text("")
+    output_format: str = choice("delta", ("delta", "parquet"))
+    event_ts_column: str = text("event_ts")
+    # With a user_id column: the user's latest k clicks before event_ts, their
+    # cluster ids and SimScores, all as of event_ts.
+    history: bool = True
+    k: int = num(5, 1, 1000)
+
+
 # --------------------------------------------------------------------------- CTR evaluation
 IMAGE_FEATURES = ("none", "vector", "simscore", "cluster_id")
 MODEL_KINDS = ("dnn", "lgbm")
@@ -449,6 +500,9 @@ class CourierConfig(Section):
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def check(self) -> None:
         bad = [m for m in self.evaluate.all_ways_methods if m not in self.evaluate.methods]

@@ -4,7 +4,7 @@
 -- classifier would, but far less than random clusters (purity ~ 1/#categories
 -- for uniform categories). overall_purity = item-weighted mean over clusters.
 --
--- Inputs: ${root}/feature_store/item_visual (item_id, courier_cluster_id) and
+-- Inputs: ${root}/feature_store/item_visual (item_id, courier_cluster_id, valid_to) and
 -- ${root}/silver/items (item_id, category).
 WITH items AS (
   SELECT v.item_id, v.courier_cluster_id AS cluster_id, i.category
@@ -12,6 +12,7 @@ WITH items AS (
   JOIN delta.`${root}/silver/items` i
     ON v.item_id = i.item_id
   WHERE v.courier_cluster_id IS NOT NULL
+    AND v.valid_to IS NULL  -- the current feature row (item_visual keeps history)
 ),
 counts AS (
   SELECT cluster_id, category, COUNT(DISTINCT item_id) AS n

@@ -4,12 +4,12 @@
 -- cluster_id NULL row.
 --
 -- Inputs: ${root}/silver/ctr_samples (item_id, label, split, ...) and
--- ${root}/feature_store/item_visual (item_id, courier_cluster_id).
+-- ${root}/feature_store/item_visual (item_id, courier_cluster_id, valid_to).
 WITH joined AS (
   SELECT s.item_id, CAST(s.label AS INT) AS label, s.split, v.courier_cluster_id AS cluster_id
   FROM delta.`${root}/silver/ctr_samples` s
   LEFT JOIN delta.`${root}/feature_store/item_visual` v
-    ON s.item_id = v.item_id
+    ON s.item_id = v.item_id AND v.valid_to IS NULL  -- the current feature row
 ),
 -- the overall CTR as a one-row table (a window over the whole result, OVER (),
 -- would move every row into one partition)

@@ -12,7 +12,8 @@ from pyspark.sql import types as T
 
 from courier_spark.cluster import choose_centroid_version, train_kmeans
 from courier_spark.feature_store import (ITEM_VISUAL_COMMENTS, FeatureVersionError, column_comments,
-                                         join_visual_features, merge_upsert, read_features)
+                                         join_visual_features, merge_history, merge_upsert,
+                                         read_features)
 from courier_spark.features import (assign_cluster_ids, assign_new_items, item_visual_rows,
                                     similarity_features)
 
@@ -84,7 +85,7 @@ def test_incremental_assignment_equals_full(spark, vectors, tmp_path):
     emb_all = emb_frame(spark, ids, x)
     # The feature table already holds items 1..70 for (c0001, m/v0001).
     old = emb_all.filter(F.col("item_id") <= 70)
-    item_visual_rows(assign_cluster_ids(old, c, spark), "m/v0001", "c0001").write.format("delta").save(path)
+    merge_history(spark, item_visual_rows(assign_cluster_ids(old, c, spark), "m/v0001", "c0001"), path, ["item_id"])
     new = assign_new_items(spark, emb_all, c, "c0001", "m/v0001", path).toPandas()
     assert sorted(new["item_id"]) == list(range(71, 101))   # only the items not yet assigned
     inc = (spark.read.format("delta").load(path).toPandas()

@@ -71,7 +71,12 @@ def test_cluster_queries_match_pandas(spark, root, toy):
                 p.ctr_samples)
     items = ctr.drop_duplicates("item_id")[["item_id", "category", "target_cluster_id"]]
     visual = items[items["target_cluster_id"] >= 0].rename(columns={"target_cluster_id": "courier_cluster_id"})
-    write_table(spark.createDataFrame(visual[["item_id", "courier_cluster_id"]]), p.item_visual_features)
+    # item_visual keeps history: closed rows (valid_to set, another cluster) must not count.
+    old_rows = visual.iloc[::3].assign(courier_cluster_id=lambda d: d["courier_cluster_id"] + 1000,
+                                       valid_to=pd.Timestamp("2026-01-01"))
+    stored = pd.concat([visual.assign(valid_to=pd.Series(pd.NaT, index=visual.index, dtype="datetime64[ns]")),
+                        old_rows], ignore_index=True)
+    write_table(spark.createDataFrame(stored[["item_id", "courier_cluster_id", "valid_to"]]), p.item_visual_features)
     write_table(spark.createDataFrame(items[["item_id", "category"]]), p.silver_items)
 
     got = run_sql_file(spark, "ctr_by_cluster.sql", root).toPandas()

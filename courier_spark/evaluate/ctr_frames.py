@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from ..cluster import latest_centroid_version, load_centroids
@@ -81,7 +81,10 @@ def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: MethodVers
     ev = of_method(paths.impression_visual_features)
     if ev.count() < n_events:
         return None
-    items = of_method(paths.item_visual_features).select("item_id", F.col("courier_cluster_id").alias("cluster_id"))
+    # item_visual keeps history: of this version's rows, each item's latest.
+    latest = Window.partitionBy("item_id").orderBy(F.col("valid_from").desc())
+    items = (of_method(paths.item_visual_features).withColumn("_n", F.row_number().over(latest))
+             .filter("_n = 1").select("item_id", F.col("courier_cluster_id").alias("cluster_id")))
     # hist_cluster_ids is not read: the frame takes the whole sequence from item_visual.
     return ev.select("event_id", "sim_scores", "target_cluster_id"), items
 

@@ -15,7 +15,7 @@ def run(ctx: StageContext) -> dict:
     from ..cluster import latest_centroid_version, load_centroids, serving_model_version
     from ..embed import read_embeddings
     from ..feature_store import (IMPRESSION_VISUAL_COMMENTS, IMPRESSION_VISUAL_KEYS, ITEM_VISUAL_COMMENTS,
-                                 ITEM_VISUAL_KEYS, merge_upsert)
+                                 ITEM_VISUAL_KEYS, current_rows, merge_history, merge_upsert)
     from ..features import (assign_cluster_ids, assign_new_items, impression_visual_rows, item_visual_rows,
                             similarity_features)
 
@@ -30,22 +30,26 @@ def run(ctx: StageContext) -> dict:
     say("features", f"centroid_version={cv} (k={len(centroids)}) model_version={mv} "
                     f"{'incremental' if cfg.incremental else 'full'} item assignment")
 
-    # --- item_visual: nearest centroid per item
+    # --- item_visual: nearest centroid per item (validity-interval history: merge_history)
+    silver = read_table(spark, p.silver_items, made_by="validate")
+    # Which item version each embedding was made from (an item whose image changed is assigned again).
+    versions = (silver.select("item_id", F.col("updated_at").alias("item_updated_at"))
+                if "updated_at" in silver.columns else None)
     if cfg.incremental:
         assigned = assign_new_items(spark, emb, centroids, cv, mv, p.item_visual_features,
-                                    faiss_threads=cfg.faiss_threads)
+                                    faiss_threads=cfg.faiss_threads, item_versions=versions)
     else:
         assigned = assign_cluster_ids(emb, centroids, spark, faiss_threads=cfg.faiss_threads)
     # Materialise once: MERGE and its duplicate-key check would otherwise re-run the UDF.
-    items_src = item_visual_rows(assigned, mv, cv).persist(StorageLevel.MEMORY_AND_DISK)
+    items_src = item_visual_rows(assigned, mv, cv, versions).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with step("features", "assigning items and merging feature_store/item_visual"):
             n_assigned = items_src.count()
-            item_merge = merge_upsert(spark, items_src, p.item_visual_features, ITEM_VISUAL_KEYS,
-                                      ITEM_VISUAL_COMMENTS)
+            item_merge = merge_history(spark, items_src, p.item_visual_features, ITEM_VISUAL_KEYS,
+                                       ITEM_VISUAL_COMMENTS)
     finally:
         items_src.unpersist()
-    item_visual = (read_table(spark, p.item_visual_features)
+    item_visual = (current_rows(read_table(spark, p.item_visual_features))
                    .filter((F.col("centroid_version") == cv) & (F.col("model_version") == mv)))
     n_items_cv = item_visual.count()
 
