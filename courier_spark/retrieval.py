@@ -1,0 +1,122 @@
+"""Point-in-time retrieval: a consumer's events joined with the visual
+features *as they were served at each event's time*.
+
+A training set built by joining ``feature_store/item_visual`` on ``item_id``
+alone leaks the future: an event from last month would get today's cluster
+id, made by a model and centroids that did not exist then. Here each event
+``(item_id, event_ts)`` gets the item_visual row whose validity interval
+``[valid_from, valid_to)`` contains ``event_ts`` (``feature_store.merge_history``
+keeps these intervals in the table itself, so this works after ``VACUUM``
+has removed the Delta versions time travel would need), and nulls where the
+item had no feature row yet: never a guess, never a row written later.
+
+With a ``user_id`` column (and ``history=True``) the same holds for the
+history features: the user's latest ``k`` clicks strictly before
+``event_ts`` (``samples.page_histories``, the definition the CTR samples
+use), each click's cluster id as of ``event_ts``, and SimScores = cos(target,
+click) from the embeddings of the model version that served the target at
+``event_ts`` (null when the click had no feature row of that model version
+then). Embeddings are kept per model version, not per day: an item whose
+image changed within one model version contributes its current embedding.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .errors import DataError
+from .feature_store import VALID_FROM, VALID_TO
+
+# item_visual columns an event receives (as of its timestamp).
+ITEM_FEATURES = ("courier_cluster_id", "distance", "model_version", "centroid_version")
+HISTORY_FEATURES = ("hist_item_ids", "hist_cluster_ids", "sim_scores")
+_ROW = "_pit_row"
+
+
+def as_of_join(events: DataFrame, history: DataFrame, key: str, ts_col: str, columns: Sequence[str],
+               *, history_key: str = "item_id", prefix: str = "") -> DataFrame:
+    """``events`` LEFT JOIN the ``history`` row of ``events[key]`` valid at
+    ``events[ts_col]`` (``valid_from <= ts < valid_to``, ``valid_to`` null =
+    open). The intervals of one key do not overlap, so every event keeps
+    exactly one row; ``columns`` come back as ``prefix + name``, null when no
+    row was valid then."""
+    h = history.select(F.col(history_key).alias("_h_key"), F.col(VALID_FROM).alias("_h_from"),
+                       F.col(VALID_TO).alias("_h_to"), *[F.col(c).alias(prefix + c) for c in columns])
+    valid = ((F.col(key) == F.col("_h_key")) & (F.col("_h_from") <= F.col(ts_col))
+             & (F.col("_h_to").isNull() | (F.col(ts_col) < F.col("_h_to"))))
+    return events.join(h, valid, "left").drop("_h_key", "_h_from", "_h_to")
+
+
+def _check_events(events: DataFrame, ts_col: str, produced: Sequence[str]) -> None:
+    missing = [c for c in ("item_id", ts_col) if c not in events.columns]
+    if missing:
+        raise DataError(f"point-in-time retrieval needs column(s) {missing}; the events have "
+                        f"{', '.join(events.columns)}")
+    if not isinstance(events.schema[ts_col].dataType, (T.TimestampType, T.TimestampNTZType)):
+        raise DataError(f"{ts_col} must be a timestamp column, got {events.schema[ts_col].dataType.simpleString()}")
+    clash = [c for c in produced if c in events.columns]
+    if clash:
+        raise DataError(f"the events already have column(s) {clash}, which retrieval adds; rename or drop them")
+
+
+def point_in_time_features(events: DataFrame, item_visual: DataFrame, *, ts_col: str = "event_ts",
+                           impressions: DataFrame | None = None, embeddings: DataFrame | None = None,
+                           k: int = 5) -> DataFrame:
+    """``events`` (``item_id``, ``ts_col``, optional ``user_id``, any other
+    columns) -> the same rows, in any order, plus ``ITEM_FEATURES`` as of
+    ``ts_col``; plus ``HISTORY_FEATURES`` when ``impressions`` (silver) and
+    ``embeddings`` (gold) are given and the events have ``user_id``.
+    ``hist_item_ids`` is oldest -> newest like ``silver/ctr_samples``;
+    ``sim_scores`` and ``hist_cluster_ids`` have slot 0 = the latest click,
+    like ``feature_store/impression_visual``."""
+    with_history = impressions is not None and embeddings is not None and "user_id" in events.columns
+    _check_events(events, ts_col, list(ITEM_FEATURES) + (list(HISTORY_FEATURES) if with_history else []))
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    out = as_of_join(events.withColumn(_ROW, F.monotonically_increasing_id()), item_visual,
+                     "item_id", ts_col, ITEM_FEATURES)
+    if not with_history:
+        return out.drop(_ROW)
+    return _with_history(out, item_visual, impressions, embeddings, ts_col, k).drop(_ROW)
+
+
+def _with_history(out: DataFrame, item_visual: DataFrame, impressions: DataFrame, embeddings: DataFrame,
+                  ts_col: str, k: int) -> DataFrame:
+    from .features import array_dot
+    from .samples import page_histories
+
+    out = out.localCheckpoint()  # the row ids must stay fixed across the joins below
+    pages = out.select(F.col(_ROW).cast("string").alias("request_id"), "user_id", F.col(ts_col).alias("page_ts"))
+    hist = page_histories(pages, impressions, k).select(F.col("request_id").cast("long").alias(_ROW),
+                                                         "hist_item_ids")
+    slots = (hist.select(_ROW, F.posexplode(F.slice(F.reverse("hist_item_ids"), 1, k)).alias("slot", "hist_item_id"))
+             .join(out.select(_ROW, ts_col, F.col("item_id").alias("t_item"), F.col("model_version").alias("t_mv")),
+                   _ROW))
+    slots = as_of_join(slots, item_visual, "hist_item_id", ts_col, ["courier_cluster_id", "model_version"],
+                       prefix="h_")
+    emb = embeddings.select("item_id", "model_version", "embedding",
+                            F.sqrt(array_dot(F.col("embedding"), F.col("embedding"))).alias("norm"))
+    t = emb.select(F.col("item_id").alias("t_item"), F.col("model_version").alias("t_mv"),
+                   F.col("embedding").alias("t_emb"), F.col("norm").alias("t_norm"))
+    h = emb.select(F.col("item_id").alias("hist_item_id"), F.col("model_version").alias("h_model_version"),
+                   F.col("embedding").alias("h_emb"), F.col("norm").alias("h_norm"))
+    # A SimScore needs both items served by the same model at event time.
+    same_model = F.col("t_mv").isNotNull() & (F.col("t_mv") == F.col("h_model_version"))
+    per_slot = (slots.join(t, ["t_item", "t_mv"], "left").join(h, ["hist_item_id", "h_model_version"], "left")
+                .select(_ROW, "slot",
+                        F.when(same_model, array_dot(F.col("t_emb"), F.col("h_emb")) / (F.col("t_norm") * F.col("h_norm")))
+                        .cast("float").alias("sim"),
+                        F.col("h_courier_cluster_id").cast("int").alias("cid")))
+    by_row = (per_slot.groupBy(_ROW)
+              .agg(F.map_from_entries(F.collect_list(F.struct("slot", F.struct("sim", "cid")))).alias("_m")))
+    idx = F.sequence(F.lit(0), F.lit(k - 1))
+    return (out.join(hist, _ROW, "left").join(by_row, _ROW, "left")
+            .withColumn("hist_item_ids", F.coalesce("hist_item_ids", F.array().cast("array<bigint>")))
+            .withColumn("hist_cluster_ids",
+                        F.transform(idx, lambda i: F.try_element_at("_m", i)["cid"]).cast("array<int>"))
+            .withColumn("sim_scores",
+                        F.transform(idx, lambda i: F.try_element_at("_m", i)["sim"]).cast("array<float>"))
+            .drop("_m"))
