@@ -66,6 +66,12 @@ class TablePaths:
     @property
     def impression_visual_features(self) -> str: return self.table("feature_store", "impression_visual")
 
+    # streaming: the query's checkpoint and its ledger of finished micro-batches
+    @property
+    def stream_checkpoint(self) -> str: return _join(self.root, "_checkpoints", "stream_items")
+    @property
+    def stream_ledger(self) -> str: return self.table("_stream", "item_batches")
+
     # hidden truth of the synthetic generator: evaluation only, never read by the pipeline
     @property
     def truth_item_factors(self) -> str: return self.table("_synthetic_truth", "item_factors")

@@ -15,10 +15,11 @@ from typing import Callable
 from . import fs
 from .errors import CourierError
 from .logs import say
-from .stages import cluster, comparisons, embed, evaluate, features, generate, report, samples, train, validate
+from .stages import (cluster, comparisons, embed, evaluate, features, generate, online, point_in_time, report,
+                     samples, stream, train, validate)
 from .stages.context import StageContext
 
-__all__ = ["STAGES", "StageContext", "pipeline_stages", "run_stage", "stage_help", "write_summary"]
+__all__ = ["PIPELINE", "STAGES", "StageContext", "pipeline_stages", "run_stage", "stage_help", "write_summary"]
 
 StageFn = Callable[[StageContext], dict]
 
@@ -33,7 +34,13 @@ STAGES: dict[str, StageFn] = {
     "comparisons": comparisons.run,
     "evaluate": evaluate.run,
     "report": report.run,
+    # Not part of `courier pipeline`: fresh features and serving, run on their own schedule.
+    "stream": stream.run,
+    "online": online.run,
+    "point_in_time": point_in_time.run,
 }
+# The batch pipeline, in order (`courier pipeline`, --from/--until).
+PIPELINE = [n for n in STAGES if n not in ("stream", "online", "point_in_time")]
 
 
 def write_summary(directory: str, name: str, summary: dict) -> str:
@@ -61,7 +68,7 @@ def run_stage(name: str, ctx: StageContext) -> dict:
 
 
 def pipeline_stages(start: str | None = None, until: str | None = None) -> list[str]:
-    names = list(STAGES)
+    names = PIPELINE
     for arg, val in (("--from", start), ("--until", until)):
         if val is not None and val not in names:
             raise CourierError(f"{arg} {val!r} is not a stage; stages: {', '.join(names)}")

@@ -83,7 +83,24 @@ PY
   fi
 }
 
+ensure_redis_server() {  # the online store's tests start a real Redis server on loopback
+  command -v redis-server >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing Debian's redis-server (the online store tests start it on loopback)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server > "$CACHE/redis-install.log" 2>&1 \
+      || { apt-get update -q > /dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server \
+             >> "$CACHE/redis-install.log" 2>&1; } \
+      || log "could not install redis-server (see $CACHE/redis-install.log); the online-store tests will fail"
+    # Debian starts a system service on :6379; the tests run their own server.
+    (command -v systemctl >/dev/null && systemctl stop redis-server >/dev/null 2>&1) || true
+  else
+    log "redis-server not found: install it (Debian: apt-get install redis-server) for the online-store tests"
+  fi
+}
+mkdir -p "$CACHE"
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
+  ensure_redis_server
   ensure_delta_jars
   log "environment up to date ($VENV)"
   exit 0
@@ -130,6 +147,7 @@ fi
 
 log "installing courier-spark (editable)"
 "${PIP[@]}" install -q --no-deps -e .
+ensure_redis_server
 ensure_delta_jars
 echo "$HASH" > "$STAMP"
 log "done: $("$VENV/bin/python" -c 'import pyspark,delta,torch,petastorm,horovod,faiss,lightgbm;print("pyspark",pyspark.__version__,"torch",torch.__version__,"horovod",horovod.__version__,"faiss",faiss.__version__)')"

@@ -1,0 +1,20 @@
+"""`courier online`: feature_store/item_visual's current rows -> Redis (only changed rows)."""
+from __future__ import annotations
+
+from ..logs import say
+from .context import StageContext
+
+
+def run(ctx: StageContext) -> dict:
+    """feature_store/item_visual current rows -> the online store (Redis), changed rows only."""
+    from ..online import RedisSettings, materialise_item_visual
+    from ..tables import read_table
+
+    read_table(ctx.spark, ctx.paths.item_visual_features, made_by="features")  # clear error when absent
+    settings = RedisSettings.from_config(ctx.cfg.online)
+    out = materialise_item_visual(ctx.spark, ctx.paths.item_visual_features, settings,
+                                  batch_size=ctx.cfg.online.batch_size)
+    say("online", f"{out['mode']}: wrote {out['written']}, deleted {out['deleted']} key(s) in {out['store']} "
+                  f"(item_visual version {out['from_version']} -> {out['to_version']}, "
+                  f"{out.get('rows_per_second') or 0} rows/s)")
+    return out

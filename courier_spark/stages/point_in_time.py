@@ -1,0 +1,42 @@
+"""`courier point_in_time`: a consumer's events -> the same rows with item_visual
+(and history) features as of each event's time."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..logs import say, step
+from .context import StageContext
+
+
+def run(ctx: StageContext) -> dict:
+    """retrieval.input events -> retrieval.output with features as of each event_ts."""
+    from pyspark.sql import functions as F
+
+    from ..retrieval import point_in_time_features
+    from ..tables import read_table
+
+    cfg, spark, p = ctx.cfg.retrieval, ctx.spark, ctx.paths
+    if not cfg.input or not cfg.output:
+        raise ConfigError("point_in_time needs --set retrieval.input=PATH and --set retrieval.output=PATH")
+    if cfg.input_format == "delta":
+        events = read_table(spark, cfg.input)
+    else:
+        events = spark.read.parquet(cfg.input)
+    if cfg.event_ts_column != "event_ts" and cfg.event_ts_column in events.columns:
+        events = events.withColumnRenamed(cfg.event_ts_column, "event_ts")
+    history = cfg.history and "user_id" in events.columns
+    out = point_in_time_features(
+        events, read_table(spark, p.item_visual_features, made_by="features"), ts_col="event_ts",
+        impressions=read_table(spark, p.silver_impressions, made_by="validate") if history else None,
+        embeddings=read_table(spark, p.item_embeddings, made_by="embed") if history else None, k=cfg.k)
+    if cfg.event_ts_column != "event_ts":
+        out = out.withColumnRenamed("event_ts", cfg.event_ts_column)
+    with step("point_in_time", f"writing {cfg.output} ({cfg.output_format})"):
+        out.write.format(cfg.output_format).mode("overwrite").option("overwriteSchema", "true").save(cfg.output)
+    written = spark.read.format(cfg.output_format).load(cfg.output)
+    st = written.agg(F.count("*").alias("rows"),
+                     F.sum(F.col("courier_cluster_id").isNotNull().cast("int")).alias("with_features")).first()
+    summary = {"input": cfg.input, "output": cfg.output, "rows": int(st["rows"]),
+               "with_item_features": int(st["with_features"] or 0), "history": history, "k": cfg.k}
+    say("point_in_time", f"{summary['rows']} event(s), {summary['with_item_features']} with item features "
+                         f"as of their time{'; history features too' if history else ''}")
+    return summary

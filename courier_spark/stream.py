@@ -1,0 +1,261 @@
+"""Incremental item features: one micro-batch of new/changed ``bronze/items``
+rows -> ``silver/items``, ``quarantine/items``, ``gold/item_embeddings`` and
+``feature_store/item_visual``, with the serving model and centroids.
+
+``process_item_batch`` is the body of the Structured Streaming query's
+``foreachBatch`` (``courier stream``). Exactly once across restarts: Spark
+replays a micro-batch whose commit did not land (a killed driver), so every
+write here is idempotent, whatever point the previous attempt reached:
+
+* silver/items: MERGE that only takes a strictly newer ``updated_at``;
+* quarantine/items and the batch ledger: appends tagged with Delta's
+  ``txnAppId`` / ``txnVersion`` (a replayed append of a batch is skipped);
+* embeddings: only items whose current feature row is not already of this
+  model, centroid and item version, so a replay re-embeds only what the
+  killed attempt did not finish; MERGE keyed by (item_id, model_version);
+* item_visual: ``merge_history``, which writes nothing for unchanged values.
+
+Classification of a batch's clean rows against silver/items: not there ->
+``new``; older there -> ``changed`` (re-embedded); same ``updated_at`` there ->
+``current`` (a re-delivery or a replay: nothing to quarantine, features
+completed if missing); newer there -> stale, quarantined as
+``duplicate_item_id`` like the batch ``validate`` does.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .logs import say
+from .paths import TablePaths
+from .schema import CourierConfig
+from .tables import table_exists
+
+LEDGER_SCHEMA = T.StructType([
+    T.StructField("batch_id", T.LongType(), False),
+    T.StructField("finished_at", T.TimestampType(), False),
+    T.StructField("model_version", T.StringType(), False),
+    T.StructField("centroid_version", T.StringType(), False),
+    T.StructField("counts", T.StringType(), False),   # JSON, see BatchCounts
+])
+
+# Test hook: SIGKILL this process at a named point of a micro-batch (a real
+# crash, to prove that a replay loses and duplicates nothing).
+FAILPOINT_ENV = "COURIER_STREAM_FAILPOINT"
+
+
+@dataclass
+class BatchCounts:
+    rows_in: int = 0
+    new: int = 0
+    changed: int = 0
+    current: int = 0
+    quarantined: int = 0
+    embedded: int = 0
+    re_embedded_existing: int = 0   # embedded items that silver already had (changed images)
+    assigned: int = 0
+    feature_rows: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Serving:
+    model_version: str
+    centroid_version: str
+
+
+def txn_app_id(paths: TablePaths) -> str:
+    """A stable writer id for Delta's idempotent appends (one per dataset root)."""
+    return "courier-stream-items-" + hashlib.sha1(paths.root.encode()).hexdigest()[:16]
+
+
+def _failpoint(name: str, batch_id: int | None = None) -> None:
+    """``COURIER_STREAM_FAILPOINT=<name>`` or ``<name>@<batch_id>``."""
+    want = os.environ.get(FAILPOINT_ENV, "")
+    if want and want in (name, f"{name}@{batch_id}"):
+        say("stream", f"failpoint {want}: killing this process (SIGKILL)")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _append_once(df: DataFrame, path: str, app_id: str, batch_id: int) -> None:
+    (df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(batch_id))
+     .save(path))
+
+
+def _merge_silver(spark: SparkSession, fresh: DataFrame, path: str) -> None:
+    from delta.tables import DeltaTable
+    if not table_exists(spark, path):
+        fresh.write.format("delta").save(path)
+        return
+    (DeltaTable.forPath(spark, path).alias("t").merge(fresh.alias("s"), "t.item_id = s.item_id")
+     .whenMatchedUpdateAll(condition="s.updated_at > t.updated_at")
+     .whenNotMatchedInsertAll().execute())
+
+
+def _merge_embeddings(spark: SparkSession, emb: DataFrame, path: str) -> None:
+    from delta.tables import DeltaTable
+    if not table_exists(spark, path):
+        emb.write.format("delta").partitionBy("model_version").save(path)
+        return
+    (DeltaTable.forPath(spark, path).alias("t")
+     .merge(emb.alias("s"), "t.model_version = s.model_version AND t.item_id = s.item_id")
+     .whenMatchedUpdate(set={"embedding": "s.embedding"}).whenNotMatchedInsertAll().execute())
+
+
+def resolve_serving(spark: SparkSession, paths: TablePaths, cfg: CourierConfig) -> tuple[Serving, object, object]:
+    """-> (serving versions, model artifact, centroids) of ``embed.method`` and ``features.centroid_version``."""
+    from training.artifact import load_artifact
+
+    from .cluster import latest_centroid_version, load_centroids
+    art = load_artifact(paths.models, cfg.embed.method, cfg.embed.model_version)
+    wanted = (latest_centroid_version(spark, paths.centroids, art.model_version)
+              if cfg.features.centroid_version == "latest" else cfg.features.centroid_version)
+    cv, mv, centroids = load_centroids(spark, paths.centroids, wanted)
+    return Serving(mv, cv), art, centroids
+
+
+def _features_for(spark: SparkSession, items: DataFrame, serving: Serving, art, centroids,
+                  paths: TablePaths, cfg: CourierConfig, counts: BatchCounts, *,
+                  reuse_embeddings: bool = False, batch_id: int | None = None) -> None:
+    """Give ``items`` (item_id, image, updated_at, _existing) that lack a current feature
+    row of this model, centroid and item version one: embed (or, with
+    ``reuse_embeddings``, take the serving model's stored embedding when there
+    is one), assign, merge."""
+    from pyspark import StorageLevel
+
+    from .embed import embed_items
+    from .feature_store import ITEM_VISUAL_COMMENTS, ITEM_VISUAL_KEYS, current_rows, merge_history
+    from .features import assign_cluster_ids, item_visual_rows
+
+    todo = items.filter(F.col("image").isNotNull())
+    if table_exists(spark, paths.item_visual_features):
+        done = (current_rows(spark.read.format("delta").load(paths.item_visual_features))
+                .filter((F.col("model_version") == serving.model_version)
+                        & (F.col("centroid_version") == serving.centroid_version))
+                .select("item_id", F.col("item_updated_at").alias("_done_version")))
+        todo = (todo.join(done, "item_id", "left")
+                .filter(F.col("_done_version").isNull() | ~F.col("_done_version").eqNullSafe(F.col("updated_at")))
+                .drop("_done_version"))
+    todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n_todo = todo.count()
+        if n_todo == 0:
+            return
+        stored = None
+        if reuse_embeddings and table_exists(spark, paths.item_embeddings):
+            stored = (spark.read.format("delta").load(paths.item_embeddings)
+                      .filter(F.col("model_version") == serving.model_version)
+                      .join(todo.select("item_id"), "item_id").select("item_id", "embedding"))
+        to_embed = todo if stored is None else todo.join(stored.select("item_id"), "item_id", "left_anti")
+        emb = embed_items(to_embed, art, cfg.embed.batch_size, torch_threads=cfg.embed.torch_threads,
+                          device=cfg.embed.device, min_partitions=cfg.embed.min_partitions
+                          ).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            counts.embedded += emb.count()
+            counts.re_embedded_existing += (emb.join(todo.filter("_existing").select("item_id"), "item_id").count())
+            if counts.embedded:
+                _merge_embeddings(spark, emb, paths.item_embeddings)
+            _failpoint("after_embeddings", batch_id)
+            vectors = emb.select("item_id", "embedding")
+            if stored is not None:
+                vectors = vectors.unionByName(stored)
+            versions = todo.select("item_id", F.col("updated_at").alias("item_updated_at"))
+            rows = item_visual_rows(assign_cluster_ids(vectors, centroids, spark,
+                                                       faiss_threads=cfg.features.faiss_threads),
+                                    serving.model_version, serving.centroid_version, versions
+                                    ).persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                counts.assigned += rows.count()
+                m = merge_history(spark, rows, paths.item_visual_features, ITEM_VISUAL_KEYS, ITEM_VISUAL_COMMENTS)
+                counts.feature_rows = {k: m[k] for k in ("inserted", "closed", "new_keys")}
+            finally:
+                rows.unpersist()
+        finally:
+            emb.unpersist()
+    finally:
+        todo.unpersist()
+
+
+def catch_up(spark: SparkSession, paths: TablePaths, cfg: CourierConfig, serving: Serving, art, centroids
+             ) -> BatchCounts:
+    """Give every silver item a current feature row of the serving versions:
+    after a new centroid version (or model) every item is re-assigned once;
+    items already current are left alone (nothing is re-embedded for them)."""
+    counts = BatchCounts()
+    if not table_exists(spark, paths.silver_items):
+        return counts
+    silver = (spark.read.format("delta").load(paths.silver_items)
+              .select("item_id", "image", "updated_at", F.lit(True).alias("_existing")))
+    _features_for(spark, silver, serving, art, centroids, paths, cfg, counts, reuse_embeddings=True)
+    return counts
+
+
+def process_item_batch(spark: SparkSession, batch: DataFrame, batch_id: int, paths: TablePaths,
+                       cfg: CourierConfig, serving: Serving, art, centroids, app_id: str) -> BatchCounts:
+    """One micro-batch of bronze/items rows (see the module docstring)."""
+    from pyspark import StorageLevel
+
+    from .validate import validate_items
+
+    counts = BatchCounts()
+    batch = batch.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts.rows_in = batch.count()
+        if counts.rows_in == 0:
+            return counts
+        clean, quarantine = validate_items(batch, cfg.validate)
+        if table_exists(spark, paths.silver_items):
+            base = spark.read.format("delta").load(paths.silver_items).select(
+                "item_id", F.col("updated_at").alias("_have"))
+            clean = clean.join(base, "item_id", "left")
+        else:
+            clean = clean.withColumn("_have", F.lit(None).cast("timestamp"))
+        kind = (F.when(F.col("_have").isNull(), "new").when(F.col("_have") < F.col("updated_at"), "changed")
+                .when(F.col("_have") == F.col("updated_at"), "current").otherwise("stale"))
+        clean = clean.withColumn("_kind", kind).drop("_have").persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            by_kind = {r["_kind"]: int(r["count"]) for r in clean.groupBy("_kind").count().collect()}
+            counts.new, counts.changed, counts.current = (by_kind.get(k, 0) for k in ("new", "changed", "current"))
+            stale = (clean.filter(F.col("_kind") == "stale").drop("_kind")
+                     .withColumn("reason", F.lit("duplicate_item_id")).withColumn("row_dropped", F.lit(True)))
+            quarantine = quarantine.unionByName(stale.select(*quarantine.columns))
+            fresh = clean.filter(F.col("_kind").isin("new", "changed"))
+            _merge_silver(spark, fresh.drop("_kind"), paths.silver_items)
+            counts.quarantined = quarantine.count()
+            if counts.quarantined:
+                _append_once(quarantine, paths.quarantine_items, app_id, batch_id)
+            _failpoint("after_silver", batch_id)
+            pending = (clean.filter(F.col("_kind") != "stale")
+                       .select("item_id", "image", "updated_at", (F.col("_kind") == "changed").alias("_existing")))
+            _features_for(spark, pending, serving, art, centroids, paths, cfg, counts, batch_id=batch_id)
+        finally:
+            clean.unpersist()
+        _failpoint("after_features", batch_id)
+    finally:
+        batch.unpersist()
+    return counts
+
+
+def record_batch(spark: SparkSession, paths: TablePaths, batch_id: int, serving: Serving, counts: BatchCounts,
+                 app_id: str) -> None:
+    """The batch's ledger row (once per batch id, whatever the replays)."""
+    import dataclasses
+    row = (int(batch_id), dt.datetime.now(dt.timezone.utc), serving.model_version, serving.centroid_version,
+           json.dumps(dataclasses.asdict(counts), sort_keys=True))
+    _append_once(spark.createDataFrame([row], LEDGER_SCHEMA), paths.stream_ledger, app_id, batch_id)
+
+
+def read_ledger(spark: SparkSession, paths: TablePaths) -> list[dict]:
+    """Finished micro-batches, oldest first, counts decoded."""
+    if not table_exists(spark, paths.stream_ledger):
+        return []
+    rows = spark.read.format("delta").load(paths.stream_ledger).orderBy("batch_id").collect()
+    return [{"batch_id": r["batch_id"], "finished_at": r["finished_at"], "model_version": r["model_version"],
+             "centroid_version": r["centroid_version"], **json.loads(r["counts"])} for r in rows]
