@@ -86,6 +86,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = _yaml(raw) if raw.strip() != "" else ""
     except yaml.YAMLError:
         value = raw  # e.g. an unbalanced bracket: kept as text, the field's type check names it
+    if isinstance(value, dict) and not raw.strip().startswith("{"):
+        value = raw  # `online.key_prefix=courier:` is text, not a one-key YAML mapping
     return key.split("."), value
 
 

@@ -37,7 +37,7 @@ from pyspark.sql import types as T
 from .logs import say
 from .paths import TablePaths
 from .schema import CourierConfig
-from .tables import table_exists
+from .tables import invalidate_table_cache, table_exists
 
 LEDGER_SCHEMA = T.StructType([
     T.StructField("batch_id", T.LongType(), False),
@@ -143,7 +143,10 @@ def _features_for(spark: SparkSession, items: DataFrame, serving: Serving, art, 
         todo = (todo.join(done, "item_id", "left")
                 .filter(F.col("_done_version").isNull() | ~F.col("_done_version").eqNullSafe(F.col("updated_at")))
                 .drop("_done_version"))
-    todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
+    # Checkpointed rather than cached (here and below): Delta re-computes cached
+    # plans that read a table it then writes (embeddings, item_visual), which
+    # would change what these frames hold half-way through.
+    todo = todo.localCheckpoint()
     try:
         n_todo = todo.count()
         if n_todo == 0:
@@ -152,15 +155,15 @@ def _features_for(spark: SparkSession, items: DataFrame, serving: Serving, art, 
         if reuse_embeddings and table_exists(spark, paths.item_embeddings):
             stored = (spark.read.format("delta").load(paths.item_embeddings)
                       .filter(F.col("model_version") == serving.model_version)
-                      .join(todo.select("item_id"), "item_id").select("item_id", "embedding"))
+                      .join(todo.select("item_id"), "item_id").select("item_id", "embedding")).localCheckpoint()
         to_embed = todo if stored is None else todo.join(stored.select("item_id"), "item_id", "left_anti")
         emb = embed_items(to_embed, art, cfg.embed.batch_size, torch_threads=cfg.embed.torch_threads,
-                          device=cfg.embed.device, min_partitions=cfg.embed.min_partitions
-                          ).persist(StorageLevel.MEMORY_AND_DISK)
+                          device=cfg.embed.device, min_partitions=cfg.embed.min_partitions).localCheckpoint()
         try:
-            counts.embedded += emb.count()
+            n_emb = emb.count()
+            counts.embedded += n_emb
             counts.re_embedded_existing += (emb.join(todo.filter("_existing").select("item_id"), "item_id").count())
-            if counts.embedded:
+            if n_emb:
                 _merge_embeddings(spark, emb, paths.item_embeddings)
             _failpoint("after_embeddings", batch_id)
             vectors = emb.select("item_id", "embedding")
@@ -219,7 +222,10 @@ def process_item_batch(spark: SparkSession, batch: DataFrame, batch_id: int, pat
             clean = clean.withColumn("_have", F.lit(None).cast("timestamp"))
         kind = (F.when(F.col("_have").isNull(), "new").when(F.col("_have") < F.col("updated_at"), "changed")
                 .when(F.col("_have") == F.col("updated_at"), "current").otherwise("stale"))
-        clean = clean.withColumn("_kind", kind).drop("_have").persist(StorageLevel.MEMORY_AND_DISK)
+        # Checkpointed, not cached: Delta re-computes cached plans that read a
+        # table it writes, so a cached classification would be redone against
+        # the silver rows this batch merges below (new items turning "current").
+        clean = clean.withColumn("_kind", kind).drop("_have").localCheckpoint()
         try:
             by_kind = {r["_kind"]: int(r["count"]) for r in clean.groupBy("_kind").count().collect()}
             counts.new, counts.changed, counts.current = (by_kind.get(k, 0) for k in ("new", "changed", "current"))
@@ -256,6 +262,9 @@ def read_ledger(spark: SparkSession, paths: TablePaths) -> list[dict]:
     """Finished micro-batches, oldest first, counts decoded."""
     if not table_exists(spark, paths.stream_ledger):
         return []
+    # The ledger is written by another process (the running query): drop any
+    # snapshot of it this session cached while it was still being created.
+    invalidate_table_cache(spark, paths.stream_ledger)
     rows = spark.read.format("delta").load(paths.stream_ledger).orderBy("batch_id").collect()
     return [{"batch_id": r["batch_id"], "finished_at": r["finished_at"], "model_version": r["model_version"],
              "centroid_version": r["centroid_version"], **json.loads(r["counts"])} for r in rows]

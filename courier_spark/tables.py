@@ -19,9 +19,24 @@ class TableVersionError(CourierError, LookupError):
 def table_exists(spark: SparkSession, path: str) -> bool:
     from delta.tables import DeltaTable
     try:
+        if DeltaTable.isDeltaTable(spark, path):
+            return True
+        # Delta caches a table's log per session: asked while another process
+        # was creating the table (its _delta_log there, no commit yet), it keeps
+        # answering "no table". Drop that cached log and ask again.
+        from . import fs
+        if not fs.exists(path.rstrip("/") + "/_delta_log"):
+            return False
+        invalidate_table_cache(spark, path)
         return DeltaTable.isDeltaTable(spark, path)
     except Exception:  # noqa: BLE001 - a missing parent dir is simply "no table"
         return False
+
+
+def invalidate_table_cache(spark: SparkSession, path: str) -> None:
+    """Forget this session's cached Delta log of ``path`` (written by another process)."""
+    jvm = spark.sparkContext._jvm
+    jvm.org.apache.spark.sql.delta.DeltaLog.invalidateCache(spark._jsparkSession, jvm.org.apache.hadoop.fs.Path(path))
 
 
 def read_table(spark: SparkSession, path: str, made_by: str | None = None,

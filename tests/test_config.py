@@ -51,3 +51,9 @@ def test_paths_are_under_one_root(tmp_path):
     assert p.bronze_items == f"{tmp_path}/r/bronze/items"
     assert p.ctr_samples == f"{tmp_path}/r/silver/ctr_samples"
     assert TablePaths.for_root("s3a://bucket/x/").pretrain_samples == "s3a://bucket/x/silver/pretrain_samples"
+
+
+def test_override_text_ending_in_a_colon_stays_text():
+    from courier_spark.config import load_config
+    assert load_config(None, ["online.key_prefix=stage:"]).online.key_prefix == "stage:"
+    assert load_config(None, ["online.key_prefix=a:b:"]).online.key_prefix == "a:b:"
