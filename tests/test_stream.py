@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import signal
 import subprocess
@@ -158,7 +159,24 @@ def test_stream_appends_kill_restart_exactly_once(spark, stream_root, tmp_path):
     assert sum(b["re_embedded_existing"] for b in ledger) == 1
     # The restart's catch-up assigned the killed batch's items from the embeddings that batch
     # had written, so the replay had nothing left to embed: each item was embedded once.
-    import json
     summary = json.loads((Path(p.run_summaries) / "stream.json").read_text())
     assert (summary["catch_up"]["embedded"], summary["catch_up"]["assigned"]) == (0, 7)
     assert sum(b["embedded"] for b in ledger) == 10 + 1
+
+    # A new centroid version (cluster again with another seed): the next run re-assigns every
+    # item once, from the stored embeddings; the run after that has nothing to do.
+    from courier_spark.config import load_config
+    from courier_spark.pipeline import StageContext, run_stage
+    c = run_stage("cluster", StageContext(spark, load_config(None, ["cluster.k=4", "cluster.seed=99",
+                                                                    "spark.shuffle_partitions=4"]), p))
+    assert c["centroid_version"] == "c0002"
+    for run, want in (("stream3", 57), ("stream4", 0)):
+        log = tmp_path / f"{run}.log"
+        pr = start_stream(stream_root, log)
+        assert pr.wait(timeout=600) == 0, log.read_text()[-3000:]
+        s = json.loads((Path(p.run_summaries) / "stream.json").read_text())
+        assert (s["catch_up"]["embedded"], s["catch_up"]["assigned"]) == (0, want), run
+    hist2 = iv().toPandas()
+    cur2 = hist2[hist2["valid_to"].isna()]
+    assert cur2["item_id"].is_unique and set(cur2["centroid_version"]) == {"c0002"} and len(cur2) == 57
+    assert len(hist2) == len(hist) + 57                             # exactly one new row per item

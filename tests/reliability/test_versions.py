@@ -58,18 +58,26 @@ def test_every_feature_row_names_its_versions(spark, two_versions, reliability):
     paths, runs = two_versions
     assert runs["v0001"]["cluster"]["centroid_version"] == "c0001"
     assert runs["v0002"]["cluster"]["centroid_version"] == "c0002"
+    from courier_spark.feature_store import current_rows, merge_history
+
+    def by_version(df):
+        return {(r.model_version, r.centroid_version): r["count"]
+                for r in df.groupBy("model_version", "centroid_version").count().collect()}
     for t, n in ((paths.item_visual_features, 16), (paths.impression_visual_features, 24)):
         df = read_table(spark, t)
-        got = {(r.model_version, r.centroid_version): r["count"]
-               for r in df.groupBy("model_version", "centroid_version").count().collect()}
+        df = current_rows(df) if t == paths.item_visual_features else df
+        got = by_version(df)
         assert got == {("courier/v0002", "c0002"): n}, (t, got)      # latest run, no nulls, no mixture
+    # item_visual keeps the first run's rows, closed when the second run's opened.
+    closed = read_table(spark, paths.item_visual_features).filter("valid_to IS NOT NULL")
+    assert by_version(closed) == {("courier/v0001", "c0001"): 16}
     # A row that cannot name its versions is refused, not stored.
-    from courier_spark.feature_store import merge_upsert
-    bad = spark.createDataFrame([(1, 0, 0.1, None, "c0002")], "item_id long, courier_cluster_id int, "
-                                "distance float, model_version string, centroid_version string")
+    bad = spark.createDataFrame([(1, 0, 0.1, None, "c0002", None)], "item_id long, courier_cluster_id int, "
+                                "distance float, model_version string, centroid_version string, "
+                                "item_updated_at timestamp")
     before = table_version(spark, paths.item_visual_features)
     with pytest.raises(ValueError, match="1 row\\(s\\) with null model_version; every feature row must name"):
-        merge_upsert(spark, bad, paths.item_visual_features, ["item_id"])
+        merge_history(spark, bad, paths.item_visual_features, ["item_id"])
     assert table_version(spark, paths.item_visual_features) == before
     reliability.bad("feature row without model_version")
 
@@ -88,7 +96,7 @@ def test_older_versions_stay_readable(spark, two_versions, reliability):
     old_imps = read_features(spark, paths.impression_visual_features, version=ev_v1)
     assert old_imps.count() == 24 and old_imps.filter(F.col("model_version") != "courier/v0001").count() == 0
     # The second run really changed the rows (so time travel is not trivially equal).
-    assert runs["v0002"]["features"]["item_visual"]["merge"]["updated"] == 16
+    assert runs["v0002"]["features"]["item_visual"]["merge"]["closed"] == 16
     assert read_embeddings(spark, paths.item_embeddings, "courier/v0001").count() == 16
     cv, mv, cents = load_centroids(spark, paths.centroids, "c0001")
     assert (cv, mv, cents.shape) == ("c0001", "courier/v0001", (2, 8))

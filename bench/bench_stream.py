@@ -1,0 +1,162 @@
+"""Fresh features: `courier stream` throughput and landing-to-feature latency,
+and the online store's materialisation rate.
+
+    .venv/bin/python bench/bench_stream.py SOURCE_ROOT [--work DIR] [--new 200] [--batches 3]
+
+SOURCE_ROOT is a root on which `validate`, `embed` and `cluster` have run (a
+trained model under models/, e.g. the root of `bash scripts/demo.sh`). Its
+bronze, silver, gold, quarantine and models folders are copied to --work
+(the source is not touched). Then, in order:
+
+1. `courier stream` starts as its own process (processing-time trigger,
+   1 s): its catch-up gives all N catalogue items item_visual rows from their
+   stored embeddings (timed from its log).
+2. --batches times: --new new items (random 64 px PNGs) are appended to
+   bronze/items in one commit. Printed per batch: the micro-batch's own time,
+   items/s, and landing -> feature-row latency, i.e. the item_visual
+   ``valid_from`` minus the bronze commit's timestamp (median and max over
+   the batch's items; it includes waiting for the next trigger).
+3. A Redis server (Debian's redis-server) on loopback: a full materialisation
+   of item_visual (rows/s), then a re-run (writes 0).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def png(rng, size=64) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("source")
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--new", type=int, default=200)
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+
+    import datetime as dt
+
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from courier_spark.config import load_config
+    from courier_spark.contract import ITEMS_SCHEMA
+    from courier_spark.feature_store import current_rows
+    from courier_spark.online import RedisSettings, materialise_item_visual
+    from courier_spark.paths import TablePaths
+    from courier_spark.spark import get_spark
+    from courier_spark.stream import read_ledger
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-stream-"))
+    root = work / "ds"
+    if root.exists():
+        shutil.rmtree(root)
+    for d in ("bronze", "silver", "gold", "quarantine", "models"):
+        shutil.copytree(Path(args.source) / d, root / d)
+    p = TablePaths.for_root(str(root))
+    cfg = load_config(None, args.overrides)
+    spark = get_spark(cfg.spark)
+    n_catalogue = spark.read.format("delta").load(p.silver_items).count()
+    print(f"[bench stream] root {root}: {n_catalogue} catalogue items", flush=True)
+
+    log = work / "stream.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
+    proc = subprocess.Popen([sys.executable, "-m", "courier_spark.cli", "stream", "--root", str(root),
+                             "--set", "stream.trigger=processing_time", "--set", "stream.interval_seconds=1",
+                             *sum((["--set", o] for o in args.overrides), [])],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    rows_out = []
+    try:
+        t0 = time.time()
+        while "query on bronze/items" not in log.read_text():
+            if proc.poll() is not None:
+                sys.exit(f"stream exited:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        catch = [ln for ln in log.read_text().splitlines() if "catching up" in ln and "done in" in ln]
+        print(f"[bench stream] catch-up of {n_catalogue} items (stored embeddings, assign + merge): "
+              f"{catch[0].rsplit('done in', 1)[1].strip() if catch else '?'}; stream ready after "
+              f"{time.time() - t0:.1f}s", flush=True)
+        raw = T.StructType([T.StructField(f.name, f.dataType, True) for f in ITEMS_SCHEMA.fields])
+        rng = np.random.default_rng(0)
+        next_id = int(spark.read.format("delta").load(p.bronze_items).agg(F.max("item_id")).first()[0]) + 1
+        for b in range(args.batches):
+            ids = list(range(next_id, next_id + args.new))
+            next_id += args.new
+            now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+            rows = [(i, f"bench{i % 5}", f"bench item {i}", 9.9, png(rng), now) for i in ids]
+            spark.createDataFrame(rows, raw).write.format("delta").mode("append").save(p.bronze_items)
+            landed = (spark.sql(f"DESCRIBE HISTORY delta.`{p.bronze_items}` LIMIT 1").first()["timestamp"])
+            while True:
+                done = [x for x in read_ledger(spark, p) if x["rows_in"] and x["new"] >= args.new
+                        and x["finished_at"] >= landed]
+                if done:
+                    break
+                if proc.poll() is not None:
+                    sys.exit(f"stream exited:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+            vf = (current_rows(spark.read.format("delta").load(p.item_visual_features))
+                  .filter(F.col("item_id").isin(ids)).select("valid_from").toPandas()["valid_from"])
+            lat = (vf - landed).dt.total_seconds()
+            line = [ln for ln in log.read_text().splitlines() if f"batch {done[0]['batch_id']}:" in ln]
+            secs = float(line[0].rsplit("(", 1)[1].rstrip("s)")) if line else float("nan")
+            rows_out.append((len(vf), secs, lat.median(), lat.max()))
+            print(f"[bench stream] batch {done[0]['batch_id']}: {len(vf)}/{args.new} items got features; "
+                  f"micro-batch {secs:.1f}s = {len(vf) / secs:.1f} items/s; landing -> feature row "
+                  f"median {lat.median():.1f}s, max {lat.max():.1f}s", flush=True)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    exe = shutil.which("redis-server")
+    if not exe:
+        print("[bench stream] redis-server not installed: online materialisation skipped")
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    redis = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        st = RedisSettings("127.0.0.1", port, key_prefix="bench:")
+        full = materialise_item_visual(spark, p.item_visual_features, st, batch_size=cfg.online.batch_size)
+        again = materialise_item_visual(spark, p.item_visual_features, st, batch_size=cfg.online.batch_size)
+        print(f"[bench stream] online full load: {full['written']} rows in {full['seconds']:.1f}s = "
+              f"{full['rows_per_second']} rows/s; re-run wrote {again['written']} ({again['mode']})")
+    finally:
+        redis.terminate()
+    if rows_out:
+        n = sum(r[0] for r in rows_out)
+        s = sum(r[1] for r in rows_out)
+        print(f"[bench stream] summary: {n} new items over {len(rows_out)} micro-batches, "
+              f"{n / s:.1f} items/s inside micro-batches; latency median of medians "
+              f"{np.median([r[2] for r in rows_out]):.1f}s, worst {max(r[3] for r in rows_out):.1f}s")
+
+
+if __name__ == "__main__":
+    main()
