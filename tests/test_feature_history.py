@@ -32,11 +32,11 @@ def naive(t: dt.datetime) -> pd.Timestamp:
     return pd.Timestamp(t.astimezone(UTC).replace(tzinfo=None))
 
 
-def history_table(spark, tmp_path):
+def history_table(spark, tmp_path, path: str | None = None):
     """Four writes: (v0001, c0001) for items 1-30; (v0001, c0002) re-assigns 1-30 and adds 31-40;
     (v0002, c0003) for 1-40; then 5 items' images change (new cluster, new item version)."""
     rng = np.random.default_rng(3)
-    path = str(tmp_path / "item_visual")
+    path = path or str(tmp_path / "item_visual")
     iu = dt.datetime(2026, 2, 1)
 
     def write(ids, mv, cv, hours, changed=()):
@@ -185,3 +185,29 @@ def test_point_in_time_refuses_bad_events(spark, tmp_path):
     clash = spark.createDataFrame([(1, at(1), "x")], "item_id long, event_ts timestamp, model_version string")
     with pytest.raises(DataError, match="already have column"):
         point_in_time_features(clash, iv)
+
+
+def test_point_in_time_stage_writes_what_the_function_returns(spark, tmp_path):
+    from courier_spark.config import load_config
+    from courier_spark.errors import ConfigError
+    from courier_spark.paths import TablePaths
+    from courier_spark.pipeline import StageContext, run_stage
+    p = TablePaths.for_root(str(tmp_path / "ds"))
+    history_table(spark, tmp_path, p.item_visual_features)
+    rng = np.random.default_rng(2)
+    hours = rng.uniform(-5, 35, 50)
+    events = pd.DataFrame({"key": range(50), "item_id": rng.integers(1, 46, 50),
+                           "ts": [naive(at(h)) for h in hours]})
+    src, out = str(tmp_path / "events"), str(tmp_path / "train_set")
+    spark.createDataFrame(events).write.parquet(src)
+    cfg = load_config(None, [f"retrieval.input={src}", "retrieval.input_format=parquet", f"retrieval.output={out}",
+                             "retrieval.event_ts_column=ts"])
+    s = run_stage("point_in_time", StageContext(spark, cfg, p))
+    got = spark.read.format("delta").load(out).toPandas().sort_values("key").reset_index(drop=True)
+    exp = (point_in_time_features(spark.read.parquet(src).withColumnRenamed("ts", "event_ts"),
+                                  spark.read.format("delta").load(p.item_visual_features))
+           .withColumnRenamed("event_ts", "ts").toPandas().sort_values("key").reset_index(drop=True))
+    assert s["rows"] == 50 and got[exp.columns].equals(exp)
+    assert s["with_item_features"] == int(exp["courier_cluster_id"].notna().sum()) > 0
+    with pytest.raises(ConfigError, match="retrieval.input"):
+        run_stage("point_in_time", StageContext(spark, load_config(None, []), p))
