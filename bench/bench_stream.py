@@ -124,6 +124,7 @@ def main() -> None:
             print(f"[bench stream] batch {done[0]['batch_id']}: {len(vf)}/{args.new} items got features; "
                   f"micro-batch {secs:.1f}s = {len(vf) / secs:.1f} items/s; landing -> feature row "
                   f"median {lat.median():.1f}s, max {lat.max():.1f}s", flush=True)
+            print(f"[bench stream]   phases (s): {done[0].get('seconds')}", flush=True)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

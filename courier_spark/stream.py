@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
@@ -63,6 +64,20 @@ class BatchCounts:
     re_embedded_existing: int = 0   # embedded items that silver already had (changed images)
     assigned: int = 0
     feature_rows: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)   # wall time per phase (where a micro-batch spends it)
+
+
+
+class _Laps:
+    """Adds the time since the previous call to ``out[phase]``."""
+
+    def __init__(self, out: dict) -> None:
+        self.out, self.t = out, time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.out[phase] = round(self.out.get(phase, 0.0) + now - self.t, 3)
+        self.t = now
 
 
 @dataclass(frozen=True)
@@ -146,9 +161,11 @@ def _features_for(spark: SparkSession, items: DataFrame, serving: Serving, art, 
     # Checkpointed rather than cached (here and below): Delta re-computes cached
     # plans that read a table it then writes (embeddings, item_visual), which
     # would change what these frames hold half-way through.
+    lap = _Laps(counts.seconds)
     todo = todo.localCheckpoint()
     try:
         n_todo = todo.count()
+        lap("find_todo")
         if n_todo == 0:
             return
         stored = None
@@ -159,12 +176,14 @@ def _features_for(spark: SparkSession, items: DataFrame, serving: Serving, art, 
         to_embed = todo if stored is None else todo.join(stored.select("item_id"), "item_id", "left_anti")
         emb = embed_items(to_embed, art, cfg.embed.batch_size, torch_threads=cfg.embed.torch_threads,
                           device=cfg.embed.device, min_partitions=cfg.embed.min_partitions).localCheckpoint()
+        lap("embed")
         try:
             n_emb = emb.count()
             counts.embedded += n_emb
             counts.re_embedded_existing += (emb.join(todo.filter("_existing").select("item_id"), "item_id").count())
             if n_emb:
                 _merge_embeddings(spark, emb, paths.item_embeddings)
+            lap("merge_embeddings")
             _failpoint("after_embeddings", batch_id)
             vectors = emb.select("item_id", "embedding")
             if stored is not None:
@@ -176,8 +195,10 @@ def _features_for(spark: SparkSession, items: DataFrame, serving: Serving, art, 
                                     ).persist(StorageLevel.MEMORY_AND_DISK)
             try:
                 counts.assigned += rows.count()
+                lap("assign")
                 m = merge_history(spark, rows, paths.item_visual_features, ITEM_VISUAL_KEYS, ITEM_VISUAL_COMMENTS)
                 counts.feature_rows = {k: m[k] for k in ("inserted", "closed", "new_keys")}
+                lap("merge_item_visual")
             finally:
                 rows.unpersist()
         finally:
@@ -213,6 +234,7 @@ def process_item_batch(spark: SparkSession, batch: DataFrame, batch_id: int, pat
         counts.rows_in = batch.count()
         if counts.rows_in == 0:
             return counts
+        lap = _Laps(counts.seconds)
         clean, quarantine = validate_items(batch, cfg.validate)
         if table_exists(spark, paths.silver_items):
             base = spark.read.format("delta").load(paths.silver_items).select(
@@ -228,15 +250,18 @@ def process_item_batch(spark: SparkSession, batch: DataFrame, batch_id: int, pat
         clean = clean.withColumn("_kind", kind).drop("_have").localCheckpoint()
         try:
             by_kind = {r["_kind"]: int(r["count"]) for r in clean.groupBy("_kind").count().collect()}
+            lap("validate_classify")
             counts.new, counts.changed, counts.current = (by_kind.get(k, 0) for k in ("new", "changed", "current"))
             stale = (clean.filter(F.col("_kind") == "stale").drop("_kind")
                      .withColumn("reason", F.lit("duplicate_item_id")).withColumn("row_dropped", F.lit(True)))
             quarantine = quarantine.unionByName(stale.select(*quarantine.columns))
             fresh = clean.filter(F.col("_kind").isin("new", "changed"))
             _merge_silver(spark, fresh.drop("_kind"), paths.silver_items)
+            lap("merge_silver")
             counts.quarantined = quarantine.count()
             if counts.quarantined:
                 _append_once(quarantine, paths.quarantine_items, app_id, batch_id)
+            lap("quarantine")
             _failpoint("after_silver", batch_id)
             pending = (clean.filter(F.col("_kind") != "stale")
                        .select("item_id", "image", "updated_at", (F.col("_kind") == "changed").alias("_existing")))

@@ -38,6 +38,7 @@ def run(ctx: StageContext) -> dict:
     def on_batch(batch, batch_id: int) -> None:
         t0 = time.perf_counter()
         s, a, c = resolve_serving(spark, p, ctx.cfg)
+        serving_s = time.perf_counter() - t0
         if s != state["serving"]:
             # A new model or centroid version takes effect here: every item once.
             say("stream", f"serving versions changed to {s.model_version}/{s.centroid_version}: re-assigning")
@@ -45,6 +46,7 @@ def run(ctx: StageContext) -> dict:
             catch_up(spark, p, ctx.cfg, s, a, c)
             state.update(serving=s, art=a, centroids=c)
         counts = process_item_batch(spark, batch, batch_id, p, ctx.cfg, s, a, c, app_id)
+        counts.seconds["resolve_serving"] = round(serving_s, 3)
         if online and counts.rows_in:
             online_counts.append(materialise_item_visual(spark, p.item_visual_features, online,
                                                          batch_size=ctx.cfg.online.batch_size))
