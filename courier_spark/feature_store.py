@@ -50,7 +50,7 @@ ITEM_VISUAL_COMMENTS = {
     "model_version": "Encoder that made the embedding (<method>/<vNNNN>, gold/item_embeddings).",
     "centroid_version": "k-means run that made the centroids (gold/centroids).",
     "item_updated_at": "silver/items.updated_at of the item version whose image was embedded (null if unknown).",
-    VALID_FROM: "When this row started serving (UTC): written then, never earlier.",
+    VALID_FROM: "When the write that made this row started (UTC); its commit, seconds later, made it readable.",
     VALID_TO: "When a newer row replaced it (UTC, exclusive); null = the current row.",
 }
 
