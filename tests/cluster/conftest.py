@@ -124,6 +124,11 @@ class StandaloneCluster:
                timeout_s: float = 900.0) -> "Submission":
         """``spark-submit --master <this cluster> jobs/<script> ARGS`` with the
         Delta jars and an event log of its own; output to ``<base>/<name>.log``."""
+        return self.start(script, args, name=name, conf=conf).wait(timeout_s)
+
+    def start(self, script: str, args: list[str], *, name: str, conf: dict[str, str] | None = None
+              ) -> "Running":
+        """Like ``submit`` but returns at once; ``.wait()`` gives the Submission."""
         from courier_spark.config import SparkConfig
         from courier_spark.spark import read_delta_jars, delta_jars_file
         jars = read_delta_jars(delta_jars_file(), SparkConfig().delta_package)
@@ -155,23 +160,36 @@ class StandaloneCluster:
             cmd += ["--conf", f"{k}={v}"]
         cmd += [str(REPO / "jobs" / script), *args]
         log = self.base / f"{name}.log"
-        t0 = time.monotonic()
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        job = Daemon(f"spark-submit {name}", proc, log)
+        return Running(self, script, name, cmd, Daemon(f"spark-submit {name}", proc, log), events, time.monotonic())
+
+
+@dataclass
+class Running:
+    cluster: "StandaloneCluster"
+    script: str
+    name: str
+    cmd: list[str]
+    job: Daemon
+    events_dir: Path
+    t0: float
+
+    def wait(self, timeout_s: float = 900.0) -> "Submission":
         try:
-            rc = proc.wait(timeout=timeout_s)
+            rc = self.job.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             rc = None
         finally:
-            seconds = time.monotonic() - t0
-            job.stop()  # what is left of the driver's group, also when this test is interrupted
-        sub = Submission(name=name, cmd=cmd, rc=rc, log=log, events_dir=events, seconds=seconds)
+            seconds = time.monotonic() - self.t0
+            self.job.stop()  # what is left of the driver's group, also when this test is interrupted
+        log = self.job.log
+        sub = Submission(name=self.name, cmd=self.cmd, rc=rc, log=log, events_dir=self.events_dir, seconds=seconds)
         if rc != 0:
             why = f"timed out after {timeout_s:.0f}s" if rc is None else f"exit status {rc}"
-            pytest.fail(f"spark-submit {script} ({name}) {why}; last lines of {log}:\n{tail(log, 60)}\n"
-                        f"{self.logs()}", pytrace=False)
+            pytest.fail(f"spark-submit {self.script} ({self.name}) {why}; last lines of {log}:\n{tail(log, 60)}\n"
+                        f"{self.cluster.logs()}", pytrace=False)
         return sub
 
 

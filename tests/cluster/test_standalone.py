@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -47,9 +50,12 @@ TRAIN = {"train.steps": 20, "train.batch_size": 8, "train.num_proc": 2, "train.b
 # tiny tables that is most of each job's time (courier_spark/spark.py sets the
 # same for local mode only).
 SUBMIT_CONF = {"spark.databricks.delta.snapshotPartitions": "2"}
+BAD_ROWS = {"synthetic.bad_null_keys": 6, "synthetic.bad_unknown_items": 4, "synthetic.bad_duplicate_events": 5,
+            "synthetic.bad_images": 3}
 COMPARED = ("silver/items", "silver/impressions", "silver/pretrain_samples", "silver/ctr_samples")
 WRITE_TIME = ("updated_at", "created_at")
 FINISHED = re.compile(r"Finished task \S+ in stage \S+ \(TID (\d+)\)")
+RUNNING = re.compile(r"Running task \S+ in stage \S+ \(TID (\d+)\)")
 
 
 def overrides(d: dict) -> list[str]:
@@ -157,7 +163,12 @@ def test_cluster_tables_equal_local_mode(spark, cluster_root, tmp_path):
     ctx = StageContext(spark, load_config(None, overrides(TINY)), b)
     for stage in ("validate", "samples"):
         run_stage(stage, ctx)
-    for t in COMPARED:
+    assert_tables_equal(spark, a, b, COMPARED)
+
+
+def assert_tables_equal(spark, a: TablePaths, b: TablePaths, tables) -> None:
+    """Each table (``layer/name``) holds the same rows under roots a (the cluster's) and b."""
+    for t in tables:
         layer, name = t.split("/")
         da = spark.read.format("delta").load(a.table(layer, name))
         db = spark.read.format("delta").load(b.table(layer, name))
@@ -196,3 +207,45 @@ def test_horovod_training_one_rank_per_worker(standalone_cluster, cluster_root):
         w = owner[x]
         assert tid in finished_tids(standalone_cluster.workers[w].work_dir / sub.app_id / x), (
             f"worker{w}'s executor {x} stderr does not show its Horovod task (TID {tid}) finishing")
+
+
+def test_killing_a_worker_mid_stage_leaves_the_output_of_an_undisturbed_run(spark, standalone_cluster, tmp_path):
+    """validate on the cluster; while worker1's executor is running a task, the
+    whole worker (its JVM, the executor and its Python workers) is SIGKILLed.
+    Spark re-runs the lost work on worker0, and the tables equal a local run's.
+    Last in this module: it leaves the cluster with one worker."""
+    root = str(tmp_path / "killed")
+    a = TablePaths.for_root(root)
+    cfg = {**TINY, **BAD_ROWS}  # quarantine has rows too, so its accounting is compared as well
+    run_stage("generate", StageContext(spark, load_config(None, overrides(cfg)), a))
+    victim = standalone_cluster.workers[1]
+    seen = set(victim.work_dir.glob("app-*"))
+    run = standalone_cluster.start("validate.py", job_args(root, BAD_ROWS), name="validate_killed", conf=SUBMIT_CONF)
+    in_flight, deadline = None, time.monotonic() + 300
+    while in_flight is None:
+        assert run.job.proc.poll() is None, f"validate ended before worker1 ran a task; see {run.job.log}"
+        assert time.monotonic() < deadline, f"worker1 ran no task within 300 s\n{standalone_cluster.logs()}"
+        for stderr in (x for app in set(victim.work_dir.glob("app-*")) - seen for x in app.glob("*/stderr")):
+            text = stderr.read_text(errors="replace")
+            running = set(RUNNING.findall(text)) - set(FINISHED.findall(text))
+            if running:
+                in_flight = sorted(running)
+                break
+        time.sleep(0.05)
+    os.killpg(victim.daemon.proc.pid, signal.SIGKILL)
+    sub = run.wait(900)
+
+    events = sub.events()
+    assert [e for e in events if e.get("Event") == "SparkListenerExecutorRemoved"], "no executor was lost"
+    failed = collections.Counter(e["Task End Reason"]["Reason"] for e in events
+                                 if e.get("Event") == "SparkListenerTaskEnd"
+                                 and e["Task End Reason"]["Reason"] != "Success")
+    print(f"\nkilled worker1 with TID(s) {in_flight} running; failed task ends by reason: {dict(failed)}")
+    assert set(failed) & {"ExecutorLostFailure", "FetchFailed", "Resubmitted"}, dict(failed)
+
+    b = TablePaths.for_root(str(tmp_path / "undisturbed"))
+    for t in ("items", "impressions"):
+        shutil.copytree(a.table("bronze", t), b.table("bronze", t))
+    run_stage("validate", StageContext(spark, load_config(None, overrides(cfg)), b))
+    assert_tables_equal(spark, a, b, ("silver/items", "silver/impressions", "quarantine/items",
+                                      "quarantine/impressions"))
