@@ -223,6 +223,10 @@ def merge_history(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[
                           {"delta.enableChangeDataFeed": "true"})
         target = DeltaTable.forPath(spark, path)
         have = target.toDF().columns
+        if VALID_FROM not in have and _upgradable(have, src.columns):
+            _add_validity_intervals(spark, path, comments or {})
+            target = DeltaTable.forPath(spark, path)
+            have = target.toDF().columns
         if sorted(have) != sorted(src.columns):
             hint = (" (it has no validity intervals: written by an older release; delete it and re-run "
                     "`courier features --set features.incremental=false`)" if VALID_FROM not in have else "")
@@ -255,6 +259,32 @@ def merge_history(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[
     out, retries = _with_commit_retries(attempt, path, max_attempts)
     out["retries"] = retries
     return out
+
+
+def _upgradable(have: Sequence[str], want: Sequence[str]) -> bool:
+    """An older release's one-row-per-key table (``updated_at``, no intervals)
+    that holds every value column this write has, except possibly the newer
+    ``item_updated_at``."""
+    missing = set(want) - set(have) - {VALID_FROM, VALID_TO, "item_updated_at"}
+    return UPDATED_AT in have and not missing and set(have) - {UPDATED_AT} <= set(want)
+
+
+def _add_validity_intervals(spark: SparkSession, path: str, comments: Mapping[str, str]) -> None:
+    """Upgrade a table in place, in one commit: each row becomes the current
+    row, valid from its ``updated_at`` (when its values last changed), and the
+    change data feed is switched on. Rows, keys and values are unchanged."""
+    old = spark.read.format("delta").load(path)
+    new = old.withColumn(VALID_FROM, F.col(UPDATED_AT)).withColumn(VALID_TO, F.lit(None).cast("timestamp"))
+    if "item_updated_at" not in old.columns:
+        new = new.withColumn("item_updated_at", F.lit(None).cast("timestamp"))
+    new = new.drop(UPDATED_AT).localCheckpoint()  # read fully before the same table is overwritten
+    n = new.count()
+    (new.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path))
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    for c, text in comments.items():
+        if c in new.columns:
+            spark.sql(f"ALTER TABLE delta.`{path}` ALTER COLUMN {_q(c)} COMMENT '{text.replace(chr(39), chr(92) + chr(39))}'")
+    say("merge", f"{path}: upgraded {n} row(s) to validity intervals (valid_from = their updated_at)")
 
 
 def current_rows(df: DataFrame) -> DataFrame:

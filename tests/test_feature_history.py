@@ -81,11 +81,35 @@ def test_merge_history_intervals_counts_and_rerun(spark, tmp_path):
     # A clock that went backwards would make overlapping intervals: refused.
     with pytest.raises(ValueError, match="is not after the newest valid_from"):
         merge_history(spark, cur.withColumn("distance", F.lit(0.5).cast("float")), path, ["item_id"], as_of=at(25))
-    # A table without intervals (older release) is named, not silently mixed.
-    old = str(tmp_path / "old")
-    cur.write.format("delta").save(old)
+    # A table without intervals that is not an older item_visual is named, not silently mixed.
+    other = str(tmp_path / "other")
+    cur.drop("distance").write.format("delta").save(other)
     with pytest.raises(FeatureTableSchemaError, match="no validity intervals"):
-        merge_history(spark, cur, old, ["item_id"])
+        merge_history(spark, cur, other, ["item_id"])
+
+
+def test_an_older_release_table_is_upgraded_in_place(spark, tmp_path):
+    """item_visual as the previous release wrote it (one row per item, updated_at,
+    no item_updated_at): the first merge_history upgrades it in one commit, keeps
+    every row as the current one valid from its updated_at, then continues."""
+    from courier_spark.feature_store import merge_upsert
+    path = str(tmp_path / "old_iv")
+    old = spark.createDataFrame([(i, i % 4, 0.5, "courier/v0001", "c0001") for i in range(1, 21)],
+                                "item_id long, courier_cluster_id int, distance float, model_version string, "
+                                "centroid_version string")
+    merge_upsert(spark, old, path, ["item_id"])
+    before = spark.read.format("delta").load(path).toPandas().set_index("item_id").sort_index()
+    new = iv_rows(spark, [(i, (i % 4) + (1 if i <= 5 else 0), 0.5, "courier/v0001", "c0001", None)
+                          for i in range(1, 21)])
+    s = merge_history(spark, new, path, ["item_id"], ITEM_VISUAL_COMMENTS)
+    assert (s["new_keys"], s["closed"], s["unchanged"]) == (0, 5, 15)
+    h = spark.read.format("delta").load(path).toPandas()
+    first = h.sort_values("valid_from").groupby("item_id").first().sort_index()
+    assert (first["valid_from"] == before["updated_at"]).all()          # each old row valid from its updated_at
+    assert (first["courier_cluster_id"] == before["courier_cluster_id"]).all()
+    assert len(h) == 25 and h[h["valid_to"].isna()]["item_id"].is_unique
+    props = spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").toPandas().set_index("key")["value"]
+    assert props["delta.enableChangeDataFeed"] == "true"
 
 
 def brute_force_item(history: pd.DataFrame, item_id: int, ts: pd.Timestamp):
