@@ -233,17 +233,25 @@ def merge_history(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[
             raise FeatureTableSchemaError(f"feature table {path}: columns {sorted(have)} differ from this "
                                           f"write's {sorted(src.columns)}{hint}")
         current = target.toDF().filter(F.col(VALID_TO).isNull())
-        last = current.agg(F.max(VALID_FROM)).first()[0]
+        match = [F.col(f"s.{_q(k)}") == F.col(f"t.{_q(k)}") for k in keys]
+        # One pass over source x current rows: the counts, and the newest
+        # valid_from of the keys written (as_of must come after it, or their
+        # intervals would overlap).
+        st = (src.alias("s").join(current.alias("t"), match, "left")
+              .agg(F.count("*").alias("n"),
+                   F.sum(F.col(f"t.{_q(keys[0])}").isNull().cast("int")).alias("new"),
+                   F.sum((F.col(f"t.{_q(keys[0])}").isNotNull() & F.expr(differs)).cast("int")).alias("changed"),
+                   F.max(f"t.{VALID_FROM}").alias("last"))
+              .first())
+        n_src, n_new, n_changed, last = int(st["n"]), int(st["new"] or 0), int(st["changed"] or 0), st["last"]
         if last is not None and last.replace(tzinfo=None) >= as_of.astimezone(dt.timezone.utc).replace(tzinfo=None):
             raise ValueError(f"merge_history into {path}: as_of {as_of.isoformat()} is not after the newest "
                              f"valid_from {last.isoformat()} (clock moved back?); intervals must not overlap")
-        changed = (src.alias("s").join(current.alias("t"), [F.col(f"s.{_q(k)}") == F.col(f"t.{_q(k)}") for k in keys])
-                   .where(F.expr(differs)).select("s.*"))
+        changed = src.alias("s").join(current.alias("t"), match).where(F.expr(differs)).select("s.*")
         key_types = {f.name: f.dataType for f in src.schema.fields}
         staged = (src.select(*[F.col(k).alias(mk[k]) for k in keys], "*")
                   .unionByName(changed.select(*[F.lit(None).cast(key_types[k]).alias(mk[k]) for k in keys], "*")))
         on = " AND ".join(f"t.{_q(k)} = s.{mk[k]}" for k in keys) + f" AND t.{VALID_TO} IS NULL"
-        n_src, n_new, n_changed = src.count(), src.join(current, keys, "left_anti").count(), changed.count()
         before = int(target.history(1).select("version").collect()[0][0])
         if n_new == 0 and n_changed == 0:  # nothing to write: no commit at all (the online copy sees no change)
             return {"version": before, "source_rows": n_src, "inserted": 0, "closed": 0, "new_keys": 0,

@@ -38,7 +38,7 @@ from pyspark.sql import types as T
 from .logs import say
 from .paths import TablePaths
 from .schema import CourierConfig
-from .tables import invalidate_table_cache, table_exists
+from .tables import table_exists
 
 LEDGER_SCHEMA = T.StructType([
     T.StructField("batch_id", T.LongType(), False),
@@ -287,9 +287,6 @@ def read_ledger(spark: SparkSession, paths: TablePaths) -> list[dict]:
     """Finished micro-batches, oldest first, counts decoded."""
     if not table_exists(spark, paths.stream_ledger):
         return []
-    # The ledger is written by another process (the running query): drop any
-    # snapshot of it this session cached while it was still being created.
-    invalidate_table_cache(spark, paths.stream_ledger)
     rows = spark.read.format("delta").load(paths.stream_ledger).orderBy("batch_id").collect()
     return [{"batch_id": r["batch_id"], "finished_at": r["finished_at"], "model_version": r["model_version"],
              "centroid_version": r["centroid_version"], **json.loads(r["counts"])} for r in rows]
