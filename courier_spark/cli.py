@@ -81,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         names = stage_names(args.command, getattr(args, "start", None), getattr(args, "until", None))
         paths = TablePaths.for_root(args.root)
-        fs.check_root(paths.root)
+        # `sql` only reads: an analyst with read-only access may run it.
+        fs.check_root(paths.root, write=args.command != "sql")
     except CourierError as exc:
         return _error(str(exc))
     with RunLog(paths.run_logs, args.command) as run_log:

@@ -3,9 +3,17 @@
 Models, checkpoints, caches, reports, run summaries and logs are written and
 read only through this module, so a dataset root can be a plain local path or a
 Hadoop-style URI (``s3a://bucket/x``, ``abfss://c@acct.dfs.core.windows.net/x``,
-``gs://b/x``, ``hdfs://nn:8020/x``, ``file:/x``) -- the same string Spark and
-Delta get for the tables. ``memory://`` (fsspec's in-process filesystem) is
-accepted too, for tests.
+``gs://b/x``, ``hdfs://nn:8020/x``, ``webhdfs://nn:9870/x``, ``file:/x``) -- the
+same string Spark and Delta get for the tables. ``memory://`` (fsspec's
+in-process filesystem) is accepted too, for tests.
+
+HDFS has two doors. ``hdfs://`` is the NameNode's RPC port: Spark's own client
+speaks it, but Python needs pyarrow's libhdfs (a JVM and the Hadoop native
+library on every host). ``webhdfs://`` is the same filesystem through the
+NameNode's HTTP port (Hadoop's WebHdfsFileSystem on the JVM side, fsspec's
+WebHDFS over ``requests`` here), so a root spelled that way needs nothing on
+the hosts but this package. Both authenticate as ``HADOOP_USER_NAME`` or the
+OS user, like Hadoop's simple auth.
 
 Writes are atomic: a reader sees the old file or the new one, never half of
 one. On filesystems that can rename (local, hdfs, memory) the bytes go to a
@@ -19,6 +27,7 @@ every part of the project can use it, drivers and workers alike.
 """
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
@@ -35,7 +44,7 @@ from fsspec.implementations.local import LocalFileSystem
 from .errors import CourierError
 
 __all__ = [
-    "FilesystemError", "join", "to_fsspec", "filesystem", "is_local", "to_local_path",
+    "FilesystemError", "join", "to_fsspec", "filesystem", "storage_options", "is_local", "to_local_path",
     "exists", "isdir", "makedirs", "ls", "glob", "rm", "size",
     "read_bytes", "read_text", "read_json", "write_bytes", "write_text", "write_json",
     "open_read", "open_write", "put_file", "get_file", "local_copy", "append_line", "check_root",
@@ -57,10 +66,18 @@ _PROTOCOLS: dict[str, str] = {
     "abfs": "abfs", "abfss": "abfs", "wasb": "abfs", "wasbs": "abfs", "az": "abfs",
     "gs": "gcs", "gcs": "gcs",
     "hdfs": "hdfs",
+    "webhdfs": "webhdfs",
     "memory": "memory",
 }
 # The pip package that provides each fsspec protocol.
-_PACKAGES: dict[str, str] = {"s3": "s3fs", "abfs": "adlfs", "gcs": "gcsfs", "hdfs": "pyarrow"}
+_PACKAGES: dict[str, str] = {"s3": "s3fs", "abfs": "adlfs", "gcs": "gcsfs", "hdfs": "pyarrow",
+                             "webhdfs": "requests"}
+# Filesystems that append in place (elsewhere append_line rewrites the file).
+_APPENDABLE = frozenset({"hdfs", "webhdfs"})
+# (connect, read) seconds for every HTTP call to a WebHDFS NameNode/DataNode:
+# an unreachable host must fail in seconds, not hang a job (requests has no
+# default timeout). COURIER_FS_TIMEOUT_S overrides the connect part.
+_HTTP_READ_TIMEOUT_S = 300.0
 # No rename, but a PUT is all-or-nothing: write the target directly.
 _OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
@@ -117,8 +134,8 @@ def to_fsspec(uri: str) -> tuple[str, str]:
         if s in fsspec.available_protocols() or s in fsspec.registry:
             return s, uri
         raise FilesystemError(
-            f"{uri}: unsupported scheme {s!r} (use a local path, file:, s3a://, abfss://, gs://, hdfs:// "
-            f"or memory://)")
+            f"{uri}: unsupported scheme {s!r} (use a local path, file:, s3a://, abfss://, gs://, hdfs://, "
+            f"webhdfs:// or memory://)")
     return proto, proto + uri[len(s):]
 
 
@@ -127,7 +144,7 @@ def _resolve(uri: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
     if proto == "file":
         return _LOCAL, url, proto
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, **_options(proto, url))
     except ImportError as e:
         pkg = _PACKAGES.get(proto, f"the fsspec implementation of {proto!r}")
         raise FilesystemError(
@@ -138,7 +155,46 @@ def _resolve(uri: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
                 "and CLASSPATH=$(hadoop classpath --glob))") if proto == "hdfs" else ""
         raise FilesystemError(f"{uri}: cannot open the {proto!r} filesystem{hint}: "
                               f"{type(e).__name__}: {_one_line(e)}") from None
+    if proto == "webhdfs":
+        _bound_http_calls(fs)
     return fs, path, proto
+
+
+def _options(proto: str, url: str) -> dict[str, Any]:
+    """Storage options the URL cannot carry."""
+    if proto == "webhdfs" and "@" not in url.split("://", 1)[1].split("/", 1)[0]:
+        # Hadoop's simple auth: the same user Spark's WebHdfsFileSystem sends.
+        return {"user": os.environ.get("HADOOP_USER_NAME") or getpass.getuser()}
+    return {}
+
+
+def storage_options(uri: str) -> dict[str, Any]:
+    """The fsspec storage options this layer adds for ``uri`` (today: the
+    WebHDFS user), for libraries that open the URI with fsspec themselves
+    (petastorm's reader)."""
+    proto, url = to_fsspec(uri)
+    return _options(proto, url)
+
+
+def _bound_http_calls(fs: fsspec.AbstractFileSystem) -> None:
+    """Give every request of a WebHDFS filesystem a timeout (once per cached
+    instance): requests waits forever by default."""
+    session = getattr(fs, "session", None)
+    if session is None or getattr(session, "_courier_timeout", False):
+        return
+    from requests.adapters import HTTPAdapter
+
+    connect = float(os.environ.get("COURIER_FS_TIMEOUT_S", "5"))
+
+    class _Bounded(HTTPAdapter):
+        def send(self, request, **kw):  # type: ignore[override]
+            if kw.get("timeout") is None:
+                kw["timeout"] = (connect, _HTTP_READ_TIMEOUT_S)
+            return super().send(request, **kw)
+
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, _Bounded())
+    session._courier_timeout = True
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -395,7 +451,7 @@ def append_line(uri: str, line: str) -> None:
         with open(path, "ab") as fh:
             fh.write(data)
         return
-    if proto == "hdfs" and fs.exists(path):
+    if proto in _APPENDABLE and fs.exists(path):
         try:
             with fs.open(path, "ab") as fh:
                 fh.write(data)
@@ -472,10 +528,13 @@ def local_copy(uri: str) -> Iterator[str]:
 
 # ------------------------------------------------------------------ roots
 
-def check_root(root: str) -> None:
+def check_root(root: str, write: bool = True) -> None:
     """Fail early, in one line, when ``root`` cannot hold a dataset: it is a
-    file, a parent of it is a file, or its filesystem cannot be reached or
-    listed. A missing root is created (object stores: the bucket is listed)."""
+    file, a parent of it is a file, its filesystem cannot be reached or listed
+    or (with ``write``) this user may not write there. A missing root is
+    created (object stores: the bucket is listed). On a remote root the write
+    check puts and removes one small probe object, so a permission problem is
+    found before any Spark job starts, not half way through a stage."""
     fs, path, proto = _resolve(root)
     try:
         _fresh(fs, proto, path)
@@ -483,22 +542,36 @@ def check_root(root: str) -> None:
             if not fs.isdir(path):
                 raise FilesystemError(f"dataset root {root} is a file, not a directory")
             fs.ls(path, detail=False)
-            if proto == "file" and not os.access(path, os.W_OK | os.X_OK):
+            if proto == "file" and write and not os.access(path, os.W_OK | os.X_OK):
                 raise FilesystemError(f"dataset root {root} is not writable")
-            return
-        p = _parent(path)
-        while p and p != "/":
-            if fs.exists(p):
-                if not fs.isdir(p):
-                    raise FilesystemError(f"dataset root {root} is under {p}, which is a file")
-                break
-            p = _parent(p)
-        if proto in _OBJECT_STORES:
-            fs.ls(path.split("/", 1)[0], detail=False)   # bucket/container reachable
         else:
-            fs.makedirs(path, exist_ok=True)
+            p = _parent(path)
+            while p and p != "/":
+                if fs.exists(p):
+                    if not fs.isdir(p):
+                        raise FilesystemError(f"dataset root {root} is under {p}, which is a file")
+                    break
+                p = _parent(p)
+            if proto in _OBJECT_STORES:
+                fs.ls(path.split("/", 1)[0], detail=False)   # bucket/container reachable
+            else:
+                fs.makedirs(path, exist_ok=True)
+        if write and proto != "file":
+            probe = f"{path.rstrip('/')}/.courier-write-probe-{uuid.uuid4().hex}"
+            fs.pipe_file(probe, b"")
+            fs.rm_file(probe)
     except FilesystemError:
         raise
     except Exception as e:
-        raise FilesystemError(
-            f"dataset root {root} is not usable: {type(e).__name__}: {_one_line(e)}") from None
+        raise FilesystemError(f"dataset root {root} {_root_problem(e, proto, root)}") from None
+
+
+def _root_problem(e: Exception, proto: str, root: str) -> str:
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    who = ""
+    if proto == "webhdfs":
+        who = f" for user {_options(proto, to_fsspec(root)[1]).get('user', '(from the URI)')!r}"
+    if isinstance(e, PermissionError) or status in (401, 403):
+        detail = _one_line(e) if isinstance(e, PermissionError) else f"HTTP {status}"
+        return f"is not writable: Permission denied{who}: {detail}"
+    return f"is not usable: {type(e).__name__}: {_one_line(e)}"

@@ -17,9 +17,12 @@ as ``spark.executorEnv.PYTHONWARNINGS`` for executors on a cluster).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -99,6 +102,26 @@ def worker_env_settings() -> dict[str, str]:
     return {"spark.executorEnv.PYTHONWARNINGS": value} if value else {}
 
 
+def flat_settings(extra: dict, prefix: str = "") -> dict[str, str]:
+    """``spark.extra`` as Spark settings: nested mappings (what ``--set
+    spark.extra.spark.hadoop.fs.s3a.endpoint=...`` or nested YAML makes) are
+    joined with dots, values become strings."""
+    out: dict[str, str] = {}
+    for k, v in extra.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_settings(v, key + "."))
+        else:
+            out[key] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
+
+
+def _scratch_warehouse() -> str:
+    d = tempfile.mkdtemp(prefix="courier-warehouse-")
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     """Return the (possibly existing) SparkSession configured for Delta."""
     cfg = cfg or SparkConfig()
@@ -119,6 +142,10 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         # hundreds of tiny files on 2 cores.
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        # Every table is addressed by path; the catalog's default warehouse
+        # (./spark-warehouse, created on first catalog use) would only litter
+        # the working directory, so it goes to scratch that is removed at exit.
+        "spark.sql.warehouse.dir": _scratch_warehouse(),
         **worker_env_settings(),
     }
     if not launched_by_spark_submit():
@@ -144,7 +171,7 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         # JVM options only take effect here because pyspark launches the
         # driver JVM (spark-submit) with these settings after this point.
         settings["spark.driver.extraJavaOptions"] = driver_java_options()
-    for k, v in {**settings, **{k: str(v) for k, v in (cfg.extra or {}).items()}}.items():
+    for k, v in {**settings, **flat_settings(cfg.extra or {})}.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)

@@ -9,4 +9,6 @@ cd "$ROOT_DIR"
 "$ROOT_DIR/.venv/bin/lint-imports" --no-cache > "$ROOT_DIR/.venv/lint-imports.log" 2>&1 \
   || { cat "$ROOT_DIR/.venv/lint-imports.log"; echo "[test] import contract broken (see above)" >&2; exit 1; }
 echo "[test] import contract kept: $(grep -c ' KEPT' "$ROOT_DIR/.venv/lint-imports.log") contracts (lint-imports)" >&2
+# Hadoop's HDFS test-cluster jars for tests/remote (once; cached like the Horovod wheel).
+bash "$ROOT_DIR/scripts/hdfs_jars.sh" > /dev/null
 exec "$ROOT_DIR/.venv/bin/python" -m pytest "$@"

@@ -57,3 +57,12 @@ def test_override_text_ending_in_a_colon_stays_text():
     from courier_spark.config import load_config
     assert load_config(None, ["online.key_prefix=stage:"]).online.key_prefix == "stage:"
     assert load_config(None, ["online.key_prefix=a:b:"]).online.key_prefix == "a:b:"
+
+
+def test_spark_extra_from_set_becomes_flat_spark_settings():
+    from courier_spark.spark import flat_settings
+    c = load_config(None, ["spark.extra.spark.hadoop.fs.s3a.endpoint=http://s3.local:9000",
+                           "spark.extra.spark.sql.ansi.enabled=true"])
+    assert flat_settings(c.spark.extra) == {"spark.hadoop.fs.s3a.endpoint": "http://s3.local:9000",
+                                            "spark.sql.ansi.enabled": "true"}
+    assert flat_settings({"spark.executor.cores": 2}) == {"spark.executor.cores": "2"}

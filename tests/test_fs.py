@@ -422,3 +422,20 @@ def test_artifact_save_failure_leaves_no_version(mem_root):
                       embed_dim=8, image_size=16, config={}, data_versions={}, metrics={})
     assert list_versions(models, "courier") == []
     assert not fs.exists(fs.join(models, "courier", "v0001", "artifact.json"))
+
+
+# ------------------------------------------------------------------ webhdfs addressing
+
+def test_webhdfs_uri_keeps_host_port_and_path():
+    assert fs.to_fsspec("webhdfs://nn.example:9870/data/ds") == ("webhdfs", "webhdfs://nn.example:9870/data/ds")
+    assert not fs.is_local("webhdfs://nn:9870/x")
+
+
+def test_webhdfs_user_is_hadoop_user_name_or_os_user(monkeypatch):
+    import getpass
+    monkeypatch.delenv("HADOOP_USER_NAME", raising=False)
+    assert fs.storage_options("webhdfs://nn:9870/x") == {"user": getpass.getuser()}
+    monkeypatch.setenv("HADOOP_USER_NAME", "etl")
+    assert fs.storage_options("webhdfs://nn:9870/x") == {"user": "etl"}
+    assert fs.storage_options("webhdfs://alice@nn:9870/x") == {}     # the URI names its user
+    assert fs.storage_options("/tmp/x") == {}

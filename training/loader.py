@@ -21,6 +21,8 @@ import torch
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from courier_spark import fs
+
 from .images import decode_slots
 
 
@@ -95,6 +97,26 @@ def decode_batch(pdf: pd.DataFrame, l_pv: int, l_click: int, size: int) -> dict[
     }
 
 
+def _legacy_filesystem(url: str):
+    """The project's fsspec filesystem for ``url`` behind pyarrow's legacy
+    filesystem API. petastorm 0.13 builds ``ParquetDataset(...,
+    validate_schema=False)``, which pyarrow 14 accepts only on the legacy path,
+    and it takes that path only for a legacy filesystem; on a remote cache
+    (webhdfs, s3, gcs, abfs) it would otherwise hand pyarrow a plain fsspec
+    one and fail. pyarrow's own ``DaskFileSystem`` wrapper leaves
+    ``isdir``/``isfile`` unimplemented; these two are all it misses."""
+    from pyarrow.filesystem import DaskFileSystem
+
+    class _Legacy(DaskFileSystem):
+        def isdir(self, path):
+            return self.fs.isdir(path)
+
+        def isfile(self, path):
+            return self.fs.isfile(path)
+
+    return _Legacy(fs.filesystem(url)[0])
+
+
 @dataclass
 class LoaderSpec:
     l_pv: int
@@ -115,6 +137,10 @@ class SampleLoader:
     def from_frame(cls, df: DataFrame, spec: LoaderSpec, cache_dir: str,
                    num_shards: int = 1) -> "SampleLoader":
         from petastorm.spark import SparkDatasetConverter, make_spark_converter
+        from petastorm.spark.spark_dataset_converter import register_delete_dir_handler
+        # petastorm's own handler opens the store with no options (on WebHDFS:
+        # as the anonymous user, who may not delete); ours is the project's layer.
+        register_delete_dir_handler(lambda url: fs.rm(url, recursive=True))
         df.sparkSession.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF,
                                  cache_dir if "://" in cache_dir else "file://" + cache_dir)
         # Petastorm shards by parquet row group: every worker needs several,
@@ -147,6 +173,12 @@ class SampleLoader:
             ("hist_mask", np.uint8, (s.l_click,), False),
         ], selected_fields=["pv_labels", "pv_images", "pv_mask", "hist_images", "hist_mask"])
 
+    def _reader_options(self) -> dict:
+        url = self.converter.cache_dir_url
+        if fs.is_local(url) or fs.to_fsspec(url)[0] == "hdfs":
+            return {}   # petastorm's own local / libhdfs paths
+        return {"filesystem": _legacy_filesystem(url)}
+
     def batches(self, shard: int = 0, num_shards: int = 1, num_epochs: int | None = None,
                 workers: int = 2, seed: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Full batches only (every worker must see equal shapes for the
@@ -155,7 +187,8 @@ class SampleLoader:
         with self.converter.make_torch_dataloader(
                 batch_size=bs, num_epochs=num_epochs, cur_shard=shard, shard_count=num_shards,
                 workers_count=workers, transform_spec=self._transform_spec(),
-                shuffling_queue_capacity=4 * bs, seed=seed) as dl:
+                shuffling_queue_capacity=4 * bs, seed=seed,
+                **self._reader_options()) as dl:
             for b in dl:
                 if b["pv_labels"].shape[0] != bs:
                     continue
