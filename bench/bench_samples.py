@@ -1,10 +1,10 @@
 """Time sample assembly (sessions + point-in-time histories + both sample
-tables, written to Delta) at two sizes and print rows/s and the scaling ratio.
+tables, written to Delta) at several sizes and print rows/s and the scaling ratios.
 
-    .venv/bin/python bench/bench_samples.py [--users 1500] [--scale 4] [--root /tmp/courier-bench]
+    .venv/bin/python bench/bench_samples.py [--users 1500] [--scales 1 4 16] [--root /tmp/courier-bench]
 
-The second size multiplies users (and so impressions) by --scale; a ratio of
-time near --scale means linear scaling.
+Each size multiplies users (and so impressions) by a scale; a time ratio
+near the rows ratio means linear scaling. The catalogue stays the same.
 """
 from __future__ import annotations
 
@@ -36,20 +36,24 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1500)
     ap.add_argument("--items", type=int, default=3000)
     ap.add_argument("--days", type=int, default=10)
-    ap.add_argument("--scale", type=int, default=4)
+    ap.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--root", default="/tmp/courier-bench")
     a = ap.parse_args()
     spark = get_spark(load_config().spark)
     # warm-up run so JVM start and JIT do not count against the first size
     time_samples(spark, f"{a.root}/warm", 200, 400, a.days)
-    n1, t1 = time_samples(spark, f"{a.root}/x1", a.users, a.items, a.days)
-    n2, t2 = time_samples(spark, f"{a.root}/x{a.scale}", a.users * a.scale, a.items, a.days)
+    runs = []
+    for k in a.scales:
+        n, t = time_samples(spark, f"{a.root}/x{k}", a.users * k, a.items, a.days)
+        runs.append((k, n, t))
+        print(f"[bench_samples] {k}x: {n:,} impressions in {t:.1f}s", flush=True)
     print(f"\nsample assembly (sessions, histories, pretrain + ctr samples, Delta writes), "
-          f"{spark.sparkContext.defaultParallelism} cores")
-    print(f"  1x: {n1:>10,} impressions in {t1:7.1f}s = {n1 / t1:>10,.0f} rows/s")
-    print(f"  {a.scale}x: {n2:>10,} impressions in {t2:7.1f}s = {n2 / t2:>10,.0f} rows/s")
-    print(f"  rows ratio {n2 / n1:.2f}, time ratio {t2 / t1:.2f} "
-          f"(throughput ratio {(n2 / t2) / (n1 / t1):.2f}; 1.0 = linear)")
+          f"{spark.sparkContext.defaultParallelism} cores, {a.items:,} items, {a.days} days")
+    print("| scale | impressions | time | rows/s | rows ratio | time ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    _, n1, t1 = runs[0]
+    for k, n, t in runs:
+        print(f"| {k}x | {n:,} | {t:.1f} s | {n / t:,.0f} | {n / n1:.2f} | {t / t1:.2f} |")
 
 
 if __name__ == "__main__":

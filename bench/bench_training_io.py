@@ -31,8 +31,9 @@ def images_in(batch: dict) -> int:
 def loader_rate(root: str, size: int, batch_size: int, n_batches: int, workers: int) -> float:
     spark = get_spark(load_config().spark)
     p = TablePaths.for_root(root)
-    frame = pretrain_training_frame(read_table(spark, p.pretrain_samples), read_table(spark, p.silver_items), 5, 5)
-    loader = SampleLoader.from_frame(frame, LoaderSpec(5, 5, size, batch_size), f"{root}/_cache/petastorm")
+    frame = pretrain_training_frame(read_table(spark, p.pretrain_samples), 5, 5)
+    loader = SampleLoader.from_frame(frame, read_table(spark, p.silver_items), LoaderSpec(5, 5, size, batch_size),
+                                     f"{root}/_cache/petastorm")
     try:
         it = loader.batches(workers=workers)
         n = images_in(next(it))  # warm-up: reader pool start

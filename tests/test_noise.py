@@ -192,30 +192,32 @@ def test_driver_java_options_name_the_log4j2_file(tmp_path):
 
 # --------------------------------------------------------------------------- petastorm materialisation
 def test_petastorm_row_groups_stay_small(spark, tmp_path):
-    """Rows of several 5-20 KB blobs: parquet-mr's default first size check at
-    100 rows made ~10 MB row groups (and its "Too much memory used" WARN);
-    with the loader's row checks they stay near the 1 MB asked for."""
+    """The id frame is written in row groups near ``ROW_GROUP_BYTES`` (a few
+    hundred rows), never one large one: petastorm shuffles and shards at that
+    grain. (When rows carried image blobs, parquet-mr's first size check at
+    100 rows made ~10x larger groups and a "Too much memory used" WARN.)"""
     import pyarrow.parquet as pq
-    from pyspark.sql import functions as F
-    from training.loader import PARQUET_WRITE_CONF, LoaderSpec, SampleLoader
+    from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame
 
-    n, slots = 240, 6
+    n = 20_000
     rng = np.random.default_rng(0)
-    blobs = [[rng.bytes(int(rng.integers(5_000, 20_000))) for _ in range(slots)] for _ in range(n)]
     pdf = pd.DataFrame({"request_id": [f"r{i}" for i in range(n)],
-                        **{f"pv_img_{j}": [b[j] for b in blobs] for j in range(slots)}})
-    df = spark.createDataFrame(pdf).withColumn("pv_labels", F.array(F.lit(1)))
-    hc = spark.sparkContext._jsc.hadoopConfiguration()
-    before = {k: hc.get(k) for k in PARQUET_WRITE_CONF}
-    loader = SampleLoader.from_frame(df, LoaderSpec(slots, 0, 16, 4), str(tmp_path / "cache"))
+                        "pv_item_ids": [rng.integers(0, 10**9, 5).tolist() for _ in range(n)],
+                        "pv_labels": [[1, 0, 0, 0, 0]] * n,
+                        "hist_item_ids": [rng.integers(0, 10**9, 5).tolist() for _ in range(n)]})
+    samples = spark.createDataFrame(pdf, "request_id string, pv_item_ids array<long>, pv_labels array<int>, "
+                                         "hist_item_ids array<long>")
+    items = spark.createDataFrame([(1, b"x")], "item_id long, image binary")
+    loader = SampleLoader.from_frame(pretrain_training_frame(samples, 5, 5), items, LoaderSpec(5, 5, 16, 4),
+                                     str(tmp_path / "cache"))
     try:
-        assert {k: hc.get(k) for k in PARQUET_WRITE_CONF} == before          # restored
         assert len(loader) == n
         files = [u.replace("file://", "", 1) if u.startswith("file://") else u.replace("file:", "", 1)
                  for u in loader.converter.file_urls]
         sizes = [md.row_group(i).total_byte_size for md in (pq.ParquetFile(f).metadata for f in files)
                  for i in range(md.num_row_groups)]
-        assert sizes and max(sizes) < 1.5 * (1 << 20), max(sizes)
+        assert sizes and max(sizes) < 1.5 * SampleLoader.ROW_GROUP_BYTES, max(sizes)
+        assert len(sizes) >= 20, len(sizes)
     finally:
         loader.delete()
 

@@ -2,16 +2,21 @@
 swapped (petastorm is unmaintained upstream; Mosaic Streaming or a plain
 parquet reader would slot in behind ``SampleLoader``).
 
-Spark side: ``pretrain_training_frame`` joins the pre-training samples with
-item images into fixed slots (``pv_img_0..``, ``hist_img_0..``), the Spark way
-(posexplode + join + re-aggregate, no driver collect). Loader side: petastorm
-materialises the frame once (``make_spark_converter``) and every worker reads
-its own shard; the transform decodes, resizes and normalises images with
-``training.images`` (the same decode the embedding job uses).
+Spark side: ``pretrain_training_frame`` pads each page view's shown items,
+labels and history clicks to fixed-length id arrays; no images. Loader side:
+petastorm materialises that frame once (``make_spark_converter``, a few dozen
+bytes a row) and every worker reads its own shard. Item images are written
+once, next to it, as their own small Parquet table (``item_id, image``), and
+each worker process loads them into memory once; the transform looks each
+slot's image up by id and decodes, resizes and normalises it with
+``training.images`` (the same decode the embedding job uses). Measured
+before (bench/bench_petastorm_bytes.py): a frame that carried every slot's
+PNG copied each image 32x on the default data and 104x on the large preset
+(15.9 GB, 160 s of a 284 s train stage).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -26,64 +31,60 @@ from courier_spark import fs
 from .images import decode_slots
 
 
-def _slot_images(samples: DataFrame, images: DataFrame, ids_col: str, prefix: str, n: int) -> DataFrame:
-    """request_id + ``{prefix}_0..n-1`` binary columns in list order (null = padding)."""
-    exploded = samples.select("request_id", F.posexplode(ids_col).alias("slot", "item_id"))
-    joined = exploded.join(images, "item_id", "left")
-    agg = joined.groupBy("request_id").agg(
-        F.map_from_entries(F.collect_list(F.struct("slot", "image"))).alias("_m"))
-    return agg.select("request_id", *[F.col("_m").getItem(i).alias(f"{prefix}_{i}") for i in range(n)])
+# Padding of the id arrays: no item has this id (null elements would not survive
+# petastorm's conversion of array columns to numpy).
+PAD_ID = -(2 ** 63)
 
 
-def pretrain_training_frame(samples: DataFrame, items: DataFrame, l_pv: int, l_click: int) -> DataFrame:
-    """Pre-training samples -> one row per page with padded labels and image slots.
-
-    Columns: request_id, pv_labels (int[l_pv], 0 in padding), pv_img_i, hist_img_i
-    (binary or null). Items without a usable image become null slots, i.e.
-    padding: they are masked like absent items."""
-    images = items.select("item_id", "image")
-    pv = _slot_images(samples, images, "pv_item_ids", "pv_img", l_pv)
-    hist = _slot_images(samples, images, "hist_item_ids", "hist_img", l_click)
-    labels = F.concat(F.slice("pv_labels", 1, l_pv),
-                      F.array_repeat(F.lit(0), F.greatest(F.lit(0), F.lit(l_pv) - F.size("pv_labels"))))
-    return (samples.select("request_id", labels.alias("pv_labels"))
-            .join(pv, "request_id").join(hist, "request_id"))
+def _padded(col: str, n: int, fill) -> F.Column:
+    """The first ``n`` elements of array column ``col``, padded with ``fill`` to length ``n``."""
+    return F.concat(F.slice(col, 1, n),
+                    F.array_repeat(fill, F.greatest(F.lit(0), F.lit(n) - F.size(col))))
 
 
-# parquet-mr (1.15.2 in Spark 4.0) measures a row group's buffered size only
-# every N records: first after parquet.page.size.row.check.min (default 100)
-# records, then adaptively, at most parquet.page.size.row.check.max (default
-# 10000) ahead; the same keys also pace the page-size checks. A training-frame
-# row carries l_pv + l_click PNG blobs (~100 KB), so 100 rows buffer ~10 MB
-# against our 1 MB row groups: every flush then logged "InternalParquetRecordWriter:
-# Too much memory used" (allocated > 3x the row-group size; a ~140-line WARN)
-# and the row groups came out ~10x the size asked for. Checking from the first
-# record on, and at most 16 records ahead, keeps row groups near 1 MB and the
-# warning away (measured: 800 rows of 8 blobs of 5-20 KB, 8 warnings and 8
-# row groups of 9.4 MB before, 0 warnings and 90 row groups of <= 0.92 MB after).
-# The checks are a sum over ~20 column buffers: negligible next to the row.
-PARQUET_WRITE_CONF = {
-    "parquet.page.size.row.check.min": "1",
-    "parquet.page.size.row.check.max": "16",
-}
+def pretrain_training_frame(samples: DataFrame, l_pv: int, l_click: int) -> DataFrame:
+    """Pre-training samples -> one row per page: ``request_id``, ``pv_labels``
+    (int[l_pv], 0 in padding), ``pv_ids`` (long[l_pv]) and ``hist_ids``
+    (long[l_click]), padded with ``PAD_ID``. Images are looked up by id in the
+    loader; an item without a usable image becomes a masked slot, like padding."""
+    pad = F.lit(PAD_ID).cast("long")
+    return samples.select("request_id", _padded("pv_labels", l_pv, F.lit(0)).alias("pv_labels"),
+                          _padded("pv_item_ids", l_pv, pad).cast("array<long>").alias("pv_ids"),
+                          _padded("hist_item_ids", l_click, pad).cast("array<long>").alias("hist_ids"))
 
 
-@contextmanager
-def _hadoop_conf(spark, conf: dict[str, str]) -> Iterator[None]:
-    """Set Hadoop configuration keys for the writes inside, then restore them.
-    (Spark copies the SparkContext's Hadoop configuration into every write's.)"""
-    hc = spark.sparkContext._jsc.hadoopConfiguration()
-    before = {k: hc.get(k) for k in conf}
-    for k, v in conf.items():
-        hc.set(k, v)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                hc.unset(k)
-            else:
-                hc.set(k, v)
+def item_images_frame(items: DataFrame) -> DataFrame:
+    """``item_id, image`` of every item that has an image: what the loader keeps in memory."""
+    return items.select(F.col("item_id").cast("long"), "image").filter(F.col("image").isNotNull())
+
+
+# Per worker process: images table URL -> {item_id: image bytes}.
+_IMAGES: dict[str, dict[int, bytes]] = {}
+
+
+def load_item_images(url: str) -> dict[int, bytes]:
+    """The images table the loader wrote at ``url``, as a dict (loaded once per process)."""
+    if url not in _IMAGES:
+        import pyarrow.parquet as pq
+        out: dict[int, bytes] = {}
+        for f in fs.glob(fs.join(url, "*.parquet")):
+            with fs.open_read(f) as fh:
+                t = pq.read_table(fh, columns=["item_id", "image"])
+            out.update(zip(t.column("item_id").to_pylist(), t.column("image").to_pylist()))
+        _IMAGES.clear()   # one training run per process at a time
+        _IMAGES[url] = out
+    return _IMAGES[url]
+
+
+def slot_images(pdf: pd.DataFrame, images: dict[int, bytes], l_pv: int, l_click: int) -> pd.DataFrame:
+    """A batch of the id frame -> ``pv_labels`` and ``pv_img_i`` / ``hist_img_i``
+    columns of image bytes (None for padding or an item without an image)."""
+    out = {"pv_labels": pdf["pv_labels"]}
+    for col, prefix, n in (("pv_ids", "pv_img", l_pv), ("hist_ids", "hist_img", l_click)):
+        ids = np.stack(pdf[col].to_numpy()) if len(pdf) else np.zeros((0, n), np.int64)
+        for i in range(n):
+            out[f"{prefix}_{i}"] = [images.get(int(v)) for v in ids[:, i]]
+    return pd.DataFrame(out, index=pdf.index)
 
 
 def decode_batch(pdf: pd.DataFrame, l_pv: int, l_click: int, size: int) -> dict[str, np.ndarray]:
@@ -126,29 +127,44 @@ class LoaderSpec:
 
 
 class SampleLoader:
-    """Petastorm-backed loader. ``converter`` is picklable, so it can be sent
-    to Horovod / TorchDistributor workers; each worker calls ``batches``."""
+    """Petastorm-backed loader. It is picklable (the converter and two URLs),
+    so it can be sent to Horovod / TorchDistributor workers; each worker calls
+    ``batches``."""
 
-    def __init__(self, converter, spec: LoaderSpec) -> None:
+    # ~256 id-frame rows per row group: petastorm shuffles and shards by row
+    # group. (Frames that carried image blobs needed parquet-mr's size checks
+    # tightened to keep row groups near this; uniform small rows do not.)
+    ROW_GROUP_BYTES = 64 << 10
+
+    def __init__(self, converter, spec: LoaderSpec, images_url: str) -> None:
         self.converter = converter
         self.spec = spec
+        self.images_url = images_url
 
     @classmethod
-    def from_frame(cls, df: DataFrame, spec: LoaderSpec, cache_dir: str,
+    def from_frame(cls, df: DataFrame, images: DataFrame, spec: LoaderSpec, cache_dir: str,
                    num_shards: int = 1) -> "SampleLoader":
+        """Materialise the id frame (``pretrain_training_frame``) with petastorm
+        under ``cache_dir`` and the ``item_id, image`` table beside it, once."""
         from petastorm.spark import SparkDatasetConverter, make_spark_converter
         from petastorm.spark.spark_dataset_converter import register_delete_dir_handler
         # petastorm's own handler opens the store with no options (on WebHDFS:
         # as the anonymous user, who may not delete); ours is the project's layer.
         register_delete_dir_handler(lambda url: fs.rm(url, recursive=True))
-        df.sparkSession.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF,
-                                 cache_dir if "://" in cache_dir else "file://" + cache_dir)
+        spark = df.sparkSession
+        spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF,
+                       cache_dir if "://" in cache_dir else "file://" + cache_dir)
+        images_url = fs.join(cache_dir, f"images-{uuid.uuid4().hex}")
+        item_images_frame(images).coalesce(1).write.mode("overwrite").parquet(images_url)
         # Petastorm shards by parquet row group: every worker needs several,
         # so write a few files with small row groups.
         df = df.repartition(max(4, 4 * num_shards))
-        with _hadoop_conf(df.sparkSession, PARQUET_WRITE_CONF):
-            converter = make_spark_converter(df, parquet_row_group_size_bytes=1 << 20)
-        return cls(converter, spec)
+        try:
+            converter = make_spark_converter(df, parquet_row_group_size_bytes=cls.ROW_GROUP_BYTES)
+        except BaseException:
+            fs.rm(images_url, recursive=True)
+            raise
+        return cls(converter, spec, images_url)
 
     def __len__(self) -> int:
         return len(self.converter)
@@ -157,8 +173,10 @@ class SampleLoader:
         from petastorm import TransformSpec
         s = self.spec
 
+        images = load_item_images(self.images_url)
+
         def transform(pdf: pd.DataFrame) -> pd.DataFrame:
-            arrays = decode_batch(pdf, s.l_pv, s.l_click, s.image_size)
+            arrays = decode_batch(slot_images(pdf, images, s.l_pv, s.l_click), s.l_pv, s.l_click, s.image_size)
             out = pd.DataFrame({"pv_labels": list(arrays["pv_labels"])})
             for k in ("pv_images", "pv_mask", "hist_images", "hist_mask"):
                 out[k] = list(arrays[k].astype(np.uint8) if k.endswith("mask") else arrays[k])
@@ -198,3 +216,4 @@ class SampleLoader:
 
     def delete(self) -> None:
         self.converter.delete()
+        fs.rm(self.images_url, recursive=True)

@@ -40,11 +40,11 @@ def run(ctx: StageContext) -> dict:
     items = read_table(spark, p.silver_items, made_by="validate")
     data_versions = {"silver/pretrain_samples": table_version(spark, p.pretrain_samples),
                      "silver/items": table_version(spark, p.silver_items)}
-    frame = pretrain_training_frame(samples, items, scfg.l_pv, scfg.l_click)
+    frame = pretrain_training_frame(samples, scfg.l_pv, scfg.l_click)
     spec = LoaderSpec(scfg.l_pv, scfg.l_click, tcfg.image_size, tcfg.batch_size)
     workers = 1 if tcfg.backend == "local" else tcfg.num_proc
-    with step("train", "materialising the training frame for petastorm"):
-        loader = SampleLoader.from_frame(frame, spec, p.petastorm_cache, workers)
+    with step("train", "materialising the training frame (ids) and item images for petastorm"):
+        loader = SampleLoader.from_frame(frame, items, spec, p.petastorm_cache, workers)
     n_rows = len(loader)
     if n_rows < tcfg.batch_size * workers:
         loader.delete()

@@ -1,0 +1,101 @@
+"""The petastorm loader: an id frame plus each item image stored once, looked
+up by id in the workers. Checked against decoding every slot directly."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from training.images import decode_image
+from training.loader import PAD_ID, LoaderSpec, SampleLoader, load_item_images, pretrain_training_frame, slot_images
+
+SIZE = 8
+
+
+def png(rgb: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (SIZE, SIZE), rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def data(spark):
+    rng = np.random.default_rng(3)
+    # items 1..30 with distinct colours; 7 has no image, 8 has bytes no decoder reads
+    images = {i: png((i * 8, 255 - i * 8, (i * 37) % 256)) for i in range(1, 31)}
+    images[7], images[8] = None, b"not an image"
+    items = spark.createDataFrame(pd.DataFrame({"item_id": list(images), "image": list(images.values())}),
+                                  "item_id long, image binary")
+    rows = []
+    for r in range(64):
+        n_pv, n_h = int(rng.integers(1, 7)), int(rng.integers(0, 7))   # up to one more than the slots
+        rows.append((f"r{r}", [int(x) for x in rng.integers(1, 31, n_pv)], [1] + [0] * (n_pv - 1),
+                     [int(x) for x in rng.integers(1, 31, n_h)]))
+    samples = spark.createDataFrame(rows, "request_id string, pv_item_ids array<long>, pv_labels array<int>, "
+                                          "hist_item_ids array<long>")
+    return items, samples, images, rows
+
+
+def expected(images, rows, l_pv, l_click):
+    """Sum of decoded images and count of valid slots, per slot kind, decoding every slot directly."""
+    out = {}
+    for kind, col, n in (("pv", 1, l_pv), ("hist", 3, l_click)):
+        total, valid = np.zeros((3, SIZE, SIZE), np.float64), 0
+        for r in rows:
+            for item in r[col][:n]:
+                arr = decode_image(images[item], SIZE)
+                if arr is not None:
+                    total += arr
+                    valid += 1
+        out[kind] = (total, valid)
+    return out
+
+
+def test_id_frame_pads_and_truncates(data):
+    items, samples, images, rows = data
+    got = {r["request_id"]: r for r in pretrain_training_frame(samples, 5, 5).collect()}
+    for rid, pv, labels, hist in rows:
+        g = got[rid]
+        assert list(g["pv_ids"]) == (pv + [PAD_ID] * 5)[:5]
+        assert list(g["hist_ids"]) == (hist + [PAD_ID] * 5)[:5]
+        assert list(g["pv_labels"]) == (labels + [0] * 5)[:5]
+
+
+def test_slot_images_looks_up_by_id():
+    pdf = pd.DataFrame({"pv_labels": [[1, 0]], "pv_ids": [np.array([3, PAD_ID])],
+                        "hist_ids": [np.array([9])]})
+    out = slot_images(pdf, {3: b"three", 9: b"nine"}, 2, 1)
+    assert out.loc[0, "pv_img_0"] == b"three" and out.loc[0, "pv_img_1"] is None
+    assert out.loc[0, "hist_img_0"] == b"nine"
+
+
+def test_loader_batches_equal_direct_decoding(spark, data, tmp_path):
+    items, samples, images, rows = data
+    spec = LoaderSpec(l_pv=5, l_click=5, image_size=SIZE, batch_size=8)
+    loader = SampleLoader.from_frame(pretrain_training_frame(samples, 5, 5), items, spec, str(tmp_path / "cache"))
+    try:
+        # every image once: the table holds one row per item that has bytes
+        stored = load_item_images(loader.images_url)
+        assert sorted(stored) == sorted(i for i, b in images.items() if b is not None)
+        assert all(stored[i] == images[i] for i in stored)
+        seen, got = 0, {"pv": [np.zeros((3, SIZE, SIZE)), 0], "hist": [np.zeros((3, SIZE, SIZE)), 0]}
+        labels = 0
+        for b in loader.batches(num_epochs=1, workers=1, seed=0):
+            seen += b["pv_labels"].shape[0]
+            labels += int(b["pv_labels"].sum())
+            for kind in ("pv", "hist"):
+                x, m = b[f"{kind}_images"].numpy(), b[f"{kind}_mask"].numpy()
+                assert (x[~m] == 0).all()                       # masked slots are blank
+                got[kind][0] += x.sum(axis=(0, 1))
+                got[kind][1] += int(m.sum())
+        assert seen == 64 and labels == 64                      # 8 full batches, one click per page
+        want = expected(images, rows, 5, 5)
+        for kind in ("pv", "hist"):
+            assert got[kind][1] == want[kind][1], kind
+            np.testing.assert_allclose(got[kind][0], want[kind][0], rtol=1e-5, atol=1e-3)
+    finally:
+        loader.delete()
+    assert not (tmp_path / "cache").exists() or not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
