@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -103,76 +103,6 @@ def assign_cluster_ids(embeddings_df: DataFrame, centroids: np.ndarray, spark: S
     return (embeddings_df.filter(F.col("embedding").isNotNull())
             .select(F.col("item_id").cast("long"), "embedding")
             .mapInArrow(fn, schema=ASSIGN_SCHEMA))
-
-
-def parquet_pieces(files: Sequence[str], min_pieces: int = 1) -> list[tuple[str, int]]:
-    """(file URI, row group) work units over ``files``: one per file when there
-    are at least ``min_pieces`` files, else one per row group (footers read
-    on the driver through ``courier_spark.fs``), so one large file still
-    spreads over every core."""
-    files = list(files)
-    if len(files) >= min_pieces:
-        return [(f, -1) for f in files]
-    import pyarrow.parquet as pq
-
-    from . import fs
-    pieces: list[tuple[str, int]] = []
-    for f in files:
-        with fs.open_read(f) as fh:
-            n = pq.ParquetFile(fh).metadata.num_row_groups
-        pieces.extend((f, g) for g in range(n))
-    return pieces
-
-
-def _assign_pieces(batches, pieces: list[tuple[str, int]], key: str, centroids_bc, threads: int,
-                   id_col: str, vec_col: str):
-    """mapInArrow body over piece indexes: read each (file, row group) with
-    pyarrow, assign, yield (item_id, cluster_id, distance) batches."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from . import fs
-    from .cluster import _search
-
-    index, c = _worker_index(key, centroids_bc, threads)
-    for rb in batches:
-        for i in rb.column(0).to_pylist():
-            f, group = pieces[i]
-            with fs.open_read(f) as fh:
-                pf = pq.ParquetFile(fh)
-                t = pf.read(columns=[id_col, vec_col]) if group < 0 else pf.read_row_group(group, [id_col, vec_col])
-            t = t.filter(pc.is_valid(t.column(vec_col)))
-            if t.num_rows == 0:
-                continue
-            x = embedding_matrix(t.column(vec_col), c.shape[1])
-            ids, dist = _search(index, c, x)
-            yield pa.RecordBatch.from_arrays(
-                [pc.cast(t.column(id_col), pa.int64()).combine_chunks(), pa.array(ids, pa.int32()),
-                 pa.array(dist, pa.float32())], names=["item_id", "cluster_id", "distance"])
-
-
-def assign_cluster_ids_from_parquet(spark: SparkSession, files: Sequence[str], centroids: np.ndarray, *,
-                                    faiss_threads: int = 1, id_col: str = "item_id",
-                                    vec_col: str = "embedding") -> DataFrame:
-    """``assign_cluster_ids`` for vectors stored in plain Parquet files, read
-    with pyarrow inside the Spark tasks instead of through Spark's scan: the
-    same rows out (nulls skipped), bit for bit, without the JVM decoding every
-    float into rows and re-encoding it as Arrow for Python (measured as most
-    of the Spark path's time, bench/bench_assign.py). Spark still schedules,
-    retries and collects the work; each task takes whole files or row groups."""
-    c = np.ascontiguousarray(centroids, dtype=np.float32)
-    if c.ndim != 2 or len(c) == 0:
-        raise ValueError(f"centroids must be a non-empty [k, d] array, got shape {c.shape}")
-    par = spark.sparkContext.defaultParallelism
-    pieces = parquet_pieces(files, min_pieces=2 * par)
-    if not pieces:
-        return spark.createDataFrame([], ASSIGN_SCHEMA)
-    bc = spark.sparkContext.broadcast(c)
-    fn = functools.partial(_assign_pieces, pieces=pieces, key=uuid.uuid4().hex, centroids_bc=bc,
-                           threads=int(faiss_threads), id_col=id_col, vec_col=vec_col)
-    n_tasks = min(len(pieces), 4 * par)
-    return spark.range(0, len(pieces), 1, n_tasks).mapInArrow(fn, schema=ASSIGN_SCHEMA)
 
 
 def assign_new_items(spark: SparkSession, embeddings_df: DataFrame, centroids: np.ndarray,

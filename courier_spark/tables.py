@@ -81,23 +81,3 @@ def table_version(spark: SparkSession, path: str) -> int:
     from delta.tables import DeltaTable
     return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
 
-
-def plain_parquet_files(spark: SparkSession, path: str, where: str | None = None) -> list[str] | None:
-    """The data files of the Delta table at ``path`` (current snapshot, only
-    the partitions matching ``where``, a predicate on partition columns), for
-    readers that bypass Spark's scan. None when its files are not plain
-    Parquet holding exactly the table's rows: the table uses deletion vectors
-    (a file keeps deleted rows) or column mapping (physical column names)."""
-    detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()
-    features = set(detail["tableFeatures"] or []) if "tableFeatures" in detail.asDict() else set()
-    props = detail["properties"] or {}
-    if ({"deletionVectors", "columnMapping"} & features
-            or str(props.get("delta.enableDeletionVectors", "false")).lower() == "true"
-            or props.get("delta.columnMapping.mode", "none") != "none"):
-        return None
-    df = spark.read.format("delta").load(path)
-    if where:
-        df = df.where(where)
-    # Delta prunes the snapshot's files by partition before the scan is
-    # planned, so these are the matching partitions' files only.
-    return sorted(df.inputFiles())
