@@ -1,7 +1,7 @@
 """The large preset end to end through ``features`` on this machine: wall time
 and peak memory per stage, each stage its own ``courier`` command.
 
-    .venv/bin/python bench/bench_large.py [--root /tmp/large] [--config conf/large.yaml] [--from STAGE]
+    .venv/bin/python bench/bench_large.py [--root /tmp/large] [--config conf/large.yaml] [--from STAGE] [--until STAGE]
                                           [--set KEY=VALUE ...]
 
 Memory is sampled every 0.25 s over the command's whole process tree (psutil)
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--root", default="/tmp/large")
     ap.add_argument("--config", default="conf/large.yaml")
     ap.add_argument("--from", dest="start", default="generate", choices=STAGES)
+    ap.add_argument("--until", dest="until", default="features", choices=STAGES)
     ap.add_argument("--set", dest="sets", action="append", default=[])
     a = ap.parse_args()
     log_dir = os.path.join("/tmp", "courier-bench-large-logs")
@@ -105,7 +106,7 @@ def main() -> None:
     rows = []
     print(f"large preset: root {a.root}, config {a.config}, {os.cpu_count()} cores, "
           f"{psutil.virtual_memory().total / GIB:.0f} GiB; stage logs in {log_dir}", flush=True)
-    for stage in STAGES[STAGES.index(a.start):]:
+    for stage in STAGES[STAGES.index(a.start):STAGES.index(a.until) + 1]:
         r = run_stage(stage, a.root, a.config, a.sets, log_dir)
         rows.append(r)
         print(json.dumps(r), flush=True)

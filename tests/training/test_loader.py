@@ -79,8 +79,8 @@ def test_loader_batches_equal_direct_decoding(spark, data, tmp_path):
     try:
         # every image once: the table holds one row per item that has bytes
         stored = load_item_images(loader.images_url)
-        assert sorted(stored) == sorted(i for i, b in images.items() if b is not None)
-        assert all(stored[i] == images[i] for i in stored)
+        assert stored.ids() == sorted(i for i, b in images.items() if b is not None)
+        assert all(stored.get(i) == images[i] for i in stored.ids()) and stored.get(999) is None
         seen, got = 0, {"pv": [np.zeros((3, SIZE, SIZE)), 0], "hist": [np.zeros((3, SIZE, SIZE)), 0]}
         labels = 0
         for b in loader.batches(num_epochs=1, workers=1, seed=0):
