@@ -16,6 +16,7 @@ PNG copied each image 32x on the default data and 104x on the large preset
 """
 from __future__ import annotations
 
+import atexit
 import uuid
 from dataclasses import dataclass
 from typing import Iterator
@@ -200,6 +201,10 @@ class SampleLoader:
                        cache_dir if "://" in cache_dir else "file://" + cache_dir)
         images_url = fs.join(cache_dir, f"images-{uuid.uuid4().hex}")
         item_images_frame(images).coalesce(1).write.mode("overwrite").parquet(images_url)
+        # A loader that is kept (consecutive trainings share petastorm's
+        # cached frame) is never deleted; like petastorm's own cache, its
+        # images go when the process exits. (rm of a missing path is a no-op.)
+        atexit.register(fs.rm, images_url, True)
         # Petastorm shards by parquet row group: every worker needs several,
         # so write a few files with small row groups.
         df = df.repartition(max(4, 4 * num_shards))
