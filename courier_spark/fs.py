@@ -76,8 +76,11 @@ _PACKAGES: dict[str, str] = {"s3": "s3fs", "abfs": "adlfs", "gcs": "gcsfs", "hdf
 _APPENDABLE = frozenset({"hdfs", "webhdfs"})
 # (connect, read) seconds for every HTTP call to a WebHDFS NameNode/DataNode:
 # an unreachable host must fail in seconds, not hang a job (requests has no
-# default timeout). COURIER_FS_TIMEOUT_S overrides the connect part.
-_HTTP_READ_TIMEOUT_S = 300.0
+# default timeout). COURIER_FS_TIMEOUT_S overrides the connect part. The read
+# part bounds silence between bytes: long for data transfers, short while
+# check_root asks a server that answered nothing yet whether the root is usable.
+_HTTP_READ_TIMEOUT_S = {"read": 300.0}
+_CHECK_READ_TIMEOUT_S = 15.0
 # No rename, but a PUT is all-or-nothing: write the target directly.
 _OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
@@ -189,7 +192,7 @@ def _bound_http_calls(fs: fsspec.AbstractFileSystem) -> None:
     class _Bounded(HTTPAdapter):
         def send(self, request, **kw):  # type: ignore[override]
             if kw.get("timeout") is None:
-                kw["timeout"] = (connect, _HTTP_READ_TIMEOUT_S)
+                kw["timeout"] = (connect, _HTTP_READ_TIMEOUT_S["read"])
             return super().send(request, **kw)
 
     for prefix in ("http://", "https://"):
@@ -536,8 +539,11 @@ def check_root(root: str, write: bool = True) -> None:
     check puts and removes one small probe object, so a permission problem is
     found before any Spark job starts, not half way through a stage."""
     fs, path, proto = _resolve(root)
+    read_timeout = _HTTP_READ_TIMEOUT_S["read"]
+    _HTTP_READ_TIMEOUT_S["read"] = _CHECK_READ_TIMEOUT_S
     try:
         _fresh(fs, proto, path)
+        _raise_if_unreachable(fs, proto)
         if fs.exists(path):
             if not fs.isdir(path):
                 raise FilesystemError(f"dataset root {root} is a file, not a directory")
@@ -564,6 +570,15 @@ def check_root(root: str, write: bool = True) -> None:
         raise
     except Exception as e:
         raise FilesystemError(f"dataset root {root} {_root_problem(e, proto, root)}") from None
+    finally:
+        _HTTP_READ_TIMEOUT_S["read"] = read_timeout
+
+
+def _raise_if_unreachable(fs: fsspec.AbstractFileSystem, proto: str) -> None:
+    """One call to the filesystem's root that raises its real error (refused,
+    timed out): fsspec's ``exists`` turns every failure into "missing"."""
+    if proto == "webhdfs":
+        fs.info("/")
 
 
 def _root_problem(e: Exception, proto: str, root: str) -> str:

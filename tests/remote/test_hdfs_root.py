@@ -106,11 +106,21 @@ def _fails_fast(args: list[str], root: str, tmp_path: Path, limit_s: float, **en
     return err[-1]
 
 
-def test_unreachable_namenode_fails_in_seconds(tmp_path):
-    # TEST-NET-1 (RFC 5737): routable nowhere, so the connect itself must time out
-    msg = _fails_fast(["validate"], "webhdfs://192.0.2.1:9870/courier/ds", tmp_path, 30.0,
-                      COURIER_FS_TIMEOUT_S="3")
-    assert "not usable" in msg
+def test_silent_namenode_fails_in_seconds(tmp_path):
+    """A host that accepts the connection and never answers (a hung NameNode,
+    a black-holing proxy): the calls' timeouts end it, not the user."""
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)                          # the kernel accepts; nobody ever reads or replies
+    port = srv.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        msg = _fails_fast(["validate"], f"webhdfs://127.0.0.1:{port}/courier/ds", tmp_path, 40.0)
+        assert "not usable" in msg and "timed out" in msg.lower(), msg
+        assert time.monotonic() - t0 >= 10    # it was the read timeout that ended it
+    finally:
+        srv.close()
 
 
 def test_closed_port_fails_in_seconds(hdfs, tmp_path):
