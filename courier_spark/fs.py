@@ -44,7 +44,7 @@ from fsspec.implementations.local import LocalFileSystem
 from .errors import CourierError
 
 __all__ = [
-    "FilesystemError", "join", "to_fsspec", "filesystem", "storage_options", "is_local", "to_local_path",
+    "FilesystemError", "join", "to_fsspec", "filesystem", "is_local", "to_local_path",
     "exists", "isdir", "makedirs", "ls", "glob", "rm", "size",
     "read_bytes", "read_text", "read_json", "write_bytes", "write_text", "write_json",
     "open_read", "open_write", "put_file", "get_file", "local_copy", "append_line", "check_root",
@@ -169,14 +169,6 @@ def _options(proto: str, url: str) -> dict[str, Any]:
         # Hadoop's simple auth: the same user Spark's WebHdfsFileSystem sends.
         return {"user": os.environ.get("HADOOP_USER_NAME") or getpass.getuser()}
     return {}
-
-
-def storage_options(uri: str) -> dict[str, Any]:
-    """The fsspec storage options this layer adds for ``uri`` (today: the
-    WebHDFS user), for libraries that open the URI with fsspec themselves
-    (petastorm's reader)."""
-    proto, url = to_fsspec(uri)
-    return _options(proto, url)
 
 
 def _bound_http_calls(fs: fsspec.AbstractFileSystem) -> None:

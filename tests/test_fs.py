@@ -434,8 +434,7 @@ def test_webhdfs_uri_keeps_host_port_and_path():
 def test_webhdfs_user_is_hadoop_user_name_or_os_user(monkeypatch):
     import getpass
     monkeypatch.delenv("HADOOP_USER_NAME", raising=False)
-    assert fs.storage_options("webhdfs://nn:9870/x") == {"user": getpass.getuser()}
+    assert fs.filesystem("webhdfs://nn:9870/x")[0].user == getpass.getuser()   # no network: no call made
     monkeypatch.setenv("HADOOP_USER_NAME", "etl")
-    assert fs.storage_options("webhdfs://nn:9870/x") == {"user": "etl"}
-    assert fs.storage_options("webhdfs://alice@nn:9870/x") == {}     # the URI names its user
-    assert fs.storage_options("/tmp/x") == {}
+    assert fs.filesystem("webhdfs://nn:9870/x")[0].user == "etl"
+    assert fs.filesystem("webhdfs://alice@nn:9870/x")[0].user == "alice"     # the URI names its user

@@ -18,16 +18,12 @@ import pytest
 from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, current_rows, merge_history
 from courier_spark.online import OnlineStoreError, RedisSettings, connect, lookup, materialise_item_visual
 
+from .daemons import free_port
+
 PASSWORD = "s3cret-Pa55-do-not-print"
 T0 = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc)
 IV_SCHEMA = ("item_id long, courier_cluster_id int, distance float, model_version string, "
              "centroid_version string, item_updated_at timestamp")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

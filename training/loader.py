@@ -113,27 +113,20 @@ def load_item_images(url: str) -> ItemImages:
     return _IMAGES[url]
 
 
-def slot_images(pdf: pd.DataFrame, images: "ItemImages | dict[int, bytes]", l_pv: int,
-                l_click: int) -> pd.DataFrame:
-    """A batch of the id frame -> ``pv_labels`` and ``pv_img_i`` / ``hist_img_i``
-    columns of image bytes (None for padding or an item without an image)."""
-    out = {"pv_labels": pdf["pv_labels"]}
-    for col, prefix, n in (("pv_ids", "pv_img", l_pv), ("hist_ids", "hist_img", l_click)):
-        ids = np.stack(pdf[col].to_numpy()) if len(pdf) else np.zeros((0, n), np.int64)
-        for i in range(n):
-            out[f"{prefix}_{i}"] = [images.get(int(v)) for v in ids[:, i]]
-    return pd.DataFrame(out, index=pdf.index)
-
-
-def decode_batch(pdf: pd.DataFrame, l_pv: int, l_click: int, size: int) -> dict[str, np.ndarray]:
-    """A pandas batch of the training frame -> numpy arrays the model takes."""
-    pv = [decode_slots([r[f"pv_img_{i}"] for i in range(l_pv)], size) for _, r in pdf.iterrows()]
-    hist = [decode_slots([r[f"hist_img_{i}"] for i in range(l_click)], size) for _, r in pdf.iterrows()]
-    return {
-        "pv_images": np.stack([p[0] for p in pv]), "pv_mask": np.stack([p[1] for p in pv]),
-        "hist_images": np.stack([h[0] for h in hist]), "hist_mask": np.stack([h[1] for h in hist]),
-        "pv_labels": np.stack([np.asarray(x, dtype=np.int64) for x in pdf["pv_labels"]]),
-    }
+def decode_batch(pdf: pd.DataFrame, images: "ItemImages | dict[int, bytes]", l_pv: int, l_click: int,
+                 size: int) -> dict[str, np.ndarray]:
+    """A pandas batch of the id frame -> the numpy arrays the model takes: each
+    slot's image looked up by id and decoded (padding, an item without an
+    image or an undecodable one: a zero image, masked)."""
+    out: dict[str, np.ndarray] = {}
+    for col, kind, n in (("pv_ids", "pv", l_pv), ("hist_ids", "hist", l_click)):
+        slots = [decode_slots([images.get(int(i)) for i in row], size) for row in pdf[col]]
+        out[f"{kind}_images"] = (np.stack([x for x, _ in slots]) if slots
+                                 else np.zeros((0, n, 3, size, size), np.float32))
+        out[f"{kind}_mask"] = np.stack([m for _, m in slots]) if slots else np.zeros((0, n), bool)
+    out["pv_labels"] = (np.stack([np.asarray(x, dtype=np.int64) for x in pdf["pv_labels"]]) if len(pdf)
+                        else np.zeros((0, l_pv), np.int64))
+    return out
 
 
 def _legacy_filesystem(url: str):
@@ -225,7 +218,7 @@ class SampleLoader:
         images = load_item_images(self.images_url)
 
         def transform(pdf: pd.DataFrame) -> pd.DataFrame:
-            arrays = decode_batch(slot_images(pdf, images, s.l_pv, s.l_click), s.l_pv, s.l_click, s.image_size)
+            arrays = decode_batch(pdf, images, s.l_pv, s.l_click, s.image_size)
             out = pd.DataFrame({"pv_labels": list(arrays["pv_labels"])})
             for k in ("pv_images", "pv_mask", "hist_images", "hist_mask"):
                 out[k] = list(arrays[k].astype(np.uint8) if k.endswith("mask") else arrays[k])

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from ..daemons import LOOPBACK, Daemon, free_port, tail
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.prefix) / "bin"
 PYTHON = str(VENV_BIN / "python")
 SPARK_SUBMIT = str(VENV_BIN / "spark-submit")
-LOOPBACK = "127.0.0.1"
 WORKERS = 2
 START_TIMEOUT_S = 180.0
 
@@ -32,12 +31,6 @@ START_TIMEOUT_S = 180.0
 def spark_home() -> str:
     import pyspark
     return os.path.dirname(pyspark.__file__)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def cluster_env() -> dict[str, str]:
@@ -55,45 +48,6 @@ def cluster_env() -> dict[str, str]:
         "PYSPARK_PYTHON": PYTHON,
     })
     return env
-
-
-def tail(path: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError as exc:
-        return f"<{path}: {exc}>"
-
-
-@dataclass
-class Daemon:
-    name: str
-    proc: subprocess.Popen
-    log: Path
-
-    def stop(self) -> None:
-        """SIGTERM the whole process group (the JVM and, for a worker, its
-        executors and their Python workers), then SIGKILL what is left."""
-        pgid = self.proc.pid  # started with start_new_session: it leads its own group
-        for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                self.proc.poll()  # reap our own child (a zombie still counts as a group member)
-                try:
-                    os.killpg(pgid, 0)  # anyone left in the group?
-                except ProcessLookupError:
-                    break
-                time.sleep(0.2)
-            else:
-                continue
-            break
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..daemons import LOOPBACK, Daemon, free_port, tail
+
 REPO = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 120.0
 # Java 17 closes java.base to reflection; Hadoop's Jersey 1 needs these open
 # (without them every WebHDFS call is a 500: InaccessibleObjectException).
@@ -39,12 +39,6 @@ log4j.appender.file.layout.ConversionPattern=%d %p %c{{1}}: %m%n
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def classpath() -> str:
     out = subprocess.run(["bash", str(REPO / "scripts" / "hdfs_jars.sh")], capture_output=True, text=True)
     if out.returncode != 0:
@@ -55,10 +49,10 @@ def classpath() -> str:
 @dataclass
 class MiniHdfs:
     base: Path
-    proc: subprocess.Popen
+    daemon: Daemon        # the JVM running NameNode + DataNode
     rpc_port: int
     http_port: int
-    log: Path
+    log: Path             # Hadoop's own log (log4j)
 
     def uri(self, path: str = "") -> str:
         """``webhdfs://127.0.0.1:<http>/<path>``: the root string Spark, Delta and
@@ -91,23 +85,10 @@ class MiniHdfs:
         return int(beans[0]["NumLiveDataNodes"]) if beans else 0
 
     def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError as e:
-            return f"<{self.log}: {e}>"
+        return tail(self.log, n)
 
     def stop(self) -> None:
-        import signal
-        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        self.daemon.stop()
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -133,7 +114,7 @@ def start(base: Path | None = None, datanodes: int = 1) -> MiniHdfs:
     with open(base / "stdout.log", "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=base, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    h = MiniHdfs(base, proc, rpc, http, log)
+    h = MiniHdfs(base, Daemon("minihdfs", proc, base / "stdout.log"), rpc, http, log)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -155,7 +136,7 @@ if __name__ == "__main__":
     h = start()
     print(h.uri("courier"), flush=True)
     try:
-        while h.proc.poll() is None:
+        while h.daemon.proc.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:
         pass

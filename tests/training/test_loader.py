@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from training.images import decode_image
-from training.loader import PAD_ID, LoaderSpec, SampleLoader, load_item_images, pretrain_training_frame, slot_images
+from training.loader import (PAD_ID, LoaderSpec, SampleLoader, decode_batch, load_item_images,
+                             pretrain_training_frame)
 
 SIZE = 8
 
@@ -64,12 +65,16 @@ def test_id_frame_pads_and_truncates(data):
         assert list(g["pv_labels"]) == (labels + [0] * 5)[:5]
 
 
-def test_slot_images_looks_up_by_id():
+def test_decode_batch_looks_up_by_id():
+    images = {3: png((10, 20, 30)), 9: png((200, 100, 0)), 8: b"not an image"}
     pdf = pd.DataFrame({"pv_labels": [[1, 0]], "pv_ids": [np.array([3, PAD_ID])],
-                        "hist_ids": [np.array([9])]})
-    out = slot_images(pdf, {3: b"three", 9: b"nine"}, 2, 1)
-    assert out.loc[0, "pv_img_0"] == b"three" and out.loc[0, "pv_img_1"] is None
-    assert out.loc[0, "hist_img_0"] == b"nine"
+                        "hist_ids": [np.array([9, 8])]})
+    out = decode_batch(pdf, images, 2, 2, SIZE)
+    assert out["pv_mask"].tolist() == [[True, False]] and out["hist_mask"].tolist() == [[True, False]]
+    np.testing.assert_array_equal(out["pv_images"][0, 0], decode_image(images[3], SIZE))
+    np.testing.assert_array_equal(out["hist_images"][0, 0], decode_image(images[9], SIZE))
+    assert (out["pv_images"][0, 1] == 0).all() and (out["hist_images"][0, 1] == 0).all()
+    assert out["pv_labels"].tolist() == [[1, 0]]
 
 
 def test_loader_batches_equal_direct_decoding(spark, data, tmp_path):
