@@ -144,9 +144,12 @@ class SparkConfig(Section):
 class SyntheticConfig(Section):
     """The synthetic marketplace's knobs (``courier_spark.synthetic.marketplace``)."""
     SECTION: ClassVar[str] = "synthetic"
+    # v2 (default): the 2 x 2 world of issue 13 (text-said / hidden x click-driving /
+    # neutral looks, nuisance, new items); v1: the first release's world (conf/world_v1.yaml).
+    world: str = choice("v2", ("v1", "v2"))
     seed: int = num(7, 0, 2 ** 31 - 1)
     n_users: int = num(1500, 1, 10_000_000)
-    n_items: int = num(3000, 1, 10_000_000)
+    n_items: int = num(9000, 1, 10_000_000)
     n_days: int = num(10, 1, 3650)
     start_date: str = text("2026-09-01", _DATE, _DATE_HINT)   # UTC, first day
     sessions_per_user_day: float = num(0.6, 0.0, 100.0, lo_open=True)  # Poisson mean
@@ -154,7 +157,12 @@ class SyntheticConfig(Section):
     items_per_page: int = num(10, 1, 1000)
     image_size: int = num(64, 8, 1024)                                  # px, square
     image_format: str = choice("png", ("png", "jpeg"))
-    brand_backdrops: bool = False    # per-brand studio backdrop; False: plain grey
+    brand_backdrops: bool = False    # v1 only: per-brand studio backdrop; False: plain grey (v2: nuisance)
+    # v2 knobs (marketplace module docstring, "World v2"):
+    text_share: float = num(0.3, 0.0, 1.0)         # share of the visual click weight on the title-named colour
+    title_colour_rate: float = num(1.0, 0.0, 1.0)  # share of items whose title names their colour
+    nuisance: float = num(1.0, 0.0, 1.0)           # backdrop / lighting / pose / scale / crop strength (0: none)
+    new_item_share: float = num(0.1, 0.0, 0.9)     # items first listed on the last (test) day
     query_rate: float = num(0.7, 0.0, 1.0)  # share of pages from search; rest recommendation
     # click model weights (see the marketplace module docstring)
     base_logit: float = num(-2.6, -50.0, 50.0)
@@ -233,6 +241,12 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "courier_multihead": {"attention": "multihead"},
     "simclr": {"objective": "simclr"},
     "supervised": {"objective": "supervised"},
+    # Controls: COURIER on click histories shuffled across page views (should add ~0);
+    # the encoder at its seeded initialisation, never optimised; the generic trunk
+    # (training.trunk) itself, not fine-tuned on clicks.
+    "courier_shuffled": {"shuffle_histories": True},
+    "random_init": {"objective": "none", "init": "random"},
+    "generic": {"objective": "none", "init": "generic"},
 }
 METHODS = tuple(METHOD_PRESETS)
 # Training image side per backbone (training.backbones builds them).
@@ -244,11 +258,28 @@ BACKENDS = ("horovod", "torch_distributor", "local")
 class TrainConfig(Section):
     SECTION: ClassVar[str] = "train"
     method: str = choice("courier", METHODS)
-    objective: str = choice("courier", ("courier", "simclr", "supervised"))  # set by the method preset
+    # Set by the method preset; none: no optimisation, the encoder as initialised (random_init, generic).
+    objective: str = choice("courier", ("courier", "simclr", "supervised", "none"))
     backbone: str = choice("small_cnn", tuple(BACKBONE_IMAGE_SIZE))
     embed_dim: int = num(256, 1, 65_536)
     image_size: int = num(0, 0, 2048)   # 0 = the backbone's default (swin_t 224, resnet18 64, small_cnn 48)
-    weights_path: str | None = None     # local ImageNet-style state dict; random init when unset
+    weights_path: str | None = None     # ImageNet-style state dict (any fs URI); random init when unset
+    # The encoder's start: random (seeded by train.seed) or the generic trunk,
+    # the analogue of the paper's ImageNet start: SimCLR on generated generic
+    # images (courier_spark.synthetic.generic), trained once per dataset root
+    # and kept as models/generic/vNNNN (training.trunk). Its settings:
+    init: str = choice("random", ("random", "generic"))
+    generic_seed: int = num(0, 0, 2 ** 31 - 1)          # the image generator's seed
+    generic_images: int = num(2000, 2, 10_000_000)
+    generic_steps: int = num(300, 1, BIG)
+    generic_batch_size: int = num(64, 2, 1_000_000)     # images per step (two views each)
+    generic_lr: float = num(1e-3, 0.0, 10.0, lo_open=True)
+    # Pre-train only on page views whose category (the one most of its shown
+    # items have; ties: alphabetical) is listed (paper: women's clothing); empty = all.
+    categories: list = items(list, item=str, min_len=0)
+    # Control: every page view keeps its shown items and labels but gets another
+    # page view's click history (a fixed permutation seeded by train.seed).
+    shuffle_histories: bool = False
     attention: str = choice("plain", ("plain", "multihead", "self"))  # self = w/o reconstruction
     projection_head: bool = False
     tau_pv: float = num(0.05, 0.0, 100.0, lo_open=True)
@@ -416,6 +447,9 @@ class DnnConfig(Section):
     max_position: int = num(64, 1, 100_000)
     price_buckets: int = num(16, 1, 100_000)
     history_len: int = num(20, 1, 10_000)     # last N clicked item ids through attention
+    # Each history slot also carries the clicked item's category and title
+    # tokens (looked up in the item table); false = item ID + recency only.
+    history_text: bool = True
     attn_heads: int = num(2, 1, 256)
     vector_proj_dim: int = num(16, 1, 4096)
     # Hidden widths of the MLP; the output layer makes it len+1 layers (5 by default).
@@ -460,6 +494,10 @@ class LgbmConfig(Section):
     # 1 by default for the same reason as DnnConfig.num_threads (measured:
     # 0.7 s with 1 thread vs 9-85 s with 2 on a busy 2-core machine).
     num_threads: int = num(1, 1, 1024)
+    # Text-history features: share of the history clicks in the target's
+    # category, and of history titles sharing each target title token (max,
+    # mean, count > 0). A tree cannot compare columns by itself.
+    history_text: bool = True
 
 
 # Pre-training methods the pipeline compares downstream.

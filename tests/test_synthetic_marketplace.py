@@ -15,7 +15,7 @@ from courier_spark.synthetic import (
 )
 from courier_spark.synthetic.marketplace import _BRANDS, BACKDROP_MAX_SATURATION, backdrop_style
 
-SMALL = dict(n_users=300, n_items=600, n_days=4, image_size=32)
+SMALL = dict(world="v1", n_users=300, n_items=600, n_days=4, image_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def market():
 @pytest.fixture(scope="module")
 def big_market():
     # enough impressions for stable click statistics; small images keep it fast
-    return generate_marketplace(MarketplaceParams(seed=3, n_users=1000, n_items=800, n_days=6, image_size=16))
+    return generate_marketplace(MarketplaceParams(world="v1", seed=3, n_users=1000, n_items=800, n_days=6, image_size=16))
 
 
 def _joined(m) -> pd.DataFrame:
@@ -244,10 +244,10 @@ def test_pattern_and_shape_change_the_image():
 # ----------------------------------------------------------------- bad rows
 
 def test_injected_bad_rows_exact_and_detectable():
-    p = MarketplaceParams(seed=5, n_users=200, n_items=300, n_days=3, image_size=16,
+    p = MarketplaceParams(world="v1", seed=5, n_users=200, n_items=300, n_days=3, image_size=16,
                           bad_null_keys=13, bad_unknown_items=7, bad_duplicate_events=9, bad_images=5)
     m = generate_marketplace(p)
-    clean = generate_marketplace(MarketplaceParams(seed=5, n_users=200, n_items=300, n_days=3, image_size=16))
+    clean = generate_marketplace(MarketplaceParams(world="v1", seed=5, n_users=200, n_items=300, n_days=3, image_size=16))
     assert m.injected == {"null_key": 13, "unknown_item": 7, "duplicate_event_id": 9, "undecodable_image": 5}
     imps = m.impressions
     assert len(imps) == len(clean.impressions) + 9

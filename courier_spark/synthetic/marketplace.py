@@ -96,6 +96,7 @@ __all__ = [
     "CATEGORIES", "COLOURS", "PATTERNS", "SHAPES", "Category",
     "MarketplaceParams", "Marketplace", "generate_marketplace",
     "render_item_image", "taste_match", "backdrop_style", "BackdropStyle",
+    "SILHOUETTES", "CATEGORY_SILHOUETTE", "look_match", "colour_score",
 ]
 
 
@@ -127,6 +128,10 @@ COLOURS: tuple[tuple[str, float], ...] = (
 )
 PATTERNS: tuple[str, ...] = ("solid", "stripes", "dots", "checks")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
+# World v2: the object's silhouette is its category's (said by the category,
+# never a taste); v1's five shapes plus three more, one per category.
+SILHOUETTES: tuple[str, ...] = SHAPES + ("hexagon", "ring", "slab")
+CATEGORY_SILHOUETTE: tuple[int, ...] = (2, 4, 3, 1, 6, 7, 5, 0)  # CATEGORIES order -> SILHOUETTES index
 
 ZIPF_EXPONENT = 0.8       # popularity = rank ** -ZIPF_EXPONENT; ~90% of items get >= 5 impressions at default size
 COLOUR_NEIGHBOUR_CREDIT = 0.5
@@ -178,14 +183,18 @@ def _rgb(hue_deg: float, sat: float, val: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb((hue_deg % 360.0) / 360.0, sat, val)) * 255.0
 
 
-def _shape_mask(shape: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Anti-aliased [0,1] mask of the shape, drawn 4x supersampled."""
+def _shape_mask(shape: int, size: int, rng: np.random.Generator, pose: float = 0.0) -> np.ndarray:
+    """Anti-aliased [0,1] mask of the shape, drawn 4x supersampled. ``pose``
+    (world v2's nuisance, 0-1) widens the crop offset, scale and tilt ranges;
+    at 0 they are v1's (the same random draws, so v1 images are unchanged)."""
     ss = 4
     big = size * ss
-    cx = big * (0.5 + rng.uniform(-0.08, 0.08))
-    cy = big * (0.5 + rng.uniform(-0.08, 0.08))
-    r = big * rng.uniform(0.30, 0.38)
-    rot = np.deg2rad(rng.uniform(-10.0, 10.0))  # small tilt; never enough to turn a square into a diamond
+    off = 0.08 + 0.07 * pose
+    cx = big * (0.5 + rng.uniform(-off, off))
+    cy = big * (0.5 + rng.uniform(-off, off))
+    r = big * rng.uniform(0.30 - 0.10 * pose, 0.38)
+    tilt = 10.0 + 15.0 * pose
+    rot = np.deg2rad(rng.uniform(-tilt, tilt))  # v1: small tilt, never enough to turn a square into a diamond
     im = Image.new("L", (big, big), 0)
     d = ImageDraw.Draw(im)
 
@@ -193,7 +202,7 @@ def _shape_mask(shape: int, size: int, rng: np.random.Generator) -> np.ndarray:
         ang = np.deg2rad(start_deg) + rot + np.arange(len(radii)) * 2 * np.pi / len(radii)
         return [(float(cx + rr * np.cos(a)), float(cy + rr * np.sin(a))) for rr, a in zip(radii, ang)]
 
-    name = SHAPES[shape]
+    name = SILHOUETTES[shape]
     if name == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     elif name == "square":
@@ -202,6 +211,16 @@ def _shape_mask(shape: int, size: int, rng: np.random.Generator) -> np.ndarray:
         d.polygon(poly(np.full(3, r * 1.15), -90.0), fill=255)
     elif name == "star":
         d.polygon(poly(np.tile([r * 1.15, r * 0.5], 5), -90.0), fill=255)
+    elif name == "hexagon":
+        d.polygon(poly(np.full(6, r * 1.05), 0.0), fill=255)
+    elif name == "ring":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        ri = r * 0.5
+        d.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=0)
+    elif name == "slab":  # a tall upright block (a book, a phone)
+        c, s_ = np.cos(rot), np.sin(rot)
+        pts = [(-0.62 * r, -1.1 * r), (0.62 * r, -1.1 * r), (0.62 * r, 1.1 * r), (-0.62 * r, 1.1 * r)]
+        d.polygon([(float(cx + x * c - y * s_), float(cy + x * s_ + y * c)) for x, y in pts], fill=255)
     elif name == "cross":
         w = r * 0.38
         # two bars, tilted like the polygons
@@ -304,12 +323,16 @@ def _backdrop_base(backdrop: int, size: int) -> np.ndarray:
 
 
 def render_item_image(colour: int, pattern: int, shape: int, size: int,
-                      rng: np.random.Generator, fmt: str = "png", backdrop: int | None = None) -> bytes:
-    """Encoded PNG/JPEG of a `shape` filled with `pattern` in hue `colour` on
-    backdrop number `backdrop` (``backdrop_style``), or on a light, nearly
-    neutral background when None. The pattern's second colour is a darker
-    shade of the same hue, so the saturated pixels' hue always names `colour`."""
-    if not (0 <= colour < len(COLOURS) and 0 <= pattern < len(PATTERNS) and 0 <= shape < len(SHAPES)):
+                      rng: np.random.Generator, fmt: str = "png", backdrop: int | None = None,
+                      nuisance: float | None = None) -> bytes:
+    """Encoded PNG/JPEG of a `shape` (``SILHOUETTES`` index) filled with
+    `pattern` in hue `colour` on backdrop number `backdrop` (``backdrop_style``),
+    or on a light, nearly neutral background when None. The pattern's second
+    colour is a darker shade of the same hue, so the saturated pixels' hue
+    always names `colour`. ``nuisance`` (world v2, 0-1; None = v1) widens
+    pose, scale and crop and adds a per-photo lighting (exposure and a faint
+    warm/cool cast): pixel variance that says nothing about clicks."""
+    if not (0 <= colour < len(COLOURS) and 0 <= pattern < len(PATTERNS) and 0 <= shape < len(SILHOUETTES)):
         raise ValueError(f"factor out of range: colour={colour} pattern={pattern} shape={shape}")
     hue = COLOURS[colour][1] + rng.uniform(-HUE_JITTER_DEG, HUE_JITTER_DEG)
     sat = rng.uniform(0.65, 0.9)
@@ -320,9 +343,14 @@ def render_item_image(colour: int, pattern: int, shape: int, size: int,
     bg = np.clip(grey + rng.uniform(-6.0, 6.0, 3), 0, 255).astype(np.float32)[None, None, :]
     if backdrop is not None:
         bg = _backdrop_base(backdrop, size) * rng.uniform(0.95, 1.05)  # per-photo exposure
-    mask = _shape_mask(shape, size, rng)[..., None]
+    mask = _shape_mask(shape, size, rng, pose=nuisance or 0.0)[..., None]
     tex = _texture(pattern, size, primary, secondary, rng)
     img = bg * (1.0 - mask) + tex * mask
+    if nuisance:
+        # lighting: exposure 0.7-1.1 and a cast of at most +-6 levels per channel,
+        # small enough that the saturated pixels' hue still names the colour
+        img = img * rng.uniform(1.0 - 0.3 * nuisance, 1.0 + 0.1 * nuisance) \
+            + rng.uniform(-6.0, 6.0, 3).astype(np.float32) * nuisance
     img += 3.0 * rng.standard_normal(img.shape, dtype=np.float32)  # pixel noise: no two images identical
     arr = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
@@ -346,13 +374,33 @@ def taste_match(fav_colour: np.ndarray, fav_pattern: np.ndarray, fav_shape: np.n
     Neighbouring hues earn half a colour match: a user who likes red also
     somewhat likes orange and pink, so looks form a continuum rather than
     unrelated classes."""
+    return (colour_score(fav_colour, colour)
+            + (np.asarray(pattern) == np.asarray(fav_pattern))
+            + (np.asarray(shape) == np.asarray(fav_shape))) / 3.0
+
+
+def look_match(p: MarketplaceParams, tastes: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """The click model's look term in [0, 1] for user-taste rows
+    (fav_colour, fav_pattern, fav_shape) against item-factor rows (colour,
+    pattern, shape), row by row.
+
+    v1: ``taste_match`` (colour, pattern and shape in equal thirds). v2:
+    ``text_share * colour_score + (1 - text_share) * [print == favourite
+    print]``: the colour (named by the title for ``title_colour_rate`` of the
+    items) carries ``text_share`` of the weight, the print that no text names
+    the rest; the silhouette is the category's and carries none."""
+    t, f = np.asarray(tastes), np.asarray(factors)
+    if p.world == "v1":
+        return taste_match(t[:, 0], t[:, 1], t[:, 2], f[:, 0], f[:, 1], f[:, 2])
+    return p.text_share * colour_score(t[:, 0], f[:, 0]) + (1.0 - p.text_share) * (t[:, 1] == f[:, 1])
+
+
+def colour_score(fav_colour: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """1 for the favourite hue, ``COLOUR_NEIGHBOUR_CREDIT`` for its two wheel neighbours, else 0."""
     n_col = len(COLOURS)
     d = np.abs(np.asarray(colour) - np.asarray(fav_colour)) % n_col
     d = np.minimum(d, n_col - d)  # circular hue distance in palette steps
-    colour_score = np.where(d == 0, 1.0, np.where(d == 1, COLOUR_NEIGHBOUR_CREDIT, 0.0))
-    return (colour_score
-            + (np.asarray(pattern) == np.asarray(fav_pattern))
-            + (np.asarray(shape) == np.asarray(fav_shape))) / 3.0
+    return np.where(d == 0, 1.0, np.where(d == 1, COLOUR_NEIGHBOUR_CREDIT, 0.0))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -399,9 +447,12 @@ def _make_items(p: MarketplaceParams, rng: np.random.Generator, img_seed: np.ran
     shares = np.array([c.share for c in CATEGORIES])
     cat = rng.choice(n_cat, size=n, p=shares / shares.sum())
     cat[:n_cat] = np.arange(n_cat)  # every category has at least one item
+    v2 = p.world == "v2"
     colour = rng.integers(len(COLOURS), size=n)
     pattern = rng.integers(len(PATTERNS), size=n)
     shape = rng.integers(len(SHAPES), size=n)
+    if v2:  # the silhouette is the category's: said by the category, never a taste
+        shape = np.asarray(CATEGORY_SILHOUETTE, dtype=np.int64)[cat]
     # Zipf over a random rank *within the category*: every category gets the
     # same head/tail profile, so category CTRs differ only by the click model
     key = rng.random(n)
@@ -419,16 +470,30 @@ def _make_items(p: MarketplaceParams, rng: np.random.Generator, img_seed: np.ran
     brand = rng.integers(len(_BRANDS), size=n)
     adj = rng.integers(len(_ADJECTIVES), size=n)
     noun = rng.integers(5, size=n)
-    titles = [f"{_BRANDS[b]} {_ADJECTIVES[a]} {CATEGORIES[c].nouns[k % len(CATEGORIES[c].nouns)]}"
-              for b, a, c, k in zip(brand, adj, cat, noun)]
+    named = np.zeros(n, dtype=bool)
+    release_day = np.zeros(n, dtype=np.int64)
+    if v2:
+        # drawn after v1's streams, so v1 items are unchanged
+        named = rng.random(n) < p.title_colour_rate
+        new = rng.random(n) < p.new_item_share
+        new[:len(CATEGORIES)] = False  # every category keeps an item shown before the last day
+        release_day[new] = p.n_days - 1
+        # a new item is listed 1-6 h before the last day starts
+        listed = start_ns + (p.n_days - 1) * 86_400 * 1_000_000_000 - rng.integers(3600, 6 * 3600, size=n) * 1_000_000_000
+        updated_at = np.where(new, listed, updated_at.astype(np.int64)).astype("datetime64[ns]")
+    colour_word = [COLOURS[c][0] + " " if m else "" for c, m in zip(colour, named)]
+    titles = [f"{_BRANDS[b]} {w}{_ADJECTIVES[a]} {CATEGORIES[c].nouns[k % len(CATEGORIES[c].nouns)]}"
+              for b, w, a, c, k in zip(brand, colour_word, adj, cat, noun)]
     # ids deliberately sparse and offset: code must never assume dense 0..n-1 ids
     item_id = (100_000 + np.arange(n, dtype=np.int64) * 7).astype(np.int64)
     fmt = p.image_format.lower()
     # one seed per item: an image depends only on (seed, item index), so the
     # rendering (the slow part at scale) can be split across workers unchanged
+    backdrops = p.brand_backdrops if not v2 else p.nuisance > 0
     images = [render_item_image(int(colour[i]), int(pattern[i]), int(shape[i]), p.image_size,
                                 np.random.default_rng(ss), fmt,
-                                backdrop=int(brand[i]) if p.brand_backdrops else None)
+                                backdrop=int(brand[i]) if backdrops else None,
+                                nuisance=p.nuisance if v2 else None)
               for i, ss in enumerate(img_seed.spawn(n))]
     cat_names = np.array([c.name for c in CATEGORIES], dtype=object)[cat]
     items = pd.DataFrame({
@@ -445,7 +510,10 @@ def _make_items(p: MarketplaceParams, rng: np.random.Generator, img_seed: np.ran
         "colour": colour.astype(np.int64),
         "pattern": pattern.astype(np.int64),
         "shape": shape.astype(np.int64),
-        "backdrop": (brand if p.brand_backdrops else np.full(n, -1)).astype(np.int64),  # -1: plain grey
+        "backdrop": (brand if backdrops else np.full(n, -1)).astype(np.int64),  # -1: plain grey
+        "brand": brand.astype(np.int64),
+        "colour_in_title": named,
+        "release_day": release_day,       # first day the item can be shown (0: from the start)
         "popularity": popularity,
     })
     return items, factors
@@ -478,8 +546,10 @@ def _make_users(p: MarketplaceParams, rng: np.random.Generator) -> pd.DataFrame:
 
 
 def _sample_pages(p: MarketplaceParams, rng: np.random.Generator, interest: np.ndarray,
-                  item_cat: np.ndarray, log_pop: np.ndarray, start_ns: int) -> dict[str, np.ndarray]:
-    """Sessions -> pages -> (page x slot) item indices, all vectorised."""
+                  item_cat: np.ndarray, log_pop: np.ndarray, start_ns: int,
+                  release_day: np.ndarray) -> dict[str, np.ndarray]:
+    """Sessions -> pages -> (page x slot) item indices, all vectorised. A page
+    of day d shows only items with ``release_day <= d``."""
     n_users, n_days, n_cat = p.n_users, p.n_days, len(CATEGORIES)
     # sessions per user-day
     k = np.minimum(rng.poisson(p.sessions_per_user_day, size=n_users * n_days), MAX_SESSIONS_PER_DAY)
@@ -513,17 +583,21 @@ def _sample_pages(p: MarketplaceParams, rng: np.random.Generator, interest: np.n
     # chronological page order (ties by user) so request ids follow time
     order = np.lexsort((pg_user, pg_ts))
     pg_user, pg_ts, pg_cat = pg_user[order], pg_ts[order], pg_cat[order]
+    pg_day = s_day[pg_sess][order]
     is_query, query_word = is_query[order], query_word[order]
     # items: sequential popularity sampling without replacement per page
     kpp = p.items_per_page
     slots = np.full((n_pages, kpp), -1, dtype=np.int64)
+    releases = np.unique(release_day)
     for c in range(n_cat):
-        cat_items = np.flatnonzero(item_cat == c)
-        rows = np.flatnonzero(pg_cat == c)
-        if len(rows):
-            slots[rows, :min(kpp, len(cat_items))] = cat_items[
-                _sample_without_replacement(rng, np.exp(log_pop[cat_items]), len(rows), kpp)]
-    return {"user": pg_user, "ts": pg_ts, "cat": pg_cat, "is_query": is_query,
+        for j, d in enumerate(releases):  # v1: one group (everything from day 0), as before
+            cat_items = np.flatnonzero((item_cat == c) & (release_day <= d))
+            d_next = releases[j + 1] if j + 1 < len(releases) else np.iinfo(np.int64).max
+            rows = np.flatnonzero((pg_cat == c) & (pg_day >= d) & (pg_day < d_next))
+            if len(rows) and len(cat_items):
+                slots[rows, :min(kpp, len(cat_items))] = cat_items[
+                    _sample_without_replacement(rng, np.exp(log_pop[cat_items]), len(rows), kpp)]
+    return {"user": pg_user, "ts": pg_ts, "cat": pg_cat, "day": pg_day, "is_query": is_query,
             "query_word": query_word, "slots": slots}
 
 
@@ -596,7 +670,8 @@ def generate_marketplace(params: MarketplaceParams) -> Marketplace:
     log_pop = np.log(factors["popularity"].to_numpy())
     interest = np.array(users["category_interest"].tolist(), dtype=np.float64)
 
-    pages = _sample_pages(p, rng_pages, interest, item_cat, log_pop, start_ns)
+    pages = _sample_pages(p, rng_pages, interest, item_cat, log_pop, start_ns,
+                          factors["release_day"].to_numpy(np.int64))
     slots = pages["slots"]
     n_pages, kpp = slots.shape
     valid = slots >= 0
@@ -616,8 +691,7 @@ def generate_marketplace(params: MarketplaceParams) -> Marketplace:
     # click model (vectorised over impressions)
     fc = factors[["colour", "pattern", "shape"]].to_numpy()
     ut = users[["fav_colour", "fav_pattern", "fav_shape"]].to_numpy()
-    tm = taste_match(ut[imp_user, 0], ut[imp_user, 1], ut[imp_user, 2],
-                     fc[imp_item, 0], fc[imp_item, 1], fc[imp_item, 2])
+    tm = look_match(p, ut[imp_user], fc[imp_item])
     vw = np.array([c.visual_weight for c in CATEGORIES])[imp_cat]
     visual_term = p.w_visual * vw * tm
     logit_wo = (p.base_logit + p.w_popularity * pop_z[imp_item]
@@ -655,6 +729,12 @@ def generate_marketplace(params: MarketplaceParams) -> Marketplace:
         "ctr_visual_categories": float(clicked[visual_cat].mean()) if visual_cat.any() else float("nan"),
         "ctr_nonvisual_categories": float(clicked[~visual_cat].mean()) if (~visual_cat).any() else float("nan"),
         "items_shown_share": float(len(np.unique(imp_item)) / p.n_items),
+        "median_impressions_per_shown_item": float(np.median(np.bincount(imp_item)[np.unique(imp_item)]))
+        if n_imp else float("nan"),
+        "new_items": float((factors["release_day"] > 0).sum()),
+        "new_item_share_of_last_day": float(
+            (factors["release_day"].to_numpy()[imp_item][pages["day"][imp_page] == p.n_days - 1] > 0).mean())
+        if n_imp and (pages["day"] == p.n_days - 1).any() else float("nan"),
     }
 
     impressions, items, injected = _inject_bad_rows(p, rng_bad, impressions, items)
