@@ -102,8 +102,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from courier_spark.config import load_config
-    from courier_spark.evaluate.ctr_frames import ctr_base_frame, sequence_cluster_ids
-    from courier_spark.evaluate.metrics import auc, gauc
+    from courier_spark.evaluate.cluster_variants import factor_clusters, with_cluster_ids
+    from courier_spark.evaluate.ctr_frames import ctr_base_frame
+    from courier_spark.evaluate.metrics import auc
     from courier_spark.evaluate.runner import evaluate_variants
     from courier_spark.paths import TablePaths
     from courier_spark.spark import get_spark
@@ -146,15 +147,8 @@ def main() -> None:
     test_df = base[base["split"] == "test"].reset_index(drop=True)
     frames["baseline"] = (train_df, test_df)
     for name, cols, _ in ORACLES:
-        code = truth[list(cols)].astype(np.int64).apply(lambda r: int("".join(f"{v + 1:03d}" for v in r)), axis=1)
-        clusters = pd.Series(code.to_numpy(np.int64), index=truth["item_id"].to_numpy(np.int64))
-        pair = []
-        for df in (train_df, test_df):
-            d = df.copy()
-            d["target_cluster_id"] = clusters.reindex(d["item_id"].to_numpy(np.int64)).fillna(-1).to_numpy(np.int64)
-            d["hist_cluster_ids"] = sequence_cluster_ids(d["hist_item_ids"], clusters)
-            pair.append(d)
-        frames[name] = tuple(pair)
+        clusters = factor_clusters(truth, cols)
+        frames[name] = (with_cluster_ids(train_df, clusters), with_cluster_ids(test_df, clusters))
         variants.append((name, "cluster_id"))
     results, preds = evaluate_variants(frames, variants, args.model_kinds, args.seeds, cfg.evaluate,
                                        items=items)

@@ -1,0 +1,71 @@
+"""Cluster-ID variants built in memory, for benches and honest statistics.
+
+The pipeline's own cluster IDs come from ``gold/centroids`` and the feature
+store (``ctr_frames``). A comparison that is honest about noise needs more:
+the same encoder clustered with several k-means seeds, and perfect ("oracle")
+cluster IDs of hidden factors. Both reduce to a mapping item_id -> cluster id
+pushed through the same CTR frames, which is what this module builds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .ctr_frames import sequence_cluster_ids
+
+
+def with_cluster_ids(df: pd.DataFrame, clusters: pd.Series) -> pd.DataFrame:
+    """A copy of the CTR frame ``df`` with ``target_cluster_id`` and the whole
+    sequence's ``hist_cluster_ids`` from ``clusters`` (item_id -> id; -1 where
+    an item has none), as ``ctr_frames.build_ctr_frames`` fills them."""
+    out = df.copy()
+    ids = clusters[~clusters.index.duplicated()]
+    out["target_cluster_id"] = ids.reindex(out["item_id"].to_numpy(np.int64)).fillna(-1).to_numpy(np.int64)
+    out["hist_cluster_ids"] = sequence_cluster_ids(out["hist_item_ids"], ids)
+    return out
+
+
+def factor_clusters(truth: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """One cluster per distinct combination of the truth ``columns`` (item_id -> id)."""
+    codes = truth.groupby(list(columns), sort=True).ngroup().to_numpy(np.int64)
+    return pd.Series(codes, index=truth["item_id"].to_numpy(np.int64))
+
+
+def kmeans_clusters(item_ids: np.ndarray, vectors: np.ndarray, k: int, seed: int,
+                    nredo: int = 3) -> pd.Series:
+    """faiss k-means cluster of each item (the cluster stage's spherical k-means)."""
+    from ..cluster import l2_normalise, nearest_centroids, train_kmeans
+    unit = l2_normalise(vectors)
+    ids, _ = nearest_centroids(unit, train_kmeans(unit, k, seed=seed, nredo=nredo)[0])
+    return pd.Series(ids.astype(np.int64), index=np.asarray(item_ids, np.int64))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Differences a[i] - b[i] of runs paired by index (same encoder seed,
+    k-means seed and CTR seed on both sides)."""
+    mean: float
+    sd: float
+    n: int
+    real_k: float
+
+    @property
+    def real(self) -> bool:
+        """The mean difference exceeds ``real_k`` times the paired spread (sd)."""
+        return self.n > 1 and abs(self.mean) > self.real_k * self.sd
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.3f} +- {self.sd:.3f} (n={self.n}{', real' if self.real else ''})"
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], real_k: float = 2.0) -> PairedDifference:
+    """Paired differences of two equally long run lists (NaN pairs dropped)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if d.shape != (len(a),) or len(a) != len(b):
+        raise ValueError(f"paired runs must have the same length, got {len(a)} and {len(b)}")
+    d = d[np.isfinite(d)]
+    return PairedDifference(float(d.mean()) if d.size else float("nan"),
+                            float(d.std(ddof=1)) if d.size > 1 else float("nan"), int(d.size), real_k)

@@ -1,0 +1,48 @@
+"""In-memory cluster-ID variants (oracle clusters, k-means seeds) and paired differences."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from courier_spark.evaluate.cluster_variants import (
+    factor_clusters, kmeans_clusters, paired_difference, with_cluster_ids,
+)
+
+
+def test_factor_clusters_one_id_per_combination():
+    truth = pd.DataFrame({"item_id": [10, 11, 12, 13], "colour": [0, 0, 1, 1], "pattern": [2, 3, 2, 2]})
+    c = factor_clusters(truth, ["colour", "pattern"])
+    assert c[10] != c[11] and c[12] == c[13] and len(set(c)) == 3
+    assert len(set(factor_clusters(truth, ["colour"]))) == 2
+
+
+def test_with_cluster_ids_target_and_sequence_newest_first():
+    df = pd.DataFrame({"item_id": [10, 99], "hist_item_ids": [[11, 12, 99], []]})
+    clusters = pd.Series([5, 6, 7], index=[10, 11, 12])
+    out = with_cluster_ids(df, clusters)
+    assert out["target_cluster_id"].tolist() == [5, -1]
+    assert [list(h) for h in out["hist_cluster_ids"]] == [[-1, 7, 6], []]
+    assert "target_cluster_id" not in df.columns  # the input frame is untouched
+
+
+def test_kmeans_clusters_recover_separated_groups():
+    rng = np.random.default_rng(0)
+    centres = np.eye(8, dtype=np.float32)[:4] * 10
+    x = np.concatenate([c + rng.normal(0, 0.1, (50, 8)).astype(np.float32) for c in centres])
+    ids = np.arange(1000, 1200)
+    cl = kmeans_clusters(ids, x, 4, seed=3)
+    groups = np.repeat(np.arange(4), 50)
+    # each true group is one cluster and the clusters differ
+    assert all(cl.iloc[groups == g].nunique() == 1 for g in range(4))
+    assert cl.nunique() == 4
+
+
+def test_paired_difference_hand_computed():
+    d = paired_difference([1.0, 2.0, 4.0], [0.5, 1.0, 1.5])   # differences 0.5, 1.0, 2.5
+    assert d.mean == pytest.approx(4 / 3)
+    assert d.sd == pytest.approx(np.std([0.5, 1.0, 2.5], ddof=1))
+    assert d.n == 3 and not d.real                            # 1.33 < 2 * 1.04
+    assert paired_difference([1.0, 1.1, 1.2], [0.0, 0.0, 0.1]).real
+    with pytest.raises(ValueError):
+        paired_difference([1.0], [1.0, 2.0])
