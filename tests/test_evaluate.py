@@ -209,10 +209,14 @@ def test_dnn_statistics_features_match_ctr_statistics():
     ref = CtrStatistics.fit(tr, y, folds=DnnConfig().stat_folds, prior_weight=DnnConfig().stat_prior_weight)
     got_train = prep.transform(tr, prep.stats.train_values)["stats"].numpy()
     got_test = prep.transform(te)["stats"].numpy()
+
+    def raw(vals: dict) -> np.ndarray:
+        return np.stack([c for ctr, imps in vals.values()
+                         for c in (np.log(np.clip(ctr, 1e-6, None) / y.mean()), imps)], 1)
+    # Both splits are standardised with the mean / std of the train rows' (out-of-fold) values.
+    mu, sd = raw(ref.train_values).mean(0), raw(ref.train_values).std(0)
     for got, vals in ((got_train, ref.train_values), (got_test, ref.values(te))):
-        exp = np.stack([c for ctr, imps in vals.values()
-                        for c in (np.log(np.clip(ctr, 1e-6, None) / y.mean()), imps / 5.0)], 1)
-        np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, (raw(vals) - mu) / sd, rtol=1e-4, atol=1e-4)
     assert "stats" not in DnnPreprocessor.fit(tr, "none", DnnConfig(statistics=False), y).transform(te)
 
 

@@ -1,21 +1,35 @@
 """The downstream DNN CTR model (after the COURIER paper's appendix), small.
 
 Item side: hashed item-ID embedding, category embedding, hashed title tokens
-(mean-pooled), price bucket, position, and (``statistics``) smoothed CTR and
-log impressions of the item, the user and the category (``ctr_stats``).
-User side: hashed user-ID embedding
-and the last ``history_len`` clicked item IDs (+ a recency embedding) through
-multi-head self-attention + residual + layer norm, mean-pooled over the valid
-slots and projected. The query is hashed into the title token table and
-pooled the same way ("query treated like titles"). Everything is
+(mean-pooled), price bucket, position, and (``statistics``) the log CTR ratio
+and log impressions of the item, the user and the category (``ctr_stats``).
+User side: hashed user-ID embedding, the history length, and the last
+``history_len`` clicked items through multi-head self-attention + residual +
+layer norm, mean-pooled over the valid slots and projected. Each slot is the
+item-ID embedding + a recency embedding and (``history_text``, default on)
+the clicked item's category embedding and mean-pooled title tokens, from the
+same tables as the target's; the attributes come from the item table
+(``items``: the whole catalogue, else the frame's own items) via a per-item
+lookup held by ``DnnPreprocessor``. The query is hashed into the title token
+table and pooled the same way ("query treated like titles"). Everything is
 concatenated into an MLP (5 linear layers by default) trained with BCE.
+
+Every numeric input (statistics, history length, SimScores, vectors) is
+standardised with the mean / std of the *train* rows (``Standardiser``, fitted
+in ``DnnPreprocessor.fit``), and test rows get the same transform: raw
+cosines sit in a band about 0.01 wide, which an MLP with small initial
+weights cannot resolve. Missing entries are 0 after standardisation, next to
+their missing indicator.
 
 The image feature is one flag, ``image_feature``:
 
 * ``none``       - baseline, no image feature.
-* ``vector``     - linear projection of ``target_embedding`` + a missing flag
-                   (all-zero vector = item without embedding).
-* ``simscore``   - the K similarity scores (NaN -> 0) plus K missing indicators.
+* ``vector``     - linear projection of ``target_embedding`` (centred by the
+                   train mean vector, per-dimension std) + a missing flag
+                   (all-zero vector = item without embedding; statistics over
+                   the items with one).
+* ``simscore``   - the K similarity scores (per-slot train mean / std over the
+                   valid values; missing -> 0) plus K missing indicators.
 * ``cluster_id`` - one hashed cluster-ID embedding table shared by the target
                    cluster and the history clusters (``hist_cluster_ids``: every
                    slot the frame gives; ``ctr_frames`` gives the whole behaviour
@@ -30,7 +44,6 @@ The image feature is one flag, ``image_feature``:
 from __future__ import annotations
 
 import math
-import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -43,9 +56,8 @@ from torch import nn
 from ..logs import say
 from .config import DnnConfig, EvaluateConfig
 from .ctr_stats import CtrStatistics
-from .frames import check_ctr_frame, stack_fixed, train_labels
+from .frames import check_ctr_frame, item_table, stack_fixed, title_tokens, train_labels
 
-_TOKEN = re.compile(r"\w+", re.UNICODE)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -63,7 +75,7 @@ def _token_matrix(texts: pd.Series, max_tokens: int, buckets: int) -> np.ndarray
     codes, uniques = pd.factorize(texts.fillna("").astype(str), sort=False)
     mat = np.zeros((len(uniques), max_tokens), dtype=np.int64)
     for r, text in enumerate(uniques):
-        toks = _TOKEN.findall(text.lower())[:max_tokens]
+        toks = title_tokens(text)[:max_tokens]
         for c, t in enumerate(toks):
             mat[r, c] = 1 + zlib.crc32(t.encode("utf-8")) % (buckets - 1)
     if len(uniques) == 0:
@@ -88,6 +100,41 @@ def _last_n_matrix(lists: pd.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
+class Standardiser:
+    """Per-column mean/std of the *valid* train entries, applied to any frame:
+    (x - mean) / std, and 0 where an entry is not valid (missing). The std is
+    1 where the train std is ~0 or the column had no valid train value."""
+    mean: np.ndarray   # float32 [d]
+    std: np.ndarray    # float32 [d]
+
+    @classmethod
+    def fit(cls, x: np.ndarray, valid: np.ndarray, chunk: int = 1 << 16) -> "Standardiser":
+        """``x`` [n, d]; ``valid`` [n, d] or [n, 1] (one flag per row). Two
+        float64 passes in row chunks: cosines in a 0.01-wide band lose their
+        variance to float32 sums, and a full masked copy of a wide vector
+        column would double its memory."""
+        n, d = x.shape
+        cnt, tot, sq = np.zeros(d), np.zeros(d), np.zeros(d)
+        parts = [(x[i:i + chunk], np.broadcast_to(valid[i:i + chunk], (min(chunk, n - i), d)))
+                 for i in range(0, n, chunk)]
+        for xs, vs in parts:
+            cnt += vs.sum(0)
+            tot += np.where(vs, xs, 0.0).sum(0, dtype=np.float64)
+        mean = tot / np.maximum(cnt, 1)
+        for xs, vs in parts:
+            sq += (np.where(vs, xs - mean, 0.0) ** 2).sum(0)
+        std = np.sqrt(sq / np.maximum(cnt, 1))
+        return cls(mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+
+    def apply(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        out = x.astype(np.float32, copy=True)
+        out -= self.mean
+        out /= self.std
+        np.copyto(out, np.float32(0.0), where=~np.broadcast_to(valid, out.shape))
+        return out
+
+
+@dataclass
 class DnnPreprocessor:
     """Everything learned from the train frame to turn a frame into tensors."""
     image_feature: str
@@ -97,10 +144,35 @@ class DnnPreprocessor:
     n_slots: int = 0        # K of sim_scores / hist_cluster_ids
     vector_dim: int = 0     # d of target_embedding
     stats: CtrStatistics | None = None
+    # History-item lookup (cfg.history_text): item id -> row (position + 1;
+    # row 0 = unknown item / padding), and per row its category index and
+    # title token ids. The model looks slots up by row in its forward, so no
+    # per-impression lists of history titles are built.
+    item_index: pd.Index | None = None
+    item_cat: torch.Tensor | None = None    # int64 [R + 1]
+    item_tok: torch.Tensor | None = None    # int64 [R + 1, max_title_tokens]
+    # Numeric inputs -> Standardiser fitted on the train rows (see _numeric).
+    scales: dict = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, df: pd.DataFrame, image_feature: str, cfg: DnnConfig,
-            labels: np.ndarray | None = None) -> "DnnPreprocessor":
+    def fit(cls, df: pd.DataFrame, image_feature: str, cfg: DnnConfig, labels: np.ndarray | None = None,
+            items: pd.DataFrame | None = None) -> "DnnPreprocessor":
+        """Fit on the train frame ``df``; ``items``: the item table (``frames.item_table``;
+        None = the items of ``df``) the history slots' attributes come from."""
+        return cls._fit(df, image_feature, cfg, labels, items)[0]
+
+    @classmethod
+    def fit_transform(cls, df: pd.DataFrame, image_feature: str, cfg: DnnConfig,
+                      labels: np.ndarray | None = None, items: pd.DataFrame | None = None
+                      ) -> tuple["DnnPreprocessor", dict[str, torch.Tensor]]:
+        """``fit`` and the train frame's tensors (out-of-fold statistics), its
+        numeric columns read once."""
+        p, raw = cls._fit(df, image_feature, cfg, labels, items)
+        return p, p._tensors(df, raw)
+
+    @classmethod
+    def _fit(cls, df: pd.DataFrame, image_feature: str, cfg: DnnConfig, labels: np.ndarray | None,
+             items: pd.DataFrame | None) -> tuple["DnnPreprocessor", dict]:
         cats = sorted(str(c) for c in df["category"].dropna().unique()) if "category" in df else []
         p = cls(image_feature, cfg, {c: i + 1 for i, c in enumerate(cats)})
         if cfg.statistics:
@@ -120,30 +192,73 @@ class DnnPreprocessor:
             p.vector_dim = max((len(v) for v in df["target_embedding"] if v is not None), default=0)
         if image_feature != "none" and max(p.n_slots, p.vector_dim) == 0:
             raise ValueError(f"image_feature={image_feature!r}: the train frame's image columns are empty")
-        return p
+        if cfg.history_text:
+            t = item_table(items, df)
+            p.item_index = pd.Index(t["item_id"].to_numpy())
+            # Categories keep the train frame's index (same table as the target's):
+            # a catalogue-only category reads as unknown, as it would for a target.
+            p.item_cat = torch.from_numpy(np.concatenate([[0], p._category_index(t["category"])]))
+            p.item_tok = torch.from_numpy(np.vstack([np.zeros((1, cfg.max_title_tokens), np.int64),
+                                                     _token_matrix(t["title"], cfg.max_title_tokens,
+                                                                   cfg.token_buckets)]))
+        raw = p._numeric(df, p.stats.train_values if p.stats is not None else None)
+        p.scales = {name: Standardiser.fit(x, valid) for name, (x, valid) in raw.items()}
+        return p, raw
 
     @property
     def n_stats(self) -> int:
         return 2 * len(self.stats.keys) if self.stats is not None else 0
 
-    def transform(self, df: pd.DataFrame, stat_values: dict | None = None) -> dict[str, torch.Tensor]:
-        """Tensors for ``df``; ``stat_values``: the out-of-fold statistics when
-        ``df`` is the train frame itself (else the full-train ones are applied)."""
-        cfg, n = self.cfg, len(df)
-        out: dict[str, torch.Tensor] = {}
+    def _category_index(self, cat: pd.Series) -> np.ndarray:
+        return cat.map(lambda c: self.categories.get(str(c), 0) if c is not None else 0).to_numpy(np.int64)
+
+    def history_rows(self, hist: np.ndarray) -> np.ndarray:
+        """Item-lookup row of every slot of a [n, L] id matrix (-1 = padding); 0 = padding or unknown id."""
+        at = self.item_index.get_indexer(hist.ravel()).reshape(hist.shape)
+        return np.where(hist >= 0, at + 1, 0).astype(np.int64)
+
+    def _numeric(self, df: pd.DataFrame, stat_values: dict | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The numeric inputs before standardisation: ``{name: (x [n, d], valid)}``,
+        valid [n, d] or [n, 1]; invalid (missing) entries become 0 after it."""
+        raw: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if self.stats is not None:
             vals = stat_values if stat_values is not None else self.stats.values(df)
             prior = max(self.stats.prior, 1e-6)
-            cols = []
-            for ctr, log_imps in vals.values():
-                # log CTR ratio to the prior and scaled counts: both O(1) for the MLP.
-                cols += [np.log(np.clip(ctr, 1e-6, None) / prior), log_imps / 5.0]
-            out["stats"] = torch.from_numpy(np.stack(cols, 1).astype(np.float32))
+            # log CTR ratio to the prior (a CTR is multiplicative) and log impressions.
+            x = np.stack([c for ctr, log_imps in vals.values()
+                          for c in (np.log(np.clip(ctr, 1e-6, None) / prior), log_imps)], 1)
+            raw["stats"] = (x, np.isfinite(x))
+        lens = df["hist_item_ids"].map(lambda h: 0 if h is None else len(h)).to_numpy(float)
+        raw["hist_len"] = (np.log1p(lens)[:, None], np.ones((len(df), 1), bool))
+        if self.image_feature == "vector":
+            v = np.nan_to_num(stack_fixed(df["target_embedding"], None, np.float32, 0.0))
+            if v.shape[1] != self.vector_dim:
+                raise ValueError(f"target_embedding has dim {v.shape[1]}, the model was trained with {self.vector_dim}")
+            raw["vec"] = (v, (np.abs(v).sum(1) > 0)[:, None])   # all-zero = no embedding
+        elif self.image_feature == "simscore":
+            s = stack_fixed(df["sim_scores"], None, np.float32, np.nan)
+            if s.shape[1] != self.n_slots:
+                raise ValueError(f"sim_scores has {s.shape[1]} slots, the model was trained with {self.n_slots}")
+            raw["sim"] = (s, np.isfinite(s))
+        return raw
+
+    def transform(self, df: pd.DataFrame, stat_values: dict | None = None) -> dict[str, torch.Tensor]:
+        """Tensors for ``df``; ``stat_values``: the out-of-fold statistics when
+        ``df`` is the train frame itself (else the full-train ones are applied)."""
+        return self._tensors(df, self._numeric(df, stat_values))
+
+    def _tensors(self, df: pd.DataFrame, raw: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
+        cfg, n = self.cfg, len(df)
+        out: dict[str, torch.Tensor] = {name: torch.from_numpy(self.scales[name].apply(x, valid))
+                                        for name, (x, valid) in raw.items()}
+        if "vec" in raw:
+            out["vec_missing"] = torch.from_numpy((~raw["vec"][1]).astype(np.float32))
+        if "sim" in raw:
+            out["sim"] = torch.cat([out["sim"], torch.from_numpy((~raw["sim"][1]).astype(np.float32))], 1)
         out["item"] = torch.from_numpy(hash_ids(df["item_id"].to_numpy(), cfg.item_buckets))
         out["user"] = torch.from_numpy(hash_ids(df["user_id"].to_numpy(), cfg.user_buckets))
-        cat = df["category"] if "category" in df else pd.Series([None] * n)
-        out["cat"] = torch.from_numpy(cat.map(lambda c: self.categories.get(str(c), 0) if c is not None
-                                              else 0).to_numpy(np.int64))
+        out["cat"] = torch.from_numpy(self._category_index(df["category"] if "category" in df
+                                                           else pd.Series([None] * n)))
         pos = pd.to_numeric(df["position"], errors="coerce") if "position" in df else pd.Series(np.nan, index=df.index)
         pos_idx = np.where(pos.isna(), 0, np.clip(pos.fillna(0).to_numpy(float), 0, cfg.max_position - 1) + 1)
         out["pos"] = torch.from_numpy(pos_idx.astype(np.int64))
@@ -156,23 +271,11 @@ class DnnPreprocessor:
                                                       cfg.max_title_tokens, cfg.token_buckets))
         out["query"] = torch.from_numpy(_token_matrix(df["query"] if "query" in df else empty,
                                                       cfg.max_title_tokens, cfg.token_buckets))
-        hist, lens = _last_n_matrix(df["hist_item_ids"], cfg.history_len)
+        hist, _ = _last_n_matrix(df["hist_item_ids"], cfg.history_len)
         out["hist"] = torch.from_numpy(np.where(hist >= 0, hash_ids(np.maximum(hist, 0), cfg.item_buckets), 0))
-        out["hist_len"] = torch.from_numpy(np.log1p(lens).astype(np.float32)[:, None])
-        if self.image_feature == "vector":
-            v = stack_fixed(df["target_embedding"], None, np.float32, 0.0)
-            if v.shape[1] != self.vector_dim:
-                raise ValueError(f"target_embedding has dim {v.shape[1]}, the model was trained with {self.vector_dim}")
-            v = np.nan_to_num(v)
-            out["vec"] = torch.from_numpy(v)
-            out["vec_missing"] = torch.from_numpy((np.abs(v).sum(1) == 0).astype(np.float32)[:, None])
-        elif self.image_feature == "simscore":
-            s = stack_fixed(df["sim_scores"], None, np.float32, np.nan)
-            if s.shape[1] != self.n_slots:
-                raise ValueError(f"sim_scores has {s.shape[1]} slots, the model was trained with {self.n_slots}")
-            miss = np.isnan(s)
-            out["sim"] = torch.from_numpy(np.concatenate([np.where(miss, 0.0, s), miss], 1).astype(np.float32))
-        elif self.image_feature == "cluster_id":
+        if self.item_index is not None:
+            out["hist_row"] = torch.from_numpy(self.history_rows(hist))
+        if self.image_feature == "cluster_id":
             tc = pd.to_numeric(df["target_cluster_id"], errors="coerce").fillna(-1).to_numpy(np.int64)
             hc = stack_fixed(df["hist_cluster_ids"], self.n_slots, np.int64, -1)
             out["tc"] = torch.from_numpy(np.where(tc >= 0, hash_ids(np.maximum(tc, 0), cfg.cluster_buckets), 0))
@@ -181,9 +284,9 @@ class DnnPreprocessor:
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over dim 1 of x [b, n, e] where mask [b, n] is 1; zeros for empty rows."""
+    """Mean over dim -2 of x [..., n, e] where mask [..., n] is 1; zeros for empty rows."""
     m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return (x * m).sum(-2) / m.sum(-2).clamp(min=1.0)
 
 
 class SmallMultiheadAttention(nn.Module):
@@ -243,6 +346,10 @@ class CtrDnn(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
         self.register_buffer("slots", torch.arange(cfg.history_len), persistent=False)
+        self.history_text = prep.item_tok is not None
+        if self.history_text:
+            self.register_buffer("item_cat", prep.item_cat, persistent=False)
+            self.register_buffer("item_tok", prep.item_tok, persistent=False)
 
     def _pooled_tokens(self, tok: torch.Tensor) -> torch.Tensor:
         return _masked_mean(self.tok(tok), tok > 0)
@@ -251,6 +358,10 @@ class CtrDnn(nn.Module):
         hist = b["hist"]
         valid = hist > 0
         h = self.item(hist) + self.recency(self.slots)[None]
+        if self.history_text:
+            # The clicked item's category and title, embedded by the target's tables.
+            rows = b["hist_row"]
+            h = h + self.cat(self.item_cat[rows]) + self._pooled_tokens(self.item_tok[rows])
         # Rows without history attend uniformly over padding (finite -1e9 mask,
         # no NaN); the masked mean below returns zeros for them anyway.
         h = self.norm(h + self.attn(h, valid))
@@ -310,16 +421,17 @@ def _batch(t: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Ten
 
 
 def train_dnn(train_df: pd.DataFrame, variant: str, cfg: DnnConfig | EvaluateConfig | None = None,
-              seed: int = 0, log_prefix: str = "") -> DnnModel:
+              seed: int = 0, log_prefix: str = "", items: pd.DataFrame | None = None) -> DnnModel:
     """Train the DNN CTR model with image feature ``variant`` (one of
-    ``none|vector|simscore|cluster_id``) on ``train_df``; deterministic for a seed."""
+    ``none|vector|simscore|cluster_id``) on ``train_df``; deterministic for a seed.
+    ``items``: the item table (item_id, category, title) of the whole catalogue
+    for the history slots' attributes; None = the items ``train_df`` shows."""
     y_np = train_labels(train_df, variant)
     cfg = _resolve_cfg(cfg)
     t0 = time.perf_counter()
     with _Threads(cfg.num_threads):
         torch.manual_seed(seed)
-        prep = DnnPreprocessor.fit(train_df, variant, cfg, y_np)
-        data = prep.transform(train_df, prep.stats.train_values if prep.stats is not None else None)
+        prep, data = DnnPreprocessor.fit_transform(train_df, variant, cfg, y_np, items)
         y = torch.from_numpy(y_np.astype(np.float32))
         net = CtrDnn(prep)
         sparse = [m.weight for m in net.modules() if isinstance(m, nn.Embedding) and m.sparse]

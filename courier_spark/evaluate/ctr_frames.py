@@ -23,6 +23,11 @@ with its ID features. Measured on the default data (DNN with statistics,
 
 Missing values follow the frame contract: cluster ids -1, SimScores NaN,
 embeddings zeros.
+
+The item table (``catalogue_items``: item_id, category, title of every item
+of ``silver/items``) goes to the models beside the frames: they look up the
+category and title of every history item there. Attributes are not labels,
+so the whole catalogue (items first shown on the test day included) is no leak.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ from ..embed import embeddings_to_numpy, read_embeddings
 from ..features import assign_cluster_ids, similarity_features
 from ..paths import TablePaths
 from ..tables import read_table, table_exists
-from .frames import stack_fixed
+from .frames import ITEM_COLUMNS, stack_fixed
 
 BASE_SELECT = ("event_id", "request_id", "session_id", "user_id", "item_id", "category", "position",
                "label", "query", "hist_item_ids", "split")
@@ -66,6 +71,11 @@ def ctr_base_frame(spark: SparkSession, paths: TablePaths) -> DataFrame:
     ctr = read_table(spark, paths.ctr_samples, made_by="samples")
     items = read_table(spark, paths.silver_items, made_by="validate").select("item_id", "title", "price")
     return ctr.select(*BASE_SELECT).join(items, "item_id", "left")
+
+
+def catalogue_items(spark: SparkSession, paths: TablePaths) -> pd.DataFrame:
+    """The item table (``frames.ITEM_COLUMNS``) of the whole catalogue, as pandas."""
+    return read_table(spark, paths.silver_items, made_by="validate").select(*ITEM_COLUMNS).toPandas()
 
 
 def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: MethodVersions,
@@ -132,9 +142,10 @@ def _target_embeddings(spark: SparkSession, paths: TablePaths, model_version: st
 
 def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[MethodVersions], k: int,
                      vector_methods: set[str] | None = None, log=print
-                     ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, str]]:
+                     ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, str], pd.DataFrame]:
     """-> (base pandas frame with ``split``, {method: its image-feature columns
-    keyed by event_id, in contract encoding}, {method: source}).
+    keyed by event_id, in contract encoding}, {method: source}, the catalogue's
+    item table for the models' ``items``).
     ``vector_methods`` limits which methods carry the (large) raw embedding column."""
     base = ctr_base_frame(spark, paths).toPandas()
     base["label"] = base["label"].astype(np.int64)
@@ -162,7 +173,7 @@ def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[Metho
         per_method[mv.method], sources[mv.method] = out, source
         log(f"{mv.method}: features of {mv.model_version} / {mv.centroid_version} from {source} "
             f"({len(out)} events)")
-    return base, per_method, sources
+    return base, per_method, sources, catalogue_items(spark, paths)
 
 
 def variant_frames(base: pd.DataFrame, per_method: dict[str, pd.DataFrame],

@@ -9,6 +9,11 @@ A CTR frame (pandas, one row per impression) has the columns in
 * ``cluster_id``: ``target_cluster_id`` int (-1 missing), ``hist_cluster_ids`` int64[K] (-1 missing)
 * ``none``:       nothing (baseline)
 
+The models also take an optional item table (``ITEM_COLUMNS``: item_id,
+category, title; one row per item of the whole catalogue) to look up the
+attributes of the history items; ``item_table`` normalises it and, without
+one, falls back to the items the frame itself shows.
+
 ``make_toy_ctr_frames`` builds such frames with a *known* visual click
 signal: every item has a hidden style, every user likes two styles, and the
 click logit contains ``signal_strength * liked(style)``. Embeddings cluster by
@@ -17,6 +22,7 @@ categories, titles and prices do not reveal the style directly.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import numpy as np
@@ -32,6 +38,9 @@ IMAGE_COLUMNS: dict[str, tuple[str, ...]] = {
     "simscore": ("sim_scores",),
     "cluster_id": ("target_cluster_id", "hist_cluster_ids"),
 }
+
+ITEM_COLUMNS = ("item_id", "category", "title")
+_TOKEN = re.compile(r"\w+", re.UNICODE)
 
 TOY_VARIANTS: list[tuple[str, str]] = [
     ("baseline", "none"),
@@ -58,6 +67,25 @@ def check_ctr_frame(df: pd.DataFrame, image_feature: str, where: str = "CTR fram
                        f"{image_feature!r}; columns present: {list(df.columns)}")
     if len(df) == 0:
         raise ValueError(f"{where}: no rows")
+
+
+def title_tokens(text: object) -> list[str]:
+    """Lower-cased word tokens of a title (None/NaN -> none); the one
+    tokeniser of targets, queries and history titles."""
+    return _TOKEN.findall(text.lower()) if isinstance(text, str) else []
+
+
+def item_table(items: pd.DataFrame | None, frame: pd.DataFrame) -> pd.DataFrame:
+    """(item_id int64, category, title), one row per item: ``items`` (the
+    catalogue) or, when None, the items ``frame`` shows; the first row of a
+    duplicated id wins. A missing category/title column reads as nulls."""
+    src = frame if items is None else items
+    if "item_id" not in src.columns:
+        raise KeyError(f"item table: missing column 'item_id'; columns present: {list(src.columns)}")
+    out = pd.DataFrame({c: (src[c].to_numpy() if c in src.columns else None) for c in ITEM_COLUMNS})
+    ids = pd.to_numeric(out["item_id"], errors="coerce")
+    out = out[ids.notna().to_numpy()].assign(item_id=ids.dropna().astype(np.int64).to_numpy())
+    return out.drop_duplicates("item_id").reset_index(drop=True)
 
 
 def stack_fixed(values: Iterable, width: int | None, dtype: type, fill: float) -> np.ndarray:

@@ -14,6 +14,16 @@ Feature sets by ``image_feature``:
   features are how a tabular model sees "this user clicked this look before".
 * ``vector``: + the raw embedding dimensions.
 
+Every variant (``history_text``, default on) also gets text-history features,
+over the whole ``hist_item_ids`` list with the history items' attributes from
+the item table (``items``: the catalogue, else the train frame's items):
+``hist_cat_share`` (share of the history clicks in the target's category) and,
+for the distinct tokens of the target title, the share of history clicks whose
+title contains the token, summarised as ``hist_title_share_max`` / ``_mean``
+and ``hist_title_n_shared`` (tokens with share > 0). Shares are NaN without
+history (and the category share without a target category; max / mean
+without target title tokens, where the count is 0).
+
 No leakage: every statistic comes from the train frame only. Train rows get
 *out-of-fold* statistics (folds by request_id hash, so a page's own labels
 never enter its features); test rows get statistics over all of train.
@@ -26,11 +36,89 @@ from dataclasses import dataclass, field
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from ..logs import say
 from .config import EvaluateConfig, LgbmConfig
 from .ctr_stats import STAT_KEYS, CtrStatistics
-from .frames import check_ctr_frame, stack_fixed, train_labels
+from .frames import check_ctr_frame, item_table, stack_fixed, title_tokens, train_labels
+
+
+def _incidence(n_rows: int, cols: list[list[int]], n_cols: int) -> sparse.csr_matrix:
+    """Binary [n_rows, n_cols] CSR with row r set at ``cols[r]`` (distinct per row)."""
+    lens = np.fromiter((len(c) for c in cols), dtype=np.int64, count=len(cols))
+    idx = np.fromiter((j for c in cols for j in c), dtype=np.int64, count=int(lens.sum()))
+    return sparse.csr_matrix((np.ones(idx.size), idx, np.r_[0, np.cumsum(lens)]), shape=(n_rows, n_cols))
+
+
+@dataclass
+class TextHistory:
+    """Item-table lookup for the text-history features: item id -> row
+    (position + 1; row 0 = unknown item) and two binary incidence matrices,
+    rows x categories and rows x title-token vocabulary."""
+    index: pd.Index
+    cat_codes: dict               # category (str) -> column of ``item_cat``
+    item_cat: sparse.csr_matrix   # [R + 1, n_categories]
+    vocab: dict                   # token -> column of ``item_tok``
+    item_tok: sparse.csr_matrix   # [R + 1, V]
+
+    @classmethod
+    def fit(cls, items: pd.DataFrame) -> "TextHistory":
+        """``items``: ``frames.item_table`` output (one row per item id)."""
+        cats = [None if pd.isna(c) else str(c) for c in items["category"]]
+        cat_codes = {c: i for i, c in enumerate(sorted({c for c in cats if c is not None}))}
+        toks = [sorted(set(title_tokens(t))) for t in items["title"]]
+        vocab = {t: i for i, t in enumerate(sorted({t for ts in toks for t in ts}))}
+        n = len(items) + 1
+        return cls(pd.Index(items["item_id"].to_numpy()), cat_codes,
+                   _incidence(n, [[]] + [[] if c is None else [cat_codes[c]] for c in cats], len(cat_codes)),
+                   vocab, _incidence(n, [[]] + [[vocab[t] for t in ts] for ts in toks], len(vocab)))
+
+    def features(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The text-history columns (module docstring) for every row of ``df``."""
+        n = len(df)
+        lists = [np.asarray(h if h is not None else [], dtype=np.int64) for h in df["hist_item_ids"]]
+        lens = np.fromiter((h.size for h in lists), dtype=np.int64, count=n)
+        # Click counts per *distinct* history (a page's items share one): the
+        # history x item-row matrix times the incidences.
+        hist_id = pd.factorize(pd.Series([h.tobytes() for h in lists], dtype=object))[0]
+        first = np.unique(hist_id, return_index=True)[1]
+        flat = np.concatenate([lists[i] for i in first]) if n else np.zeros(0, np.int64)
+        H = sparse.csr_matrix((np.ones(flat.size), self.index.get_indexer(flat) + 1,
+                               np.r_[0, np.cumsum(lens[first])]), shape=(len(first), self.item_cat.shape[0]))
+        has_hist = lens > 0
+        per_click = 1.0 / np.maximum(lens, 1)
+        cat = df["category"] if "category" in df else pd.Series([None] * n)
+        # -1: a category no catalogue item has (share 0); -2: no target category (NaN).
+        tc = np.array([-2 if pd.isna(c) else self.cat_codes.get(str(c), -1) for c in cat], dtype=np.int64)
+        cat_share = self._lookup(H @ self.item_cat, hist_id, tc) * per_click
+        # Target title tokens as (row, vocabulary column) pairs; a token outside
+        # the vocabulary is in no history title: share 0, counted in the mean.
+        title = df["title"] if "title" in df else pd.Series([None] * n)
+        codes, titles = pd.factorize(title.astype(object), sort=False)
+        ttoks = [set(title_tokens(t)) for t in titles] + [set()]   # code -1 (null title) -> the last, empty
+        n_tok = np.array([len(ts) for ts in ttoks], dtype=float)[codes]
+        T = _incidence(len(ttoks), [[self.vocab[t] for t in ts if t in self.vocab] for ts in ttoks],
+                       len(self.vocab))[codes].tocoo()
+        share = self._lookup(H @ self.item_tok, hist_id[T.row], T.col) * per_click[T.row]
+        mx = np.zeros(n)
+        np.maximum.at(mx, T.row, share)
+        has_tok = has_hist & (n_tok > 0)
+        return {"hist_cat_share": np.where(has_hist & (tc > -2), cat_share, np.nan),
+                "hist_title_share_max": np.where(has_tok, mx, np.nan),
+                "hist_title_share_mean": np.where(has_tok, np.bincount(T.row, share, n) / np.maximum(n_tok, 1),
+                                                  np.nan),
+                "hist_title_n_shared": np.where(has_hist, np.bincount(T.row, share > 0, n), np.nan)}
+
+    @staticmethod
+    def _lookup(counts: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """counts[rows[i], cols[i]] (0 where cols[i] < 0)."""
+        ok = cols >= 0
+        vals = np.zeros(len(rows))
+        if ok.any():
+            vals[ok] = np.asarray(counts[rows[ok], cols[ok]]).ravel()
+        return vals
+
 
 @dataclass
 class LgbmModel:
@@ -44,6 +132,7 @@ class LgbmModel:
     vector_dim: int
     feature_names: list = field(default_factory=list)
     train_seconds: float = 0.0
+    text: TextHistory | None = None   # cfg.history_text
 
 
 def _resolve_cfg(cfg: LgbmConfig | EvaluateConfig | None) -> LgbmConfig:
@@ -96,13 +185,17 @@ def _features(df: pd.DataFrame, m: LgbmModel, train_stats: dict | None) -> pd.Da
     elif m.image_feature == "vector":
         v = stack_fixed(df["target_embedding"], m.vector_dim, np.float32, 0.0).astype(float)
         X.update({f"emb_{j}": v[:, j] for j in range(m.vector_dim)})
+    if m.text is not None:
+        X.update(m.text.features(df))
     # Scalars (a missing column's NaN) broadcast over the index, as before.
     return pd.DataFrame(X, index=pd.RangeIndex(n))
 
 
 def train_lgbm(train_df: pd.DataFrame, variant: str, seed: int = 0,
-               cfg: LgbmConfig | EvaluateConfig | None = None) -> LgbmModel:
-    """Train the LightGBM screen with image feature ``variant`` on ``train_df``."""
+               cfg: LgbmConfig | EvaluateConfig | None = None, items: pd.DataFrame | None = None) -> LgbmModel:
+    """Train the LightGBM screen with image feature ``variant`` on ``train_df``.
+    ``items``: the item table (item_id, category, title) of the whole catalogue
+    for the text-history features; None = the items ``train_df`` shows."""
     y = train_labels(train_df, variant)
     cfg = _resolve_cfg(cfg)
     t0 = time.perf_counter()
@@ -118,7 +211,8 @@ def train_lgbm(train_df: pd.DataFrame, variant: str, seed: int = 0,
                                                              if variant == "cluster_id" else {})),
                               cfg.stat_folds, cfg.stat_prior_weight)
     m = LgbmModel(booster=None, image_feature=variant, cfg=cfg, seed=seed, stats=stats,  # type: ignore[arg-type]
-                  categories={c: i for i, c in enumerate(cats)}, n_slots=n_slots, vector_dim=vector_dim)
+                  categories={c: i for i, c in enumerate(cats)}, n_slots=n_slots, vector_dim=vector_dim,
+                  text=TextHistory.fit(item_table(items, train_df)) if cfg.history_text else None)
     X = _features(train_df, m, stats.train_values)
     m.feature_names = list(X.columns)
     cat_feats = ["category"] + (["target_cluster_id"] if variant == "cluster_id" else [])

@@ -29,14 +29,15 @@ LIFT_DEFINITION = "lift_<metric>_pct = 100 * (variant / baseline - 1) (relative 
 
 
 def _train_and_score(kind: str, train_df: pd.DataFrame, test_df: pd.DataFrame, image_feature: str,
-                     seed: int, cfg: EvaluateConfig, tag: str) -> tuple[np.ndarray, float]:
+                     seed: int, cfg: EvaluateConfig, tag: str,
+                     items: pd.DataFrame | None = None) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
     if kind == "dnn":
         from .ctr_dnn import score_dnn, train_dnn   # torch is imported only when needed
-        scores = score_dnn(train_dnn(train_df, image_feature, cfg.dnn, seed, log_prefix=tag), test_df)
+        scores = score_dnn(train_dnn(train_df, image_feature, cfg.dnn, seed, log_prefix=tag, items=items), test_df)
     elif kind == "lgbm":
         from .lgbm import score_lgbm, train_lgbm
-        scores = score_lgbm(train_lgbm(train_df, image_feature, seed, cfg.lgbm), test_df)
+        scores = score_lgbm(train_lgbm(train_df, image_feature, seed, cfg.lgbm, items=items), test_df)
     else:
         raise ValueError(f"unknown model kind {kind!r} (expected dnn or lgbm)")
     return scores, time.perf_counter() - t0
@@ -53,14 +54,17 @@ def evaluate_variants(frames: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]],
                       variants: Sequence[tuple[str, str]],
                       model_kinds: Sequence[str] | None = None,
                       seeds: Sequence[int] | None = None,
-                      cfg: EvaluateConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      cfg: EvaluateConfig | None = None,
+                      items: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Evaluate ``variants`` [(name, image_feature)] on ``frames[name] = (train, test)``.
 
     ``model_kinds``/``seeds`` default to ``cfg.model_kinds``/``cfg.seeds``
     (("dnn", "lgbm"), (0, 1, 2)). Returns ``(results, predictions)``: one
     results row per (variant, model_kind) with seed mean/std of AUC, GAUC by
     request_id and by session_id, lifts over the baseline and whether they are
-    real; predictions of the first seed (``PREDICTION_COLUMNS``).
+    real; predictions of the first seed (``PREDICTION_COLUMNS``). ``items``:
+    the item table (item_id, category, title) of the whole catalogue for the
+    history items' attributes; None = each train frame's own items.
     """
     cfg = cfg or EvaluateConfig()
     model_kinds = list(model_kinds if model_kinds is not None else cfg.model_kinds)
@@ -96,7 +100,7 @@ def evaluate_variants(frames: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]],
         y = pd.to_numeric(test_df["label"]).to_numpy(np.int64)
         for kind in model_kinds:
             for seed in seeds:
-                scores, secs = _train_and_score(kind, train_df, test_df, feat, seed, cfg, name)
+                scores, secs = _train_and_score(kind, train_df, test_df, feat, seed, cfg, name, items)
                 row = {"variant": name, "image_feature": feat, "model_kind": kind, "seed": seed,
                        "train_seconds": secs, "n_train": len(train_df), "n_test": len(test_df),
                        "auc": auc(y, scores)}

@@ -20,7 +20,7 @@ def run(ctx: StageContext) -> dict:
     versions = [resolve_method_versions(spark, p, m) for m in ecfg.methods]
     plan = variant_plan(ecfg.methods, ecfg.all_ways_methods)
     with step("evaluate", f"building CTR frames for {len(versions)} method(s), k={fcfg.k} history slots"):
-        base, per_method, sources = build_ctr_frames(
+        base, per_method, sources, items = build_ctr_frames(
             spark, p, versions, fcfg.k, vector_methods=set(ecfg.all_ways_methods),
             log=lambda m: say("evaluate", m))
     frames = variant_frames(base, per_method, plan)
@@ -28,7 +28,7 @@ def run(ctx: StageContext) -> dict:
     say("evaluate", f"{len(plan)} variants x {ecfg.model_kinds} x seeds {ecfg.seeds}: "
                     f"{len(plan) * len(ecfg.model_kinds) * len(ecfg.seeds)} model fits on {n_train} train / "
                     f"{n_test} test impressions (CTR train {frames[BASELINE][0]['label'].mean():.4f})")
-    results, preds = evaluate_variants(frames, [(n, f) for n, f, _ in plan], cfg=ecfg)
+    results, preds = evaluate_variants(frames, [(n, f) for n, f, _ in plan], cfg=ecfg, items=items)
 
     by_method = {v.method: v for v in versions}
     method_of = {n: m for n, _, m in plan}
