@@ -140,6 +140,34 @@ def _target_embeddings(spark: SparkSession, paths: TablePaths, model_version: st
     return list(out)
 
 
+def new_on_test_day(spark: SparkSession, paths: TablePaths) -> np.ndarray:
+    """Item ids first shown in the test split (no clean impression before the
+    test window starts): the cold items that ID features know nothing about."""
+    ctr = read_table(spark, paths.ctr_samples, made_by="samples")
+    start = ctr.filter(F.col("split") == "test").agg(F.min("event_ts")).first()[0]
+    if start is None:
+        return np.zeros(0, np.int64)
+    first = (read_table(spark, paths.silver_impressions, made_by="validate")
+             .groupBy("item_id").agg(F.min("event_ts").alias("first_seen")))
+    return first.filter(F.col("first_seen") >= F.lit(start)).toPandas()["item_id"].to_numpy(np.int64)
+
+
+def kmeans_seed_frames(pair: tuple[pd.DataFrame, pd.DataFrame], item_ids: np.ndarray, vectors: np.ndarray,
+                       k: int, first_seed: int, log=print):
+    """``runner.SeedFrames`` for a cluster-ID variant: run 0 is ``pair`` as
+    given (the cluster stage's centroids); run i > 0 re-clusters ``vectors``
+    with k-means seed ``first_seed + i`` and replaces the cluster-ID columns."""
+    from .cluster_variants import kmeans_clusters, with_cluster_ids
+
+    def frames(i: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if i == 0:
+            return pair
+        cl = kmeans_clusters(item_ids, vectors, k, first_seed + i)
+        log(f"run {i}: cluster IDs from k-means seed {first_seed + i} ({cl.nunique()} clusters)")
+        return with_cluster_ids(pair[0], cl), with_cluster_ids(pair[1], cl)
+    return frames
+
+
 def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[MethodVersions], k: int,
                      vector_methods: set[str] | None = None, log=print
                      ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, str], pd.DataFrame]:
@@ -152,6 +180,7 @@ def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[Metho
     base["hist_item_ids"] = [list(h) if h is not None else [] for h in base["hist_item_ids"]]
     if base["event_id"].duplicated().any():
         raise ValueError("silver/ctr_samples has duplicate event_id values; re-run `courier samples`")
+    base["new_item"] = base["item_id"].isin(new_on_test_day(spark, paths))
     per_method, sources = {}, {}
     for mv in methods:
         feats, item_clusters, source = method_visual_features(spark, paths, mv, k, len(base))

@@ -2,15 +2,20 @@
 
 Lifts are measured against the baseline variant on the *same* test rows
 (checked by event_id): ``lift_*_pct = 100 * (metric / baseline_metric - 1)``
-(relative %), ``auc_delta`` = absolute AUC difference. ``real`` applies
-``metrics.is_real_difference`` (|mean diff| > real_k * pooled seed std) to
-the per-seed values of the variant and of the baseline.
+(relative %), ``auc_delta`` = absolute AUC difference. ``real`` comes from
+*paired* differences: run i of a variant minus run i of the baseline (same
+CTR seed), real when |mean| > real_k * their sd. A variant's frames may differ
+per run (``SeedFrames``): the evaluate stage re-clusters each method's
+embeddings with another k-means seed for every run after the first, so the
+spread that decides "real" includes k-means noise, not only CTR-model seeds.
+Test rows flagged ``new_item`` (items first shown on the test day) also get
+their own AUC (``auc_new_items``) and lift.
 """
 from __future__ import annotations
 
 import math
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -23,8 +28,9 @@ from .metrics import auc, gauc, is_real_difference, per_category_auc, per_catego
 
 PREDICTION_COLUMNS = ["variant", "model_kind", "event_id", "request_id", "session_id", "category",
                       "label", "score"]
-_METRICS = ("auc", "gauc", "gauc_session")
-REAL_RULE = "real = |mean(variant) - mean(baseline)| > {k} * sqrt((var_variant + var_baseline) / 2) over seeds (ddof=1)"
+_METRICS = ("auc", "gauc", "gauc_session", "auc_new_items")
+REAL_RULE = ("real = |mean(d)| > {k} * sd(d) (ddof=1), d = variant run i - baseline run i (same CTR seed; "
+             "cluster IDs of run i > 0 from another k-means seed when evaluate.vary_kmeans_seed)")
 LIFT_DEFINITION = "lift_<metric>_pct = 100 * (variant / baseline - 1) (relative %); auc_delta = variant - baseline"
 
 
@@ -50,13 +56,25 @@ def _pick_baseline(variants: Sequence[tuple[str, str]], wanted: str) -> str | No
     return next((n for n, f in variants if f == "none"), None)
 
 
-def evaluate_variants(frames: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]],
+FramePair = tuple[pd.DataFrame, pd.DataFrame]
+# A variant's (train, test) for run i (the i-th seed): the same pair for every
+# run, or a function of the run index (built when needed, then dropped).
+SeedFrames = Callable[[int], FramePair]
+
+
+def _frames_for(frames: Mapping[str, Union[FramePair, SeedFrames]], name: str, i: int) -> FramePair:
+    f = frames[name]
+    return f(i) if callable(f) else f
+
+
+def evaluate_variants(frames: Mapping[str, Union[FramePair, SeedFrames]],
                       variants: Sequence[tuple[str, str]],
                       model_kinds: Sequence[str] | None = None,
                       seeds: Sequence[int] | None = None,
                       cfg: EvaluateConfig | None = None,
                       items: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Evaluate ``variants`` [(name, image_feature)] on ``frames[name] = (train, test)``.
+    """Evaluate ``variants`` [(name, image_feature)] on ``frames[name] = (train, test)``
+    (or a ``SeedFrames`` function: run i's pair).
 
     ``model_kinds``/``seeds`` default to ``cfg.model_kinds``/``cfg.seeds``
     (("dnn", "lgbm"), (0, 1, 2)). Returns ``(results, predictions)``: one
@@ -79,15 +97,20 @@ def evaluate_variants(frames: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]],
             raise ValueError(f"variant {name!r}: image_feature must be one of {IMAGE_FEATURES}, got {feat!r}")
         if name not in frames:
             raise KeyError(f"variant {name!r} has no frames (frames has {sorted(frames)})")
+        if callable(frames[name]):
+            continue  # checked per run, when built
         check_ctr_frame(frames[name][0], feat, f"{name} train frame")
         check_ctr_frame(frames[name][1], feat, f"{name} test frame")
         for col in ("request_id", "session_id"):
             if col not in frames[name][1].columns:
                 raise KeyError(f"{name} test frame: missing column {col!r} (needed for GAUC)")
     base = _pick_baseline(variants, cfg.baseline)
-    if base is not None and "event_id" in frames[base][1].columns:
-        ref = set(frames[base][1]["event_id"])
+    ref = None
+    if base is not None and "event_id" in _frames_for(frames, base, 0)[1].columns:
+        ref = set(_frames_for(frames, base, 0)[1]["event_id"])
         for name, _ in variants:
+            if callable(frames[name]):
+                continue
             other = frames[name][1]
             if "event_id" not in other.columns or set(other["event_id"]) != ref:
                 raise ValueError(f"variant {name!r}: its test rows differ from the baseline's ({base!r}); "
@@ -96,14 +119,23 @@ def evaluate_variants(frames: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]],
     t_all = time.perf_counter()
     runs, preds = [], []
     for name, feat in variants:
-        train_df, test_df = frames[name]
-        y = pd.to_numeric(test_df["label"]).to_numpy(np.int64)
-        for kind in model_kinds:
-            for seed in seeds:
+        for i, seed in enumerate(seeds):
+            if callable(frames[name]) or i == 0:
+                train_df, test_df = _frames_for(frames, name, i)
+                if callable(frames[name]):
+                    check_ctr_frame(train_df, feat, f"{name} train frame (run {i})")
+                    check_ctr_frame(test_df, feat, f"{name} test frame (run {i})")
+                    if ref is not None and set(test_df["event_id"]) != ref:
+                        raise ValueError(f"variant {name!r} run {i}: its test rows differ from the baseline's")
+                y = pd.to_numeric(test_df["label"]).to_numpy(np.int64)
+                new = test_df["new_item"].to_numpy(bool) if "new_item" in test_df.columns else None
+            for kind in model_kinds:
                 scores, secs = _train_and_score(kind, train_df, test_df, feat, seed, cfg, name, items)
                 row = {"variant": name, "image_feature": feat, "model_kind": kind, "seed": seed,
                        "train_seconds": secs, "n_train": len(train_df), "n_test": len(test_df),
-                       "auc": auc(y, scores)}
+                       "auc": auc(y, scores),
+                       "auc_new_items": auc(y[new], scores[new]) if new is not None
+                       and len(np.unique(y[new])) == 2 else float("nan")}
                 for metric, col in (("gauc", "request_id"), ("gauc_session", "session_id")):
                     g = gauc(y, scores, test_df[col], cfg.gauc_weighting)
                     row[metric], row[f"{metric}_groups"] = g.value, g.n_groups_used
@@ -157,11 +189,19 @@ def summarize_runs(runs: pd.DataFrame, baseline: str | None, real_k: float = 2.0
             res.at[i, "auc_delta"] = r["auc"] - b["auc"]
             for m in _METRICS:
                 res.at[i, f"lift_{m}_pct"] = 100.0 * (r[m] / b[m] - 1.0)
-                res.at[i, f"real_{m}"] = (not r["is_baseline"]) and is_real_difference(
+                res.at[i, f"real_{m}"] = (not r["is_baseline"]) and _paired_real(
                     r[f"{m}_seeds"], b[f"{m}_seeds"], real_k)
     res = res.rename(columns={"real_auc": "real"})
     res["gauc_weighting"] = gauc_weighting
     return res
+
+
+def _paired_real(variant: list, baseline: list, k: float) -> bool:
+    """|mean(d)| > k * sd(d) for d = variant[i] - baseline[i] (runs paired by seed)."""
+    from .cluster_variants import paired_difference
+    if len(variant) != len(baseline):
+        return is_real_difference(variant, baseline, k)  # unpaired runs: the pooled rule
+    return paired_difference(variant, baseline, k).real
 
 
 def per_category_results(predictions: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
@@ -185,6 +225,7 @@ _JSON_KEYS = ["image_feature", "n_seeds", "n_train", "n_test",
               "auc", "auc_std", "gauc", "gauc_std", "gauc_session", "gauc_session_std",
               "gauc_weighting", "gauc_groups", "gauc_session_groups",
               "lift_auc_pct", "lift_gauc_pct", "lift_gauc_session_pct", "auc_delta",
+              "auc_new_items", "auc_new_items_std", "lift_auc_new_items_pct", "real_auc_new_items",
               "real", "real_gauc", "real_gauc_session", "auc_seeds", "gauc_seeds", "gauc_session_seeds",
               "train_seconds"]
 

@@ -23,7 +23,21 @@ def run(ctx: StageContext) -> dict:
         base, per_method, sources, items = build_ctr_frames(
             spark, p, versions, fcfg.k, vector_methods=set(ecfg.all_ways_methods),
             log=lambda m: say("evaluate", m))
-    frames = variant_frames(base, per_method, plan)
+    frames: dict = variant_frames(base, per_method, plan)
+    if ecfg.vary_kmeans_seed and len(ecfg.seeds) > 1:
+        from ..embed import embeddings_to_numpy, read_embeddings
+        from ..evaluate.ctr_frames import kmeans_seed_frames
+        vectors = {}
+        for name, feature, method in plan:
+            if feature != "cluster_id":
+                continue
+            if method not in vectors:
+                vectors[method] = embeddings_to_numpy(read_embeddings(
+                    spark, p.item_embeddings, next(v for v in versions if v.method == method).model_version))
+            frames[name] = kmeans_seed_frames(frames[name], *vectors[method], ctx.cfg.cluster.k, ctx.cfg.cluster.seed,
+                                              log=lambda m, n=name: say("evaluate", f"{n}: {m}"))
+        say("evaluate", f"cluster-ID variants: run i > 0 re-clusters with k-means seed "
+                        f"{ctx.cfg.cluster.seed} + i (evaluate.vary_kmeans_seed)")
     n_train, n_test = len(frames[BASELINE][0]), len(frames[BASELINE][1])
     say("evaluate", f"{len(plan)} variants x {ecfg.model_kinds} x seeds {ecfg.seeds}: "
                     f"{len(plan) * len(ecfg.model_kinds) * len(ecfg.seeds)} model fits on {n_train} train / "

@@ -1,0 +1,62 @@
+"""The runner's per-run frames (k-means seed per run), paired "real" and new-item AUC."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from courier_spark.evaluate.metrics import auc
+from courier_spark.evaluate.runner import evaluate_variants, summarize_runs
+from courier_spark.evaluate.frames import make_toy_ctr_frames
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return make_toy_ctr_frames(n_users=120, n_items=1000, seed=1, signal_strength=2.5)
+
+
+def _runs(variant_auc: list, base_auc: list) -> pd.DataFrame:
+    rows = []
+    for name, vals in (("baseline", base_auc), ("v", variant_auc)):
+        for s, a in enumerate(vals):
+            rows.append({"variant": name, "image_feature": "none" if name == "baseline" else "cluster_id",
+                         "model_kind": "lgbm", "seed": s, "n_train": 1, "n_test": 1, "train_seconds": 0.0,
+                         "auc": a, "gauc": a, "gauc_session": a, "auc_new_items": a,
+                         "gauc_groups": 1, "gauc_session_groups": 1})
+    return pd.DataFrame(rows)
+
+
+def test_real_comes_from_paired_differences():
+    # every run +0.01 over the same-seed baseline: the paired sd is 0, so real,
+    # although the pooled seed std (0.01) would call a 0.01 gap noise
+    res = summarize_runs(_runs([0.71, 0.72, 0.73], [0.70, 0.71, 0.72]), "baseline").set_index("variant")
+    assert bool(res.loc["v", "real"]) and bool(res.loc["v", "real_gauc"])
+    # same means, pairs that disagree in sign: not real
+    res = summarize_runs(_runs([0.73, 0.71, 0.72], [0.70, 0.72, 0.72]), "baseline").set_index("variant")
+    assert not bool(res.loc["v", "real"])
+
+
+def test_seed_frames_are_built_per_run_and_new_item_auc_is_the_subset_auc(toy):
+    train, test = toy["courier_cluster_id"]
+    rng = np.random.default_rng(0)
+    test = test.assign(new_item=rng.random(len(test)) < 0.3)
+    shuffled = test.assign(target_cluster_id=rng.permutation(test["target_cluster_id"].to_numpy()))
+    calls = []
+
+    def frames(i: int):
+        calls.append(i)
+        # run 1 gets cluster IDs that carry no signal: its AUC must drop
+        return (train, shuffled if i == 1 else test)
+
+    res, preds = evaluate_variants({"baseline": (train, test.drop(columns=["target_cluster_id"])),
+                                    "clu": frames}, [("baseline", "none"), ("clu", "cluster_id")],
+                                   model_kinds=("lgbm",), seeds=(0, 1, 2))
+    assert calls == [0, 1, 2]
+    row = res.set_index("variant").loc["clu"]
+    a = row["auc_seeds"]
+    assert a[1] < a[0] - 0.02 and a[1] < a[2] - 0.02
+    # new-item AUC of the first seed = AUC over the flagged rows of its predictions
+    p = preds[preds["variant"] == "clu"].merge(test[["event_id", "new_item"]], on="event_id")
+    assert row["auc_new_items_seeds"][0] == pytest.approx(auc(p.loc[p["new_item"], "label"],
+                                                              p.loc[p["new_item"], "score"]))
+    assert np.isfinite(row["lift_auc_new_items_pct"])
