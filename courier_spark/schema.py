@@ -451,6 +451,13 @@ class DnnConfig(Section):
     # Each history slot also carries the clicked item's category and title
     # tokens (looked up in the item table); false = item ID + recency only.
     history_text: bool = True
+    # With history_text: the target's text (category + title tokens) attends over
+    # the text of the *whole* behaviour sequence, summarised like the cluster-ID
+    # path (attention and mean, each with its product with the target), so the
+    # baseline has the same interaction for what text says as a cluster ID gets
+    # for looks. Set by the pre-registration: without it perfect clusters of the
+    # category (silhouette) lifted the DNN by +0.29 % AUC while adding no information.
+    text_interest: bool = True
     attn_heads: int = num(2, 1, 256)
     vector_proj_dim: int = num(16, 1, 4096)
     # Hidden widths of the MLP; the output layer makes it len+1 layers (5 by default).

@@ -47,6 +47,34 @@ def _brute_tokens(title: object, cfg: DnnConfig) -> list[int]:
 # ---------------------------------------------------------------- DNN history lookup
 
 
+def test_dnn_text_interest_covers_the_whole_sequence():
+    """text_interest looks up every history item (not only the last history_len),
+    and the forward reads it: moving one old click's title changes the score."""
+    import torch
+    from courier_spark.evaluate.ctr_dnn import CtrDnn, DnnPreprocessor
+    cfg = DnnConfig(history_len=1, max_title_tokens=4)
+    prep = DnnPreprocessor.fit(TRAIN, "none", cfg, items=ITEMS)
+    assert prep.n_text_slots == 4                      # the longest train history
+    t = prep.transform(TEST)
+    for i, h in enumerate(TEST["hist_item_ids"]):
+        want = [0] * (4 - len(h[-4:])) + [prep.item_index.get_loc(x) + 1 if x in prep.item_index else 0
+                                         for x in h[-4:]]
+        assert t["text_rows"][i].tolist() == want
+    assert t["hist_row"].shape[1] == 1
+    off = DnnPreprocessor.fit(TRAIN, "none", DnnConfig(history_len=1, max_title_tokens=4, text_interest=False),
+                              items=ITEMS)
+    assert "text_rows" not in off.transform(TEST)
+    torch.manual_seed(0)
+    net = CtrDnn(prep).eval()
+    with torch.no_grad():
+        before = net(t).clone()
+        # item 5 (row of 5) is only the 2nd-newest click of test row 0, outside history_len = 1
+        net.item_tok[prep.item_index.get_loc(5) + 1] = torch.tensor([7, 8, 9, 0])[:net.item_tok.shape[1]]
+        after = net(t)
+    changed = (before - after).abs() > 1e-7
+    assert changed[0] and changed[3] and not changed[1] and not changed[2]
+
+
 def test_dnn_history_slots_carry_the_items_category_and_title_tokens():
     from courier_spark.evaluate.ctr_dnn import DnnPreprocessor
     cfg = DnnConfig(history_len=3, max_title_tokens=4)
@@ -64,7 +92,9 @@ def test_dnn_history_slots_carry_the_items_category_and_title_tokens():
             exp_cat = prep.categories.get(by_id.loc[item, "category"], 0) if known else 0
             exp_tok = _brute_tokens(by_id.loc[item, "title"], cfg) if known else [0] * cfg.max_title_tokens
             assert cats[i, j] == exp_cat, (i, j, item)
-            assert toks[i, j].tolist() == exp_tok, (i, j, item)
+            # the lookup drops token columns that no title uses: they must be padding
+            width = toks.shape[-1]
+            assert toks[i, j].tolist() == exp_tok[:width] and not any(exp_tok[width:]), (i, j, item)
             assert (t["hist_row"][i, j] == 0) == (not known)
     # Spot checks of the brute force itself: row 0 = [5, 6, 1] (hats/scarves unknown to the train frame).
     assert cats[0].tolist() == [0, 0, 2] and cats[2].tolist() == [0, 0, 0]
@@ -148,7 +178,14 @@ def _brute_lgbm(frame: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
         n = len(h)
         toks = set(title.lower().split()) if isinstance(title, str) else set()
         shares = [sum(t in words.get(j, set()) for j in h) / n for t in toks] if n else []
-        out.append({"hist_cat_share": sum(cat.get(j) == c for j in h) / n if n and c is not None else nan_,
+        ordered = list(dict.fromkeys(title.lower().split())) if isinstance(title, str) else []
+        per_pos = {f"hist_title_share_{p}": sum(ordered[p] in words.get(j, set()) for j in h) / n
+                   if n and p < len(ordered) else nan_ for p in range(5)}
+        with_cat = n and c is not None
+        out.append({"hist_cat_share": sum(cat.get(j) == c for j in h) / n if with_cat else nan_,
+                    "hist_cat_count": float(sum(cat.get(j) == c for j in h)) if with_cat else nan_,
+                    "hist_cat_recent": float(cat.get(h[-1]) == c) if with_cat else nan_,
+                    **per_pos,
                     "hist_title_share_max": max(shares) if shares else nan_,
                     "hist_title_share_mean": float(np.mean(shares)) if shares else nan_,
                     "hist_title_n_shared": float(sum(s > 0 for s in shares)) if n else nan_})

@@ -10,7 +10,11 @@ item-ID embedding + a recency embedding and (``history_text``, default on)
 the clicked item's category embedding and mean-pooled title tokens, from the
 same tables as the target's; the attributes come from the item table
 (``items``: the whole catalogue, else the frame's own items) via a per-item
-lookup held by ``DnnPreprocessor``. The query is hashed into the title token
+lookup held by ``DnnPreprocessor``. With ``text_interest`` (default on) the
+target's text (category + title embedding) also attends over the text of the
+*whole* behaviour sequence, summarised exactly like the cluster-ID path below:
+the baseline then has the same "clicked this kind of item before" interaction
+for everything text says that a cluster ID gets for looks. The query is hashed into the title token
 table and pooled the same way ("query treated like titles"). Everything is
 concatenated into an MLP (5 linear layers by default) trained with BCE.
 
@@ -142,6 +146,7 @@ class DnnPreprocessor:
     categories: dict = field(default_factory=dict)   # category -> index (0 = unknown)
     price_edges: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_slots: int = 0        # K of sim_scores / hist_cluster_ids
+    n_text_slots: int = 0   # text_interest: slots of the whole behaviour sequence (longest train history)
     vector_dim: int = 0     # d of target_embedding
     stats: CtrStatistics | None = None
     # History-item lookup (cfg.history_text): item id -> row (position + 1;
@@ -198,9 +203,11 @@ class DnnPreprocessor:
             # Categories keep the train frame's index (same table as the target's):
             # a catalogue-only category reads as unknown, as it would for a target.
             p.item_cat = torch.from_numpy(np.concatenate([[0], p._category_index(t["category"])]))
-            p.item_tok = torch.from_numpy(np.vstack([np.zeros((1, cfg.max_title_tokens), np.int64),
-                                                     _token_matrix(t["title"], cfg.max_title_tokens,
-                                                                   cfg.token_buckets)]))
+            tok = _token_matrix(t["title"], cfg.max_title_tokens, cfg.token_buckets)
+            used = int((tok > 0).any(0).sum()) or 1  # trailing all-padding columns cost lookups only
+            p.item_tok = torch.from_numpy(np.vstack([np.zeros((1, used), np.int64), tok[:, :used]]))
+            if cfg.text_interest:
+                p.n_text_slots = max((len(v) for v in df["hist_item_ids"] if v is not None), default=0)
         raw = p._numeric(df, p.stats.train_values if p.stats is not None else None)
         p.scales = {name: Standardiser.fit(x, valid) for name, (x, valid) in raw.items()}
         return p, raw
@@ -211,6 +218,10 @@ class DnnPreprocessor:
 
     def _category_index(self, cat: pd.Series) -> np.ndarray:
         return cat.map(lambda c: self.categories.get(str(c), 0) if c is not None else 0).to_numpy(np.int64)
+
+    @property
+    def text_interest(self) -> bool:
+        return self.item_tok is not None and self.n_text_slots > 0
 
     def history_rows(self, hist: np.ndarray) -> np.ndarray:
         """Item-lookup row of every slot of a [n, L] id matrix (-1 = padding); 0 = padding or unknown id."""
@@ -275,6 +286,9 @@ class DnnPreprocessor:
         out["hist"] = torch.from_numpy(np.where(hist >= 0, hash_ids(np.maximum(hist, 0), cfg.item_buckets), 0))
         if self.item_index is not None:
             out["hist_row"] = torch.from_numpy(self.history_rows(hist))
+        if self.text_interest:
+            whole, _ = _last_n_matrix(df["hist_item_ids"], self.n_text_slots)
+            out["text_rows"] = torch.from_numpy(self.history_rows(whole))
         if self.image_feature == "cluster_id":
             tc = pd.to_numeric(df["target_cluster_id"], errors="coerce").fillna(-1).to_numpy(np.int64)
             hc = stack_fixed(df["hist_cluster_ids"], self.n_slots, np.int64, -1)
@@ -337,6 +351,9 @@ class CtrDnn(nn.Module):
         elif prep.image_feature == "cluster_id":
             self.cluster = nn.Embedding(cfg.cluster_buckets, e, padding_idx=0, sparse=True)
             width += 5 * e
+        self.text_interest = prep.text_interest
+        if self.text_interest:
+            width += 4 * e
         layers: list[nn.Module] = []
         for h in cfg.mlp_hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
@@ -354,36 +371,46 @@ class CtrDnn(nn.Module):
     def _pooled_tokens(self, tok: torch.Tensor) -> torch.Tensor:
         return _masked_mean(self.tok(tok), tok > 0)
 
+    @staticmethod
+    def _target_interest(t: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Target attention of t [B, e] over seq [B, K, e] (valid where mask) and
+        the masked mean, each with its element-wise product with t: "the user
+        clicked this kind of item before", and how often."""
+        logits = (seq @ t.unsqueeze(-1)).squeeze(-1) / math.sqrt(t.shape[-1])
+        w = torch.softmax(logits.masked_fill(~mask, -1e9), dim=1) * mask
+        att = (w.unsqueeze(-1) * seq).sum(1)             # zeros when no valid slot
+        mean = _masked_mean(seq, mask)
+        return [att, t * att, mean, t * mean]
+
     def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         hist = b["hist"]
         valid = hist > 0
         h = self.item(hist) + self.recency(self.slots)[None]
         if self.history_text:
-            # The clicked item's category and title, embedded by the target's tables.
-            rows = b["hist_row"]
-            h = h + self.cat(self.item_cat[rows]) + self._pooled_tokens(self.item_tok[rows])
+            # The clicked items' category and title, embedded by the target's tables
+            # once per catalogue item (fewer lookups than per history slot).
+            item_text = self.cat(self.item_cat) + self._pooled_tokens(self.item_tok)   # [R + 1, e]
+            h = h + item_text[b["hist_row"]]
         # Rows without history attend uniformly over padding (finite -1e9 mask,
         # no NaN); the masked mean below returns zeros for them anyway.
         h = self.norm(h + self.attn(h, valid))
         user_hist = self.hist_proj(_masked_mean(h, valid))
-        parts = [self.item(b["item"]), self.user(b["user"]), self.cat(b["cat"]),
-                 self._pooled_tokens(b["title"]), self._pooled_tokens(b["query"]),
+        target_cat, target_title = self.cat(b["cat"]), self._pooled_tokens(b["title"])
+        parts = [self.item(b["item"]), self.user(b["user"]), target_cat,
+                 target_title, self._pooled_tokens(b["query"]),
                  self.pos(b["pos"]), self.price(b["price"]), user_hist, b["hist_len"]]
         if "stats" in b:
             parts.append(b["stats"])
+        if self.text_interest:
+            rows = b["text_rows"]
+            parts += self._target_interest(target_cat + target_title, item_text[rows], rows > 0)
         if self.image_feature == "vector":
             parts += [self.vec_proj(b["vec"]), b["vec_missing"]]
         elif self.image_feature == "simscore":
             parts.append(b["sim"])
         elif self.image_feature == "cluster_id":
             t = self.cluster(b["tc"])                       # [B, e]
-            hc = self.cluster(b["hc"])                      # [B, K, e]
-            hmask = b["hc"] > 0
-            logits = (hc @ t.unsqueeze(-1)).squeeze(-1) / math.sqrt(t.shape[-1])
-            w = torch.softmax(logits.masked_fill(~hmask, -1e9), dim=1) * hmask
-            att = (w.unsqueeze(-1) * hc).sum(1)             # zeros when no valid slot
-            mean = _masked_mean(hc, hmask)
-            parts += [t, att, t * att, mean, t * mean]
+            parts += [t, *self._target_interest(t, self.cluster(b["hc"]), b["hc"] > 0)]
         return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)
 
 

@@ -89,7 +89,9 @@ def lift_per_method_table(results: pd.DataFrame, model_kind: str) -> pd.DataFram
         rows.append({"method": method, "way": x["way"] or "-", "AUC": _pm(x["auc"], x["auc_std"]),
                      "AUC lift": _signed(x["lift_auc_pct"]), "real": bool(x["real"]),
                      "GAUC": _pm(x["gauc"], x["gauc_std"]), "GAUC lift": _signed(x["lift_gauc_pct"]),
-                     "GAUC real": bool(x["real_gauc"])})
+                     "GAUC real": bool(x["real_gauc"]),
+                     "new-item AUC lift": _signed(x["lift_auc_new_items_pct"])
+                     if "lift_auc_new_items_pct" in x.index else "-"})
     return pd.DataFrame(rows)
 
 
@@ -226,8 +228,10 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
           f"Numbers are mean ± std over seeds on one fixed test split. GAUC = AUC inside each "
           f"request (page) or session, averaged over groups with both a click and a non-click, "
           f"weighted by **{weighting}**. Lift = 100 × (variant / baseline − 1). A difference is "
-          f"called *real* when |mean diff| > {k} × pooled seed std (training noise only; not a "
-          f"significance test over test impressions).\n"]
+          f"called *real* when the paired differences (run i of a variant minus run i of the "
+          f"baseline, same CTR seed; cluster IDs of run i > 0 from another k-means seed) have "
+          f"|mean| > {k} × their std (training and clustering noise; not a significance test over "
+          f"test impressions). New-item AUC: test impressions of items first shown on the test day.\n"]
     md += ["## Lift per method (table-5 style)\n", md_table(lift_per_method_table(results, main))]
     r = _with_method(results[results["model_kind"] == main])
     abl = r[r["method"].str.startswith("courier_") & ~r["is_baseline"]]
