@@ -123,6 +123,24 @@ def save_artifact(models_dir: str, method: str, encoder: nn.Module, full_model: 
     return art
 
 
+def copy_as_latest(models_dir: str, art: ModelArtifact, **metrics: Any) -> ModelArtifact:
+    """A new (latest) version of ``art.method`` with ``art``'s files and
+    description (``metrics`` added), so that ``latest`` names it again."""
+    version = next_version(models_dir, art.method)
+    path = fs.join(models_dir, art.method, version)
+    if fs.exists(path):   # a dead save's directory
+        fs.rm(path, recursive=True)
+    fs.makedirs(path)
+    for name in ("encoder.pt", "model.pt"):
+        src = fs.join(art.path, name)
+        if fs.exists(src):
+            fs.write_bytes(fs.join(path, name), fs.read_bytes(src))
+    new = ModelArtifact(art.method, version, path, art.backbone, art.embed_dim, art.image_size,
+                        art.config, art.data_versions, {**art.metrics, **metrics})
+    fs.write_json(fs.join(path, _META), {k: v for k, v in new.__dict__.items() if k != "path"})  # last
+    return new
+
+
 def load_artifact(models_dir: str, method: str, version: str = "latest") -> ModelArtifact:
     """The artifact of ``method`` at ``version`` (``latest`` = highest); a version
     that does not exist is an ``ArtifactNotFoundError`` listing the ones that do."""

@@ -5,7 +5,8 @@ classifier of the torchvision models is replaced by a fresh ``Linear`` to
 ``embed_dim`` (paper: Swin-Tiny, ``d = 256``, no projection head).
 
 Weights: random initialisation by default, because nothing can be downloaded
-(environment.md); ``weights_path`` loads a local state dict. The returned
+(environment.md); ``weights_path`` loads a state dict (a local path or any
+``courier_spark.fs`` URI, e.g. the generic trunk's ``encoder.pt``). The returned
 module *is* the torchvision model (only the head replaced), so an ImageNet
 checkpoint saved from torchvision loads with its original key names, and so
 does a checkpoint saved from this module (or from ``CourierModel``: the
@@ -131,7 +132,14 @@ class LoadReport:
 
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if "://" in path:
+        # a dataset-root URI (the generic trunk under models/, shared by every worker)
+        import io
+
+        from courier_spark import fs
+        obj = torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     # Accept common wrappers: {"state_dict": ...}, {"model": ...}.
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -239,8 +247,8 @@ def build_backbone(
 
     name: ``swin_t`` (paper, 224 px), ``resnet18`` (CPU-friendly, 64 px) or
     ``small_cnn`` (tiny, tests / demo, 48 px).
-    weights_path: optional local state dict (torchvision ImageNet checkpoint or
-    one saved from this module / ``CourierModel``); the fresh head is skipped
+    weights_path: optional state dict, a local path or fs URI (torchvision ImageNet
+    checkpoint or one saved from this module / ``CourierModel``); the fresh head is skipped
     on shape mismatch. The outcome is logged and kept as ``model.load_report``.
     grad_checkpointing: recompute blocks in backward to save activation memory.
     projection_head: ablation; Linear -> ReLU -> Linear instead of one Linear.

@@ -1,4 +1,4 @@
-"""Model and loss per pre-training objective (courier | simclr | supervised)."""
+"""Model and loss per pre-training objective (courier | simclr | supervised; none: no model to train)."""
 from __future__ import annotations
 
 import torch
@@ -7,10 +7,25 @@ from torch import nn
 from courier_spark.schema import TrainConfig
 
 
-def build_model(cfg: TrainConfig) -> nn.Module:
+def build_encoder(cfg: TrainConfig) -> nn.Module:
+    """The image encoder of ``cfg`` (weights from ``cfg.weights_path`` when set)."""
     from .backbones import build_backbone
-    enc = build_backbone(cfg.backbone, cfg.embed_dim, cfg.weights_path,
-                         grad_checkpointing=cfg.grad_checkpointing, projection_head=cfg.projection_head)
+    return build_backbone(cfg.backbone, cfg.embed_dim, cfg.weights_path,
+                          grad_checkpointing=cfg.grad_checkpointing, projection_head=cfg.projection_head)
+
+
+def initial_encoder(cfg: TrainConfig) -> nn.Module:
+    """The encoder exactly as every training run of ``cfg`` starts (seeded like
+    ``train_worker``, whose first random draws build the encoder): ``random_init``."""
+    torch.manual_seed(cfg.seed)
+    return build_encoder(cfg)
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    if cfg.objective == "none":
+        raise ValueError(f"method {cfg.method!r} trains nothing (objective none): use initial_encoder "
+                         f"or the generic trunk")
+    enc = build_encoder(cfg)
     if cfg.objective == "courier":
         from .model import CourierModel
         return CourierModel(enc, attention=cfg.attention)

@@ -2,7 +2,9 @@
 the serving one (``embed.method``): train -> embed -> cluster, each through
 the pipeline's runner (summaries in ``_runs/comparisons/<method>/``), on the
 same data. Their versions sit beside the serving model's in models/,
-gold/item_embeddings and gold/centroids; the feature store is untouched."""
+gold/item_embeddings and gold/centroids; the feature store is untouched.
+``random_init`` and ``generic`` train nothing (the train stage's fast path,
+no distributed launch), then embed and cluster like any method."""
 from __future__ import annotations
 
 import time
@@ -30,6 +32,9 @@ def run(ctx: StageContext) -> dict:
         if not tr.get("complete"):
             raise CourierError(f"training {method} stopped early at step {tr.get('steps_done')}; "
                                f"re-run `courier comparisons` to resume from its checkpoint")
+        # Embed exactly the version train made or reused (``generic`` may reuse an older trunk).
+        sub = sub.derive(cfg=with_section_values(
+            cfg, embed={"model_version": tr["model_version"].rsplit("/", 1)[1]}))
         em = sub.run_stage("embed")
         cl = sub.run_stage("cluster")
         out["methods"][method] = {"model_version": tr["model_version"], "train_metrics": tr["metrics"],

@@ -1,13 +1,26 @@
 """`courier train`: pre-training samples -> versioned encoder artifact
-(petastorm -> Horovod / TorchDistributor / local torch)."""
+(petastorm -> Horovod / TorchDistributor / local torch).
+
+Two methods train nothing and never launch the distributed backend:
+``random_init`` saves the encoder at its seeded initialisation, ``generic``
+makes sure the generic trunk exists (``training.trunk``) and reports it. With
+``train.init: generic`` every other method starts from that trunk."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
+
 from .. import fs
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..logs import debug, say, step
+from ..schema import TrainConfig
 from ..tables import read_table, table_version
 from .context import StageContext
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from training.artifact import ModelArtifact
 
 
 def _relay(line: str) -> None:
@@ -31,6 +44,7 @@ def run(ctx: StageContext) -> dict:
     from training.launch import run_distributed
     from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame
     from training.objectives import build_model
+    from training.pretrain_rows import shuffle_histories
     from training.similarity import co_click_similarity
     from training.train import PROGRESS_FILE, train_worker
 
@@ -40,7 +54,12 @@ def run(ctx: StageContext) -> dict:
     items = read_table(spark, p.silver_items, made_by="validate")
     data_versions = {"silver/pretrain_samples": table_version(spark, p.pretrain_samples),
                      "silver/items": table_version(spark, p.silver_items)}
-    frame = pretrain_training_frame(samples, scfg.l_pv, scfg.l_click)
+    tcfg, trunk = _with_init(tcfg, p.models, data_versions)
+    if tcfg.objective == "none":
+        return _untrained(tcfg, p.models, samples, items, data_versions, trunk)
+    frame = pretrain_training_frame(_chosen_rows(samples, items, tcfg.categories), scfg.l_pv, scfg.l_click)
+    if tcfg.shuffle_histories:   # courier_shuffled: within the chosen rows
+        frame = shuffle_histories(frame, tcfg.seed)
     spec = LoaderSpec(scfg.l_pv, scfg.l_click, tcfg.image_size, tcfg.batch_size)
     workers = 1 if tcfg.backend == "local" else tcfg.num_proc
     with step("train", "materialising the training frame (ids) and item images for petastorm"):
@@ -49,12 +68,16 @@ def run(ctx: StageContext) -> dict:
     if n_rows < tcfg.batch_size * workers:
         loader.delete()
         raise DataError(f"only {n_rows} pre-training rows: fewer than one global batch "
-                        f"({tcfg.batch_size} x {workers} workers); lower train.batch_size")
+                        f"({tcfg.batch_size} x {workers} workers); lower train.batch_size"
+                        + (" or widen train.categories" if tcfg.categories else ""))
     ckpt_dir = checkpoint_dir(p.checkpoints, tcfg)
     resume = latest_checkpoint(ckpt_dir)
     say("train", f"method={tcfg.method} backbone={tcfg.backbone}@{tcfg.image_size}px backend={tcfg.backend} "
                  f"workers={workers} rows={n_rows} global batch={tcfg.batch_size * workers} "
-                 f"steps={tcfg.steps}" + (f" (resuming from {resume.rsplit('/', 1)[-1]})" if resume else ""))
+                 f"steps={tcfg.steps} init={trunk.model_version if trunk else (tcfg.weights_path or 'random')}"
+                 + (f" categories={','.join(tcfg.categories)}" if tcfg.categories else "")
+                 + (" histories shuffled across page views" if tcfg.shuffle_histories else "")
+                 + (f" (resuming from {resume.rsplit('/', 1)[-1]})" if resume else ""))
     try:
         results = run_distributed(train_worker, (tcfg, loader, ckpt_dir), tcfg.backend, tcfg.num_proc,
                                   timeout_s=tcfg.timeout_s, progress_file=fs.join(ckpt_dir, PROGRESS_FILE),
@@ -76,7 +99,7 @@ def run(ctx: StageContext) -> dict:
     metrics = {"steps": r0["steps_done"], "initial_loss": float(np.mean(head)), "final_loss": float(np.mean(tail)),
                "final_in_batch_accuracy": float(hist[-1][2]), "images_per_s": r0["images_per_s"],
                "resumed_from_step": r0["resumed_from"], "history": hist,
-               "checkpoint_steps": state["checkpoint_steps"]}
+               "checkpoint_steps": state["checkpoint_steps"], "pretrain_rows": n_rows}
     with step("train", "measuring co-click vs random-pair embedding similarity"):
         metrics.update(co_click_similarity(model.encoder, samples, items, tcfg.image_size))
     art = save_artifact(p.models, tcfg.method, model.encoder, model, backbone=tcfg.backbone,
@@ -84,7 +107,65 @@ def run(ctx: StageContext) -> dict:
                         config=dataclasses.asdict(tcfg), data_versions=data_versions, metrics=metrics)
     fs.rm(ckpt_dir, recursive=True)  # the artifact now holds the weights
     say("train", f"saved {art.model_version}: loss {metrics['initial_loss']:.3f} -> {metrics['final_loss']:.3f}, "
-                 f"co-click cosine {metrics['co_click_cosine']:.3f} vs random {metrics['random_pair_cosine']:.3f} "
-                 f"(centred {metrics['co_click_cosine_centred']:.3f} vs {metrics['random_pair_cosine_centred']:.3f})")
+                 + _co_click_line(metrics))
     return {"complete": True, "model_version": art.model_version, "path": art.path,
             "metrics": {k: v for k, v in metrics.items() if k != "history"}}
+
+
+def _co_click_line(m: dict) -> str:
+    return (f"co-click cosine {m['co_click_cosine']:.3f} vs random {m['random_pair_cosine']:.3f} "
+            f"(centred {m['co_click_cosine_centred']:.3f} vs {m['random_pair_cosine_centred']:.3f})")
+
+
+def _with_init(tcfg: TrainConfig, models_dir: str,
+               data_versions: dict) -> tuple[TrainConfig, "ModelArtifact | None"]:
+    """``train.init: generic``: the trunk made sure of (trained here once per
+    dataset root) and set as the encoder's starting weights. -> (config, trunk or None)."""
+    if tcfg.init != "generic":
+        return tcfg, None
+    if tcfg.weights_path:
+        raise ConfigError(f"train.init is generic but train.weights_path is set ({tcfg.weights_path}): "
+                          f"both choose the starting weights; unset one")
+    from training.trunk import ensure_trunk
+    trunk, _ = ensure_trunk(models_dir, tcfg)
+    data_versions["models/generic"] = trunk.model_version
+    return dataclasses.replace(tcfg, weights_path=trunk.encoder_uri), trunk
+
+
+def _chosen_rows(samples: DataFrame, items: DataFrame, categories: list[str]) -> DataFrame:
+    """``train.categories``: only the page views of those categories (all when empty)."""
+    if not categories:
+        return samples
+    from training.pretrain_rows import restrict_to_categories
+    known = {r["category"] for r in items.select("category").distinct().collect()}
+    unknown = sorted(set(categories) - known)
+    if unknown:
+        raise DataError(f"train.categories names {', '.join(unknown)}, not a category of silver/items "
+                        f"(have: {', '.join(sorted(c for c in known if c is not None))})")
+    rows = restrict_to_categories(samples, items, categories)
+    n_all, n_kept = samples.count(), rows.count()
+    say("train", f"categories {', '.join(categories)}: {n_kept} of {n_all} pre-training page views")
+    return rows
+
+
+def _untrained(tcfg: TrainConfig, models_dir: str, samples: DataFrame, items: DataFrame, data_versions: dict,
+               trunk: "ModelArtifact | None") -> dict:
+    """``random_init`` / ``generic`` (objective none): the encoder as initialised,
+    no optimisation and no distributed launch; ``generic``'s artifact is the trunk itself."""
+    from training.artifact import save_artifact
+    from training.objectives import initial_encoder
+    from training.similarity import co_click_similarity
+
+    if trunk is not None:   # generic
+        art, encoder = trunk, trunk.load_encoder()
+    else:
+        art, encoder = None, initial_encoder(tcfg)
+    with step("train", "measuring co-click vs random-pair embedding similarity"):
+        metrics = {"steps": 0, **co_click_similarity(encoder, samples, items, tcfg.image_size)}
+    if art is None:
+        art = save_artifact(models_dir, tcfg.method, encoder, None, backbone=tcfg.backbone,
+                            embed_dim=tcfg.embed_dim, image_size=tcfg.image_size,
+                            config=dataclasses.asdict(tcfg), data_versions=data_versions, metrics=metrics)
+    say("train", f"{tcfg.method}: {art.model_version}, not optimised (init "
+                 f"{trunk.model_version if trunk else 'random, seed ' + str(tcfg.seed)}); " + _co_click_line(metrics))
+    return {"complete": True, "model_version": art.model_version, "path": art.path, "metrics": metrics}
