@@ -46,3 +46,20 @@ def test_paired_difference_hand_computed():
     assert paired_difference([1.0, 1.1, 1.2], [0.0, 0.0, 0.1]).real
     with pytest.raises(ValueError):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_kmeans_seed_frames_run_zero_as_stored_later_runs_reclustered():
+    from courier_spark.evaluate.cluster_variants import kmeans_seed_frames
+    rng = np.random.default_rng(1)
+    ids = np.arange(500, 560)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    train = pd.DataFrame({"item_id": ids[:30], "hist_item_ids": [list(ids[30:33])] * 30,
+                          "target_cluster_id": 99, "hist_cluster_ids": [[99, 99, 99]] * 30})
+    test = train.iloc[:5].copy()
+    f = kmeans_seed_frames((train, test), ids, x, k=4, first_seed=10, log=lambda m: None)
+    assert f(0)[0] is train and f(0)[1] is test
+    tr2, te2 = f(2)
+    want = kmeans_clusters(ids, x, 4, 12)               # seed first_seed + 2
+    assert tr2["target_cluster_id"].tolist() == want.loc[ids[:30]].tolist()
+    assert list(te2["hist_cluster_ids"].iloc[0]) == want.loc[ids[30:33]].tolist()[::-1]
+    assert not tr2["target_cluster_id"].eq(99).any()

@@ -43,6 +43,20 @@ def kmeans_clusters(item_ids: np.ndarray, vectors: np.ndarray, k: int, seed: int
     return pd.Series(ids.astype(np.int64), index=np.asarray(item_ids, np.int64))
 
 
+def kmeans_seed_frames(pair: tuple[pd.DataFrame, pd.DataFrame], item_ids: np.ndarray, vectors: np.ndarray,
+                       k: int, first_seed: int, log=print):
+    """``runner.SeedFrames`` for a cluster-ID variant: run 0 is ``pair`` as
+    given (the cluster stage's centroids); run i > 0 re-clusters ``vectors``
+    with k-means seed ``first_seed + i`` and replaces the cluster-ID columns."""
+    def frames(i: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if i == 0:
+            return pair
+        cl = kmeans_clusters(item_ids, vectors, k, first_seed + i)
+        log(f"run {i}: cluster IDs from k-means seed {first_seed + i} ({cl.nunique()} clusters)")
+        return with_cluster_ids(pair[0], cl), with_cluster_ids(pair[1], cl)
+    return frames
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """Differences a[i] - b[i] of runs paired by index (same encoder seed,

@@ -152,22 +152,6 @@ def new_on_test_day(spark: SparkSession, paths: TablePaths) -> np.ndarray:
     return first.filter(F.col("first_seen") >= F.lit(start)).toPandas()["item_id"].to_numpy(np.int64)
 
 
-def kmeans_seed_frames(pair: tuple[pd.DataFrame, pd.DataFrame], item_ids: np.ndarray, vectors: np.ndarray,
-                       k: int, first_seed: int, log=print):
-    """``runner.SeedFrames`` for a cluster-ID variant: run 0 is ``pair`` as
-    given (the cluster stage's centroids); run i > 0 re-clusters ``vectors``
-    with k-means seed ``first_seed + i`` and replaces the cluster-ID columns."""
-    from .cluster_variants import kmeans_clusters, with_cluster_ids
-
-    def frames(i: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-        if i == 0:
-            return pair
-        cl = kmeans_clusters(item_ids, vectors, k, first_seed + i)
-        log(f"run {i}: cluster IDs from k-means seed {first_seed + i} ({cl.nunique()} clusters)")
-        return with_cluster_ids(pair[0], cl), with_cluster_ids(pair[1], cl)
-    return frames
-
-
 def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[MethodVersions], k: int,
                      vector_methods: set[str] | None = None, log=print
                      ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, str], pd.DataFrame]:

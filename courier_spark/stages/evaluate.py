@@ -26,7 +26,7 @@ def run(ctx: StageContext) -> dict:
     frames: dict = variant_frames(base, per_method, plan)
     if ecfg.vary_kmeans_seed and len(ecfg.seeds) > 1:
         from ..embed import embeddings_to_numpy, read_embeddings
-        from ..evaluate.ctr_frames import kmeans_seed_frames
+        from ..evaluate.cluster_variants import kmeans_seed_frames
         vectors = {}
         for name, feature, method in plan:
             if feature != "cluster_id":
