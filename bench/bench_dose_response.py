@@ -21,22 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-COURIER = [str(Path(sys.executable).with_name("courier"))]  # the venv's console script
-
-
-def courier(*args: str) -> None:
-    """One courier command; its console output goes to ours."""
-    t0 = time.perf_counter()
-    subprocess.run([*COURIER, *args], check=True, cwd=REPO)
-    print(f"[dose] courier {args[0]} done in {time.perf_counter() - t0:.0f}s", flush=True)
+from _runs import courier, train_embed_cluster  # noqa: E402  (bench/ is the script dir)
 
 
 def point_root(base: str, text_share: float, nuisance: float) -> str:
@@ -51,18 +41,10 @@ def build_point(root: str, sets: list[str], methods: list[str], encoder_seeds: l
         courier("pipeline", "--root", root, "--until", "samples", *sets)
         state["samples"] = True
         state_path.write_text(json.dumps(state))
-    # comparisons trains every evaluate.methods entry but the serving one: serve a method not compared
-    from courier_spark.schema import METHODS
-    serving = next(m for m in METHODS if m not in methods)
     for e in encoder_seeds:
         if all(str(e) in state["versions"].get(m, {}) for m in methods):
             continue
-        courier("comparisons", "--root", root, *sets, "--set", f"train.seed={e}",
-                "--set", f"embed.method={serving}", "--set", f"evaluate.methods=[{','.join(methods)}]")
-        from courier_spark.paths import TablePaths
-        from training.artifact import load_artifact
-        for m in methods:
-            mv = load_artifact(TablePaths.for_root(root).models, m, "latest").model_version
+        for m, mv in train_embed_cluster(root, methods, [*sets, "--set", f"train.seed={e}"]).items():
             state["versions"].setdefault(m, {})[str(e)] = mv
         state_path.write_text(json.dumps(state))
     return {m: [state["versions"][m][str(e)] for e in encoder_seeds] for m in methods}
@@ -170,7 +152,7 @@ def main() -> None:
         cells += [str(r[f"minus_{m}"]) for m in args.methods[1:]]
         print("| " + " | ".join(cells) + " |")
     print(f"\n[dose] {len(table)} world points in {(time.perf_counter() - t0) / 60:.1f} min "
-          f"({', '.join(f'{r['seconds'] / 60:.1f}' for r in table)} min each)")
+          "(" + ", ".join(f"{r['seconds'] / 60:.1f}" for r in table) + " min each)")
 
 
 if __name__ == "__main__":

@@ -451,8 +451,8 @@ class DnnConfig(Section):
     # Each history slot also carries the clicked item's category and title
     # tokens (looked up in the item table); false = item ID + recency only.
     history_text: bool = True
-    # With history_text: the target's text (category + title tokens) attends over
-    # the text of the *whole* behaviour sequence, summarised like the cluster-ID
+    # With history_text: the target's category and title each attend over those
+    # of the *whole* behaviour sequence, summarised like the cluster-ID
     # path (attention and mean, each with its product with the target), so the
     # baseline has the same interaction for what text says as a cluster ID gets
     # for looks. Set by the pre-registration: without it perfect clusters of the

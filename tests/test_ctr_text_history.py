@@ -179,8 +179,12 @@ def _brute_lgbm(frame: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
         toks = set(title.lower().split()) if isinstance(title, str) else set()
         shares = [sum(t in words.get(j, set()) for j in h) / n for t in toks] if n else []
         ordered = list(dict.fromkeys(title.lower().split())) if isinstance(title, str) else []
-        per_pos = {f"hist_title_share_{p}": sum(ordered[p] in words.get(j, set()) for j in h) / n
-                   if n and p < len(ordered) else nan_ for p in range(5)}
+        per_pos = {}
+        for p in range(5):
+            hit = [ordered[p] in words.get(j, set()) for j in h] if n and p < len(ordered) else None
+            per_pos[f"hist_title_share_{p}"] = sum(hit) / n if hit is not None else nan_
+            per_pos[f"hist_title_count_{p}"] = float(sum(hit)) if hit is not None else nan_
+            per_pos[f"hist_title_recent_{p}"] = float(hit[-1]) if hit is not None else nan_
         with_cat = n and c is not None
         out.append({"hist_cat_share": sum(cat.get(j) == c for j in h) / n if with_cat else nan_,
                     "hist_cat_count": float(sum(cat.get(j) == c for j in h)) if with_cat else nan_,

@@ -308,7 +308,8 @@ def test_random_clusters_are_not_a_real_gain_for_lgbm(toy_frames):
     res, _ = evaluate_variants(toy_frames, [("baseline", "none"), ("random_cluster_id", "cluster_id")],
                                model_kinds=["lgbm"], seeds=[0, 1, 2])
     row = res.set_index("variant").loc["random_cluster_id"]
-    assert not bool(row["real"]) and abs(row["lift_auc_pct"]) < 3
+    # no real *gain* (paired runs may call the over-fitting loss of a random ID real)
+    assert row["lift_auc_pct"] < 0.5 and not (bool(row["real"]) and row["lift_auc_pct"] > 0)
 
 
 def test_runner_rejects_variants_on_different_test_rows(toy_frames):

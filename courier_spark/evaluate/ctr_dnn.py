@@ -11,8 +11,9 @@ the clicked item's category embedding and mean-pooled title tokens, from the
 same tables as the target's; the attributes come from the item table
 (``items``: the whole catalogue, else the frame's own items) via a per-item
 lookup held by ``DnnPreprocessor``. With ``text_interest`` (default on) the
-target's text (category + title embedding) also attends over the text of the
-*whole* behaviour sequence, summarised exactly like the cluster-ID path below:
+target's category and its title embedding each attend over the categories /
+titles of the *whole* behaviour sequence, summarised exactly like the
+cluster-ID path below:
 the baseline then has the same "clicked this kind of item before" interaction
 for everything text says that a cluster ID gets for looks. The query is hashed into the title token
 table and pooled the same way ("query treated like titles"). Everything is
@@ -353,7 +354,7 @@ class CtrDnn(nn.Module):
             width += 5 * e
         self.text_interest = prep.text_interest
         if self.text_interest:
-            width += 4 * e
+            width += 8 * e
         layers: list[nn.Module] = []
         for h in cfg.mlp_hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
@@ -389,8 +390,8 @@ class CtrDnn(nn.Module):
         if self.history_text:
             # The clicked items' category and title, embedded by the target's tables
             # once per catalogue item (fewer lookups than per history slot).
-            item_text = self.cat(self.item_cat) + self._pooled_tokens(self.item_tok)   # [R + 1, e]
-            h = h + item_text[b["hist_row"]]
+            item_cat, item_title = self.cat(self.item_cat), self._pooled_tokens(self.item_tok)  # [R + 1, e]
+            h = h + (item_cat + item_title)[b["hist_row"]]
         # Rows without history attend uniformly over padding (finite -1e9 mask,
         # no NaN); the masked mean below returns zeros for them anyway.
         h = self.norm(h + self.attn(h, valid))
@@ -402,8 +403,10 @@ class CtrDnn(nn.Module):
         if "stats" in b:
             parts.append(b["stats"])
         if self.text_interest:
+            # category and title separately: each as sharp as a cluster-ID match on it
             rows = b["text_rows"]
-            parts += self._target_interest(target_cat + target_title, item_text[rows], rows > 0)
+            parts += self._target_interest(target_cat, item_cat[rows], rows > 0)
+            parts += self._target_interest(target_title, item_title[rows], rows > 0)
         if self.image_feature == "vector":
             parts += [self.vec_proj(b["vec"]), b["vec_missing"]]
         elif self.image_feature == "simscore":

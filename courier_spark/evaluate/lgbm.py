@@ -21,7 +21,9 @@ the item table (``items``: the catalogue, else the train frame's items):
 for the distinct tokens of the target title, the share of history clicks whose
 title contains the token, summarised as ``hist_title_share_max`` / ``_mean``
 and ``hist_title_n_shared`` (tokens with share > 0), and per position of the
-target title (``hist_title_share_0`` ... ``_4``, its j-th distinct token), with
+target title (its j-th distinct token, j < 5) the share, the count
+(``hist_title_share_j`` / ``_count_j``) and whether the newest click's title
+has it (``hist_title_recent_j``), with
 ``hist_cat_count`` and ``hist_cat_recent`` (the newest click is in the target's
 category): the same count / recent-match view the cluster-ID variant gets,
 for what text says (set by the pre-registration, where perfect category
@@ -117,15 +119,20 @@ class TextHistory:
         for r, t in enumerate(titles):
             ordered = list(dict.fromkeys(title_tokens(t)))[:TEXT_POSITIONS]
             pos_cols[r, :len(ordered)] = [self.vocab.get(x, -1) for x in ordered]
+        # the newest history click (lists are oldest -> newest)
+        newest = np.array([h[-1] if h.size else -1 for h in lists], dtype=np.int64)
+        newest_row = np.where(newest >= 0, self.index.get_indexer(newest) + 1, 0)
+        newest_tok = self.item_tok[newest_row]
+        n_distinct = np.array([len(dict.fromkeys(title_tokens(t))) for t in titles] + [0])[codes]
         per_pos = {}
         for j in range(TEXT_POSITIONS):
             col = pos_cols[codes, j]
-            v = self._lookup(tok_counts, hist_id, col) * per_click
-            present = np.array([len(list(dict.fromkeys(title_tokens(t)))) > j for t in titles] + [False])[codes]
-            per_pos[f"hist_title_share_{j}"] = np.where(has_hist & present, v, np.nan)
-        # the newest history click (lists are oldest -> newest) in the target's category
-        newest = np.array([h[-1] if h.size else -1 for h in lists], dtype=np.int64)
-        newest_cat = self.item_cat[self.index.get_indexer(newest) + 1]
+            count = self._lookup(tok_counts, hist_id, col)
+            ok = has_hist & (n_distinct > j)
+            per_pos[f"hist_title_share_{j}"] = np.where(ok, count * per_click, np.nan)
+            per_pos[f"hist_title_count_{j}"] = np.where(ok, count, np.nan)
+            per_pos[f"hist_title_recent_{j}"] = np.where(ok, self._lookup(newest_tok, np.arange(n), col), np.nan)
+        newest_cat = self.item_cat[newest_row]
         recent = np.asarray(newest_cat[np.arange(n)[tc >= 0], tc[tc >= 0]]).ravel() if (tc >= 0).any() else []
         cat_recent = np.zeros(n)
         cat_recent[tc >= 0] = recent
