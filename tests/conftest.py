@@ -29,12 +29,20 @@ def paths(root) -> TablePaths:
     return TablePaths.for_root(root)
 
 
+# The default recipe trains a generic trunk (~50 s) and pre-trains on five
+# categories, and evaluates seven methods: tests that are not about those
+# switches start from random weights on every category with the four classic
+# methods (tests/training covers the switches themselves).
+TEST_RECIPE = {"train.init": "random", "train.categories": "[]",
+               "evaluate.methods": "[courier, courier_no_ucs, simclr, supervised]"}
+
+
 def tiny_config(**overrides: object) -> CourierConfig:
     """A small, fast config: the tiny marketplace used across tests."""
     sets = {
         "synthetic.n_users": 60, "synthetic.n_items": 120, "synthetic.n_days": 5,
         "synthetic.image_size": 32, "synthetic.sessions_per_user_day": 1.0,
-        "spark.shuffle_partitions": 4,
+        "spark.shuffle_partitions": 4, **TEST_RECIPE,
     }
     sets.update(overrides)
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])

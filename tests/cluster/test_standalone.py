@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 CLUSTER_YAML = str(REPO / "conf" / "cluster.yaml")
 TINY = {"synthetic.n_users": 60, "synthetic.n_items": 120, "synthetic.n_days": 5,
         "synthetic.image_size": 32, "synthetic.sessions_per_user_day": 1.0,
-        "spark.shuffle_partitions": 4}
+        "spark.shuffle_partitions": 4, "train.init": "random", "train.categories": "[]"}
 TRAIN = {"train.steps": 20, "train.batch_size": 8, "train.num_proc": 2, "train.backend": "horovod",
          "train.image_size": 32, "train.embed_dim": 32,
          # a stuck rank fails the job in bounded time instead of hanging the test

@@ -25,6 +25,7 @@ TINY = {
     "train.loader_workers": 1, "train.steps": 10, "train.checkpoint_every": 5, "train.backend": "horovod",
     "train.num_proc": 2, "cluster.k": 8, "evaluate.methods": "[courier,simclr]", "evaluate.seeds": "[0,1]",
     "evaluate.dnn.epochs": 1, "evaluate.lgbm.num_boost_round": 20,
+    "train.init": "random", "train.categories": "[]",
 }
 TABLES = ("bronze/items", "bronze/impressions", "quarantine/items", "quarantine/impressions", "silver/items",
           "silver/impressions", "silver/pretrain_samples", "silver/ctr_samples", "gold/item_embeddings",
