@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--root", required=True)
     ap.add_argument("--config", default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--model-kinds", nargs="*", default=["dnn", "lgbm"])
     ap.add_argument("--out", default=None, help="also write the report here (markdown)")
     args = ap.parse_args()

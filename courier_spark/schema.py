@@ -159,7 +159,7 @@ class SyntheticConfig(Section):
     image_format: str = choice("png", ("png", "jpeg"))
     brand_backdrops: bool = False    # v1 only: per-brand studio backdrop; False: plain grey (v2: nuisance)
     # v2 knobs (marketplace module docstring, "World v2"):
-    text_share: float = num(0.3, 0.0, 1.0)         # share of the visual click weight on the title-named colour
+    text_share: float = num(0.15, 0.0, 1.0)        # share of the visual click weight on the title-named colour
     title_colour_rate: float = num(1.0, 0.0, 1.0)  # share of items whose title names their colour
     nuisance: float = num(1.0, 0.0, 1.0)           # backdrop / lighting / pose / scale / crop strength (0: none)
     new_item_share: float = num(0.1, 0.0, 0.9)     # items first listed on the last (test) day

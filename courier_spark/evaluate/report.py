@@ -234,7 +234,8 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
           f"test impressions). New-item AUC: test impressions of items first shown on the test day.\n"]
     md += ["## Lift per method (table-5 style)\n", md_table(lift_per_method_table(results, main))]
     r = _with_method(results[results["model_kind"] == main])
-    abl = r[r["method"].str.startswith("courier_") & ~r["is_baseline"]]
+    # courier_shuffled is a control (shuffled histories), not an ablation of the method
+    abl = r[r["method"].str.startswith("courier_") & (r["method"] != "courier_shuffled") & ~r["is_baseline"]]
     md.append("## Ablations\n")
     if abl.empty:
         md.append("_No ablation variants (names `courier_<ablation>_<way>`) in this run._\n")
