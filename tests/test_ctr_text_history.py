@@ -207,8 +207,18 @@ def test_lgbm_text_history_features_equal_brute_force(items):
     catalogue = ITEMS if items is not None else TRAIN
     for frame in (TRAIN, TEST):
         exp = _brute_lgbm(frame, catalogue)
-        got = _features(frame, m, None)[list(exp.columns)]
+        feats = _features(frame, m, None)
+        got = feats[list(exp.columns)]
         pd.testing.assert_frame_equal(got.reset_index(drop=True), exp, check_dtype=False, atol=1e-12)
+        # title_tok_j: the j-th distinct token of the target title, as a vocabulary code
+        for i, title in enumerate(frame["title"]):
+            toks = list(dict.fromkeys(title.lower().split())) if isinstance(title, str) else []
+            for j in range(5):
+                v = feats[f"title_tok_{j}"].iloc[i]
+                if j < len(toks) and toks[j] in m.text.vocab:
+                    assert v == m.text.vocab[toks[j]]
+                else:
+                    assert np.isnan(v)
     # Hand check of TEST row 0: history [999, 5, 6, 1], target "hats" / "wool hat red":
     # with the catalogue, hats 1/4; "red" in items 5 and 1 (2/4), "wool" and "hat" in item 5 (1/4).
     if items is not None:

@@ -22,8 +22,9 @@ for the distinct tokens of the target title, the share of history clicks whose
 title contains the token, summarised as ``hist_title_share_max`` / ``_mean``
 and ``hist_title_n_shared`` (tokens with share > 0), and per position of the
 target title (its j-th distinct token, j < 5) the share, the count
-(``hist_title_share_j`` / ``_count_j``) and whether the newest click's title
-has it (``hist_title_recent_j``), with
+(``hist_title_share_j`` / ``_count_j``), whether the newest click's title
+has it (``hist_title_recent_j``) and the token itself as a categorical
+feature (``title_tok_j``), with
 ``hist_cat_count`` and ``hist_cat_recent`` (the newest click is in the target's
 category): the same count / recent-match view the cluster-ID variant gets,
 for what text says (set by the pre-registration, where perfect category
@@ -132,6 +133,8 @@ class TextHistory:
             per_pos[f"hist_title_share_{j}"] = np.where(ok, count * per_click, np.nan)
             per_pos[f"hist_title_count_{j}"] = np.where(ok, count, np.nan)
             per_pos[f"hist_title_recent_{j}"] = np.where(ok, self._lookup(newest_tok, np.arange(n), col), np.nan)
+            # the token itself, a categorical feature (as target_cluster_id is for a look)
+            per_pos[f"title_tok_{j}"] = np.where(col >= 0, col, np.nan)
         newest_cat = self.item_cat[newest_row]
         recent = np.asarray(newest_cat[np.arange(n)[tc >= 0], tc[tc >= 0]]).ravel() if (tc >= 0).any() else []
         cat_recent = np.zeros(n)
@@ -253,7 +256,8 @@ def train_lgbm(train_df: pd.DataFrame, variant: str, seed: int = 0,
                   text=TextHistory.fit(item_table(items, train_df)) if cfg.history_text else None)
     X = _features(train_df, m, stats.train_values)
     m.feature_names = list(X.columns)
-    cat_feats = ["category"] + (["target_cluster_id"] if variant == "cluster_id" else [])
+    cat_feats = (["category"] + (["target_cluster_id"] if variant == "cluster_id" else [])
+                 + ([f"title_tok_{j}" for j in range(TEXT_POSITIONS)] if m.text is not None else []))
     params = {
         "objective": "binary", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
         "min_data_in_leaf": cfg.min_data_in_leaf, "feature_fraction": cfg.feature_fraction,
