@@ -374,8 +374,12 @@ class CtrDnn(nn.Module):
             self.register_buffer("item_cat", prep.item_cat, persistent=False)
             self.register_buffer("item_tok", prep.item_tok, persistent=False)
 
-    def _pooled_tokens(self, tok: torch.Tensor) -> torch.Tensor:
-        return _masked_mean(self.tok(tok), tok > 0)
+    def _pooled_tokens(self, tok: torch.Tensor, table: nn.Embedding | None = None) -> torch.Tensor:
+        """Mean of the non-padding token embeddings of each row of tok [n, T]
+        (zeros for an all-padding row): one fused embedding_bag, several times
+        faster than embedding + masked mean over the whole catalogue each step."""
+        table = table if table is not None else self.tok
+        return nn.functional.embedding_bag(tok, table.weight, mode="mean", padding_idx=0, sparse=table.sparse)
 
     @staticmethod
     def _target_interest(t: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
@@ -410,10 +414,10 @@ class CtrDnn(nn.Module):
         if self.text_interest:
             # category and title separately, each exactly like the cluster-ID path
             rows, valid = b["text_rows"], b["text_rows"] > 0
-            tc, tt = self.int_cat(b["cat"]), _masked_mean(self.int_tok(b["title"]), b["title"] > 0)
+            tc, tt = self.int_cat(b["cat"]), self._pooled_tokens(b["title"], self.int_tok)
             parts += [tc, *self._target_interest(tc, self.int_cat(self.item_cat)[rows], valid)]
             parts += [tt, *self._target_interest(
-                tt, _masked_mean(self.int_tok(self.item_tok), self.item_tok > 0)[rows], valid)]
+                tt, self._pooled_tokens(self.item_tok, self.int_tok)[rows], valid)]
         if self.image_feature == "vector":
             parts += [self.vec_proj(b["vec"]), b["vec_missing"]]
         elif self.image_feature == "simscore":
