@@ -25,5 +25,5 @@ def train_embed_cluster(root: str, methods: list[str], sets: list[str]) -> dict[
     from training.artifact import load_artifact
     serving = next(m for m in METHODS if m not in methods)
     courier("comparisons", "--root", root, *sets, "--set", f"embed.method={serving}",
-            "--set", f"evaluate.methods=[{','.join(methods)}]")
+            "--set", f"evaluate.methods=[{','.join(methods)}]", "--set", "evaluate.all_ways_methods=[]")
     return {m: load_artifact(TablePaths.for_root(root).models, m, "latest").model_version for m in methods}

@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--simclr-taus", type=float, nargs="+", default=DEFAULT_TAUS["simclr"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--known", nargs="*", default=[], metavar="METHOD:TAU=VERSION",
+                    help="trainings already made (e.g. courier:0.05=courier/v0003): not retrained")
     args = ap.parse_args()
     taus = {"courier": args.courier_taus, "simclr": args.simclr_taus}
     if len(taus["courier"]) != len(taus["simclr"]):
@@ -67,8 +69,14 @@ def main() -> None:
     t0 = time.perf_counter()
     extra = [x for kv in args.set for x in ("--set", kv)]
     versions = {}
+    for k in args.known:
+        key, mv = k.split("=")
+        m, tau = key.split(":")
+        versions[(m, float(tau))] = mv
     for method, grid in taus.items():
         for tau in grid:
+            if (method, tau) in versions:
+                continue
             sets = [*extra, *(x for key in GRIDS[method] for x in ("--set", f"{key}={tau}"))]
             versions[(method, tau)] = train_embed_cluster(args.root, [method], sets)[method]
     cfg = load_config(None, args.set)
