@@ -291,6 +291,9 @@ class TrainConfig(Section):
     use_negative_pv: bool = True
     loss_type: str = choice("infonce", ("infonce", "hinge"))
     hinge_margin: float = num(0.2, 0.0, 100.0)
+    # Page views held out of training (a seeded hash of request_id): each
+    # method's own loss on them at every checkpoint is its learning curve.
+    heldout_share: float = num(0.05, 0.0, 0.5)
     batch_size: int = num(32, 1, 1_000_000)   # rows (pages) per worker; x10 images
     steps: int = num(150, 1, BIG)
     lr: float = num(1e-3, 0.0, 10.0, lo_open=True)  # paper: 1e-4 from ImageNet init
@@ -527,9 +530,10 @@ class EvaluateConfig(Section):
     main_model: str = choice("dnn", MODEL_KINDS)  # the model whose numbers are the headline metrics
     baseline: str = "baseline"        # variant name the lifts are measured against
     gauc_weighting: str = choice("impressions", GAUC_WEIGHTINGS)
-    # A difference is "real" when |mean d| > real_k * sd(d) over the paired runs
-    # (d = variant run i - baseline run i, same CTR seed).
-    real_k: float = num(2.0, 0.0, 100.0, lo_open=True)
+    # A difference is "real" when the paired t-test (scipy.stats.ttest_rel,
+    # two-sided) over the runs (d = variant run i - baseline run i, same CTR
+    # seed) gives p < alpha.
+    alpha: float = num(0.05, 0.0, 1.0, lo_open=True)
     # Run i > 0 of a cluster-ID variant clusters the method's embeddings again
     # with k-means seed cluster.seed + i (run 0: the cluster stage's centroids),
     # so "real" also covers k-means noise (issue 13: honest statistics).

@@ -42,8 +42,15 @@ def test_paired_difference_hand_computed():
     d = paired_difference([1.0, 2.0, 4.0], [0.5, 1.0, 1.5])   # differences 0.5, 1.0, 2.5
     assert d.mean == pytest.approx(4 / 3)
     assert d.sd == pytest.approx(np.std([0.5, 1.0, 2.5], ddof=1))
-    assert d.n == 3 and not d.real                            # 1.33 < 2 * 1.04
-    assert paired_difference([1.0, 1.1, 1.2], [0.0, 0.0, 0.1]).real
+    # t = mean / (sd / sqrt(n)) = 2.219 on 2 degrees of freedom: two-sided p = 0.1567
+    t = (4 / 3) / (np.std([0.5, 1.0, 2.5], ddof=1) / np.sqrt(3))
+    assert t == pytest.approx(2.2188, abs=1e-4)
+    assert d.p_value == pytest.approx(0.1567, abs=5e-4)
+    assert d.n == 3 and not d.real and paired_difference([1.0, 2.0, 4.0], [0.5, 1.0, 1.5], alpha=0.2).real
+    strong = paired_difference([1.0, 1.1, 1.2], [0.0, 0.0, 0.1])   # differences 1.0, 1.1, 1.1
+    assert strong.real and strong.p_value < 0.01
+    assert paired_difference([1.0, 1.0], [0.5, 0.5]).p_value == 0.0      # no spread, a shift
+    assert paired_difference([1.0, 1.0], [1.0, 1.0]).p_value == 1.0
     with pytest.raises(ValueError):
         paired_difference([1.0], [1.0, 2.0])
 

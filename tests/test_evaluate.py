@@ -82,13 +82,14 @@ def test_seed_summary_and_real_difference_rule():
     s = summarize_seeds([1.0, 2.0, 3.0])
     assert (s.mean, s.std) == (pytest.approx(2.0), pytest.approx(1.0))
     assert math.isnan(summarize_seeds([0.7]).std)
-    # diff 0.10 vs pooled std 0.01 -> real
+    # Welch's t-test: diff 0.10 vs seed std 0.01 -> real
     assert is_real_difference([0.70, 0.71, 0.72], [0.60, 0.61, 0.62])
-    # diff 0.01 vs pooled std 0.02 -> within seed noise
+    # diff 0.01 vs seed std 0.02: t = 0.61, p = 0.57 -> within seed noise, unless alpha is above p
     assert not is_real_difference([0.70, 0.72, 0.74], [0.69, 0.71, 0.73])
+    assert is_real_difference([0.70, 0.72, 0.74], [0.69, 0.71, 0.73], alpha=0.6)
+    assert not is_real_difference([0.70, 0.72, 0.74], [0.69, 0.71, 0.73], alpha=0.5)
     # one seed: the spread is unknown, so never "real"
     assert not is_real_difference([0.9], [0.5])
-    assert is_real_difference([0.70, 0.72, 0.74], [0.69, 0.71, 0.73], k=0.1)
 
 
 def test_evaluate_config_section_defaults_overrides_and_errors():

@@ -31,6 +31,7 @@ def test_real_comes_from_paired_differences():
     # although the pooled seed std (0.01) would call a 0.01 gap noise
     res = summarize_runs(_runs([0.71, 0.72, 0.73], [0.70, 0.71, 0.72]), "baseline").set_index("variant")
     assert bool(res.loc["v", "real"]) and bool(res.loc["v", "real_gauc"])
+    assert res.loc["v", "p_auc"] < 1e-3 and np.isnan(res.loc["baseline", "p_auc"])
     # same means, pairs that disagree in sign: not real
     res = summarize_runs(_runs([0.73, 0.71, 0.72], [0.70, 0.72, 0.72]), "baseline").set_index("variant")
     assert not bool(res.loc["v", "real"])

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .backbones import build_backbone
 from .losses import Collective, LocalCollective, LossOutput
-from .model import encode_padded, masked_mean
+from .model import encode_padded, encode_slots, masked_mean, model_inputs
 
 # ---------------------------------------------------------------- augmentation
 
@@ -221,10 +221,15 @@ class SupervisedClickModel(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         return self.encoder(images)
 
-    def forward(self, pv_images: Tensor, pv_mask: Tensor, hist_images: Tensor, hist_mask: Tensor) -> Tensor:
-        """Logits ``[B, Lpv]`` (0 in padded PV slots)."""
+    def forward(self, pv_images: Tensor, pv_mask: Tensor, hist_images: Tensor, hist_mask: Tensor,
+                items: Tensor | None = None) -> Tensor:
+        """Logits ``[B, Lpv]`` (0 in padded PV slots). With ``items``, the image
+        arguments are slot indices into it, as in ``CourierModel.forward``."""
         pv_mask, hist_mask = pv_mask.bool(), hist_mask.bool()
-        e_pv, e_hist = encode_padded(self.encoder, [(pv_images, pv_mask), (hist_images, hist_mask)])
+        if items is not None:
+            e_pv, e_hist = encode_slots(self.encoder, items, [pv_images, hist_images])
+        else:
+            e_pv, e_hist = encode_padded(self.encoder, [(pv_images, pv_mask), (hist_images, hist_mask)])
         user = masked_mean(e_hist, hist_mask)  # [B, d]
         feats = torch.cat([e_pv, user[:, None, :].expand_as(e_pv)], dim=-1)
         return self.head(feats).squeeze(-1) * pv_mask.to(e_pv.dtype)
@@ -272,6 +277,10 @@ def simclr_batch_loss(
     False mask) so every worker passes the same shapes to the all_gather.
     """
     g = generator if generator is not None else torch.Generator().manual_seed(0)
+    # Two augmented views per slot (not per distinct item): the loss is exactly
+    # the per-slot one whichever batch layout the loader gave.
+    from .loader import slot_images
+    batch = slot_images(batch)
     imgs = torch.cat([batch["pv_images"].flatten(0, 1), batch["hist_images"].flatten(0, 1)])
     mask = torch.cat([batch["pv_mask"].flatten(), batch["hist_mask"].flatten()]).bool()
     idx = mask.nonzero(as_tuple=True)[0]
@@ -303,7 +312,7 @@ def baseline_loss(
         g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
         out = simclr_batch_loss(model, batch, float(getattr(cfg, "tau_simclr", 0.2)), collective, g)
     elif objective == "supervised":
-        logits = model(batch["pv_images"], batch["pv_mask"], batch["hist_images"], batch["hist_mask"])
+        logits = model(*model_inputs(batch))
         out = supervised_click_loss(logits, batch["pv_labels"], batch["pv_mask"], collective)
     else:
         raise ValueError(f"unknown baseline objective {objective!r} (simclr | supervised)")

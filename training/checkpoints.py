@@ -33,12 +33,14 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
 
 
 def save_checkpoint(ckpt_dir: str, step: int, model: nn.Module, opt: torch.optim.Optimizer,
-                    history: list, saved_steps: list) -> str:
+                    history: list, saved_steps: list, heldout: list | None = None) -> str:
+    """``history``: (step, loss, acc) of logged steps; ``heldout``: (step, held-out loss) pairs."""
     path = fs.join(ckpt_dir, f"step_{step:07d}.pt")
     m = model.module if hasattr(model, "module") else model
     buf = io.BytesIO()
     torch.save({"step": step, "model": m.state_dict(), "optimizer": opt.state_dict(),
-                "history": history, "checkpoint_steps": saved_steps + [step]}, buf)
+                "history": history, "checkpoint_steps": saved_steps + [step],
+                "heldout": list(heldout or [])}, buf)
     fs.makedirs(ckpt_dir)
     fs.write_bytes(path, buf.getvalue())  # atomic: a kill never leaves a half checkpoint under the real name
     return path

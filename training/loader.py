@@ -7,9 +7,9 @@ labels and history clicks to fixed-length id arrays; no images. Loader side:
 petastorm materialises that frame once (``make_spark_converter``, a few dozen
 bytes a row) and every worker reads its own shard. Item images are written
 once, next to it, as their own small Parquet table (``item_id, image``), and
-each worker process loads them into memory once; the transform looks each
-slot's image up by id and decodes, resizes and normalises it with
-``training.images`` (the same decode the embedding job uses). Measured
+each worker process decodes it once into uint8 pixels (``DecodedItems``, the
+same decode the embedding job uses); a step looks its slots up by id and
+hands the model each distinct item once (an *indexed* batch). Measured
 before (bench/bench_petastorm_bytes.py): a frame that carried every slot's
 PNG copied each image 32x on the default data and 104x on the large preset
 (15.9 GB, 160 s of a 284 s train stage).
@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import torch
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from courier_spark import fs
 
-from .images import decode_slots
+from .images import decode_pixels, normalise
 
 
 # Padding of the id arrays: no item has this id (null elements would not survive
@@ -59,74 +58,126 @@ def item_images_frame(items: DataFrame) -> DataFrame:
     return items.select(F.col("item_id").cast("long"), "image").filter(F.col("image").isNotNull())
 
 
-class ItemImages:
-    """Item images kept as one Arrow binary array plus an id -> row map: the
-    bytes live once, in Arrow memory; a lookup copies one image out. """
+def split_heldout(frame: DataFrame, share: float, seed: int = 0) -> tuple[DataFrame, DataFrame]:
+    """``frame`` -> (training rows, held-out rows): a page view is held out
+    when a seeded hash of its ``request_id`` falls in the first ``share`` of
+    the hash range, so the split is stable across runs and methods."""
+    bucket = F.pmod(F.xxhash64(F.lit(seed), "request_id"), F.lit(1_000_000)) < F.lit(int(share * 1_000_000))
+    return frame.filter(~bucket), frame.filter(bucket)
 
-    def __init__(self, ids, images) -> None:
-        self._images = images
-        self._row = {int(i): n for n, i in enumerate(ids)}
+
+def heldout_arrays(heldout: DataFrame) -> dict[str, np.ndarray]:
+    """Held-out id frame -> ``pv_ids``, ``hist_ids``, ``pv_labels`` arrays (ordered by request_id)."""
+    pdf = heldout.orderBy("request_id").toPandas()
+    if not len(pdf):
+        return {k: np.zeros((0, 0), np.int64) for k in ("pv_ids", "hist_ids", "pv_labels")}
+    return {k: np.stack([np.asarray(v, np.int64) for v in pdf[k]]) for k in ("pv_ids", "hist_ids", "pv_labels")}
+
+
+class DecodedItems:
+    """Every item image decoded once, kept as uint8 pixels ``[N, 3, S, S]``
+    beside its sorted ids (about 7 KB an item at 48 px: 62 MB for 9,000
+    items), so a training step only looks rows up, gathers and normalises.
+    Decoding every slot at every step (the loader before) cost more than the
+    encoder's own forward and backward (bench/bench_training_speed.py)."""
+
+    def __init__(self, ids: np.ndarray, pixels: torch.Tensor, valid: np.ndarray) -> None:
+        order = np.argsort(ids, kind="stable")
+        self.ids = np.asarray(ids, dtype=np.int64)[order]
+        self.pixels = pixels[torch.from_numpy(order)] if len(order) else pixels
+        self.valid = np.asarray(valid, dtype=bool)[order]
+
+    @classmethod
+    def decode(cls, ids, images, size: int) -> "DecodedItems":
+        """``ids`` and their encoded images (bytes, None or an Arrow binary
+        array) -> the decoded table; a missing or undecodable image is kept as
+        an invalid row (its slots are masked, like padding)."""
+        n = len(ids)
+        pixels = np.zeros((n, 3, size, size), np.uint8)
+        valid = np.zeros(n, bool)
+        for row in range(n):
+            data = images[row]
+            if data is not None and not isinstance(data, (bytes, bytearray)):
+                data = data.as_py()   # an Arrow scalar
+            px = decode_pixels(data, size)
+            if px is not None:
+                pixels[row], valid[row] = px, True
+        return cls(np.asarray(ids, np.int64), torch.from_numpy(pixels), valid)
 
     def __len__(self) -> int:
-        return len(self._row)
+        return len(self.ids)
 
-    def ids(self) -> list[int]:
-        return sorted(self._row)
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id (any shape), -1 where the id is unknown, padding or has no usable image."""
+        flat = np.asarray(ids, dtype=np.int64).ravel()
+        if not len(self.ids):
+            return np.full(np.shape(ids), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, flat), len(self.ids) - 1)
+        ok = (self.ids[pos] == flat) & self.valid[pos]
+        return np.where(ok, pos, -1).reshape(np.shape(ids))
 
-    def get(self, item_id: int) -> bytes | None:
-        n = self._row.get(item_id)
-        return None if n is None else self._images[n].as_py()
+    def batch(self, pv_ids: np.ndarray, hist_ids: np.ndarray, pv_labels: np.ndarray) -> dict[str, torch.Tensor]:
+        """Id arrays ``[B, Lpv]``, ``[B, Lc]`` -> an *indexed* batch: ``items``
+        (each distinct item of the batch once, normalised float32
+        ``[U, 3, S, S]``), ``pv_slot`` / ``hist_slot`` (row in ``items``, -1
+        for a masked slot), ``pv_mask`` / ``hist_mask`` and ``pv_labels``.
+        The model encodes each distinct item once; ``slot_images`` gives the
+        per-slot layout where a loss needs one."""
+        pv_rows, hist_rows = self.rows(pv_ids), self.rows(hist_ids)
+        both = np.concatenate([pv_rows.ravel(), hist_rows.ravel()])
+        used = both >= 0
+        distinct, inverse = np.unique(both[used], return_inverse=True)
+        slot = np.full(both.shape, -1, np.int64)
+        slot[used] = inverse
+        n_pv = pv_rows.size
+        pv_slot = torch.from_numpy(slot[:n_pv].reshape(pv_rows.shape))
+        hist_slot = torch.from_numpy(slot[n_pv:].reshape(hist_rows.shape))
+        return {"items": normalise(self.pixels[torch.from_numpy(distinct)]),
+                "pv_slot": pv_slot, "pv_mask": pv_slot >= 0,
+                "hist_slot": hist_slot, "hist_mask": hist_slot >= 0,
+                "pv_labels": torch.as_tensor(np.asarray(pv_labels, dtype=np.int64))}
 
 
-def _jemalloc_decay_ms(pa, ms: int) -> None:
-    try:
-        pa.jemalloc_set_decay_ms(ms)
-    except (NotImplementedError, AttributeError):   # pyarrow built without jemalloc
-        pass
+def slot_images(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An indexed batch (``DecodedItems.batch``) with ``pv_images`` /
+    ``hist_images`` ``[B, L, 3, S, S]`` added (zeros in masked slots); a batch
+    that has them already is returned as it is."""
+    if "pv_images" in batch:
+        return batch
+    items = batch["items"]
+    out = dict(batch)
+    for kind in ("pv", "hist"):
+        slot = batch[f"{kind}_slot"]
+        if items.shape[0]:
+            x = items[slot.clamp_min(0)]
+            x = x * (slot >= 0)[..., None, None, None].to(x.dtype)
+        else:
+            x = items.new_zeros((*slot.shape, *items.shape[1:]))
+        out[f"{kind}_images"] = x
+    return out
 
 
-# Per worker process: images table URL -> its images.
-_IMAGES: dict[str, ItemImages] = {}
+# Per worker process: (images table URL, side) -> the decoded items.
+_DECODED: dict[tuple[str, int], DecodedItems] = {}
 
 
-def load_item_images(url: str) -> ItemImages:
-    """The images table the loader wrote at ``url`` (loaded once per process)."""
-    if url not in _IMAGES:
+def load_decoded_items(url: str, size: int) -> DecodedItems:
+    """The images table the loader wrote at ``url``, decoded at ``size`` px
+    once per process (9,000 items at 48 px: about 2.5 s on one core)."""
+    key = (url, size)
+    if key not in _DECODED:
         import pyarrow as pa
         import pyarrow.parquet as pq
-        parts = []
-        # Arrow's jemalloc keeps the Parquet decode buffers as dirty pages for
-        # a while: measured +600 MB RSS for 153 MB of images, +200 MB when
-        # they are returned at once (decay 0 while loading; Arrow's default,
-        # 1000 ms, afterwards).
-        _jemalloc_decay_ms(pa, 0)
-        try:
-            for f in fs.glob(fs.join(url, "*.parquet")):
-                with fs.open_read(f) as fh:
-                    parts.append(pq.read_table(fh, columns=["item_id", "image"]))
-        finally:
-            _jemalloc_decay_ms(pa, 1000)
+        parts = [pq.read_table(fs.open_read(f), columns=["item_id", "image"])
+                 for f in fs.glob(fs.join(url, "*.parquet"))]
         t = pa.concat_tables(parts) if parts else pa.table({"item_id": pa.array([], pa.int64()),
                                                            "image": pa.array([], pa.binary())})
-        _IMAGES.clear()   # one training run per process at a time
-        _IMAGES[url] = ItemImages(t.column("item_id").to_pylist(), t.column("image").combine_chunks())
-    return _IMAGES[url]
-
-
-def decode_batch(pdf: pd.DataFrame, images: "ItemImages | dict[int, bytes]", l_pv: int, l_click: int,
-                 size: int) -> dict[str, np.ndarray]:
-    """A pandas batch of the id frame -> the numpy arrays the model takes: each
-    slot's image looked up by id and decoded (padding, an item without an
-    image or an undecodable one: a zero image, masked)."""
-    out: dict[str, np.ndarray] = {}
-    for col, kind, n in (("pv_ids", "pv", l_pv), ("hist_ids", "hist", l_click)):
-        slots = [decode_slots([images.get(int(i)) for i in row], size) for row in pdf[col]]
-        out[f"{kind}_images"] = (np.stack([x for x, _ in slots]) if slots
-                                 else np.zeros((0, n, 3, size, size), np.float32))
-        out[f"{kind}_mask"] = np.stack([m for _, m in slots]) if slots else np.zeros((0, n), bool)
-    out["pv_labels"] = (np.stack([np.asarray(x, dtype=np.int64) for x in pdf["pv_labels"]]) if len(pdf)
-                        else np.zeros((0, l_pv), np.int64))
-    return out
+        images = t.column("image").combine_chunks()
+        _DECODED.clear()   # one training run per process at a time
+        _DECODED[key] = DecodedItems.decode(np.asarray(t.column("item_id").to_pylist(), np.int64),
+                                            images, size)
+        del t, images, parts
+    return _DECODED[key]
 
 
 def _legacy_filesystem(url: str):
@@ -174,16 +225,20 @@ class SampleLoader:
     # large preset. A few keep the loader ahead of the model.
     RESULTS_QUEUE_SIZE = 8
 
-    def __init__(self, converter, spec: LoaderSpec, images_url: str) -> None:
+    def __init__(self, converter, spec: LoaderSpec, images_url: str,
+                 heldout: dict[str, np.ndarray] | None = None) -> None:
         self.converter = converter
         self.spec = spec
         self.images_url = images_url
+        self.heldout = heldout   # id arrays of the held-out page views (``split_heldout``), or None
 
     @classmethod
     def from_frame(cls, df: DataFrame, images: DataFrame, spec: LoaderSpec, cache_dir: str,
-                   num_shards: int = 1) -> "SampleLoader":
+                   num_shards: int = 1, heldout: DataFrame | None = None) -> "SampleLoader":
         """Materialise the id frame (``pretrain_training_frame``) with petastorm
-        under ``cache_dir`` and the ``item_id, image`` table beside it, once."""
+        under ``cache_dir`` and the ``item_id, image`` table beside it, once.
+        ``heldout``: page views (same columns) kept out of training, whose
+        loss the workers report (a few hundred rows; collected here)."""
         from petastorm.spark import SparkDatasetConverter, make_spark_converter
         from petastorm.spark.spark_dataset_converter import register_delete_dir_handler
         # petastorm's own handler opens the store with no options (on WebHDFS:
@@ -206,32 +261,17 @@ class SampleLoader:
         except BaseException:
             fs.rm(images_url, recursive=True)
             raise
-        return cls(converter, spec, images_url)
+        return cls(converter, spec, images_url, None if heldout is None else heldout_arrays(heldout))
 
     def __len__(self) -> int:
         return len(self.converter)
 
     def _transform_spec(self):
         from petastorm import TransformSpec
-        s = self.spec
-
-        images = load_item_images(self.images_url)
-
-        def transform(pdf: pd.DataFrame) -> pd.DataFrame:
-            arrays = decode_batch(pdf, images, s.l_pv, s.l_click, s.image_size)
-            out = pd.DataFrame({"pv_labels": list(arrays["pv_labels"])})
-            for k in ("pv_images", "pv_mask", "hist_images", "hist_mask"):
-                out[k] = list(arrays[k].astype(np.uint8) if k.endswith("mask") else arrays[k])
-            return out
-
-        img = (3, s.image_size, s.image_size)
-        return TransformSpec(transform, edit_fields=[
-            ("pv_labels", np.int64, (s.l_pv,), False),
-            ("pv_images", np.float32, (s.l_pv, *img), False),
-            ("pv_mask", np.uint8, (s.l_pv,), False),
-            ("hist_images", np.float32, (s.l_click, *img), False),
-            ("hist_mask", np.uint8, (s.l_click,), False),
-        ], selected_fields=["pv_labels", "pv_images", "pv_mask", "hist_images", "hist_mask"])
+        # Only the id arrays travel through petastorm; images come from the
+        # worker's decoded table (``load_decoded_items``), looked up per batch.
+        fields = ["pv_labels", "pv_ids", "hist_ids"]
+        return TransformSpec(lambda pdf: pdf[fields], selected_fields=fields)
 
     def _reader_options(self) -> dict:
         url = self.converter.cache_dir_url
@@ -244,17 +284,28 @@ class SampleLoader:
         """Full batches only (every worker must see equal shapes for the
         global-negative gather); infinite when ``num_epochs`` is None."""
         bs = self.spec.batch_size
+        items = load_decoded_items(self.images_url, self.spec.image_size)
         with self.converter.make_torch_dataloader(
                 batch_size=bs, num_epochs=num_epochs, cur_shard=shard, shard_count=num_shards,
-                workers_count=workers, transform_spec=self._transform_spec(),
+                workers_count=max(1, workers), transform_spec=self._transform_spec(),
                 shuffling_queue_capacity=4 * bs, seed=seed, results_queue_size=self.RESULTS_QUEUE_SIZE,
                 **self._reader_options()) as dl:
             for b in dl:
                 if b["pv_labels"].shape[0] != bs:
                     continue
-                b["pv_mask"] = b["pv_mask"].bool()
-                b["hist_mask"] = b["hist_mask"].bool()
-                yield b
+                yield items.batch(b["pv_ids"].numpy(), b["hist_ids"].numpy(), b["pv_labels"].numpy())
+
+    def heldout_batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """The held-out page views (``heldout``) as indexed batches of
+        ``batch_size`` pages, the last partial batch dropped (every batch then
+        has the in-batch negatives of a global training batch)."""
+        if self.heldout is None:
+            return []
+        items = load_decoded_items(self.images_url, self.spec.image_size)
+        h, n = self.heldout, len(self.heldout["pv_labels"])
+        return [items.batch(h["pv_ids"][i:i + batch_size], h["hist_ids"][i:i + batch_size],
+                            h["pv_labels"][i:i + batch_size])
+                for i in range(0, n - batch_size + 1, batch_size)]
 
     def delete(self) -> None:
         self.converter.delete()

@@ -85,6 +85,33 @@ def encode_padded(encoder: nn.Module, groups: list[tuple[Tensor, Tensor]]) -> li
     return outs
 
 
+def encode_slots(encoder: nn.Module, items: Tensor, slots: list[Tensor]) -> list[Tensor]:
+    """Encode each distinct item of a batch ONCE and lay the embeddings out per slot.
+
+    ``items [U, 3, H, W]``: the batch's distinct images; ``slots``: index
+    tensors ``[B, L]`` into ``items`` (-1 = padding). Returns ``[emb [B, L, d], ...]``
+    with zeros at padding. For an encoder that embeds each image on its own
+    (GroupNorm, no dropout: small_cnn) the loss and its gradients equal
+    ``encode_padded`` on the per-slot images: a repeated item's slots share one
+    forward, and the gather sums their gradients. (BatchNorm backbones see
+    batch statistics over distinct items instead of slots.)
+    """
+    d = int(getattr(encoder, "embed_dim"))
+    if items.shape[0] == 0:
+        return [items.new_zeros((*s.shape, d)) for s in slots]
+    emb = encoder(items)
+    return [torch.where((s >= 0)[..., None], emb[s.clamp_min(0)], emb.new_zeros(())) for s in slots]
+
+
+def model_inputs(batch: dict) -> tuple:
+    """The model's positional inputs for a batch in either layout: per-slot
+    images, or an indexed batch (``items`` + slot indices, each distinct item
+    encoded once; ``training.loader.DecodedItems.batch``)."""
+    if "items" in batch:
+        return batch["pv_slot"], batch["pv_mask"], batch["hist_slot"], batch["hist_mask"], batch["items"]
+    return batch["pv_images"], batch["pv_mask"], batch["hist_images"], batch["hist_mask"]
+
+
 @dataclass
 class CourierOutput:
     """Everything the losses need; padded slots are zero."""
@@ -182,10 +209,17 @@ class CourierModel(nn.Module):
             out = user[:, None, :].expand(-1, query.shape[1], -1)
         return out * has_key[:, None, None].to(out.dtype)
 
-    def forward(self, pv_images: Tensor, pv_mask: Tensor, hist_images: Tensor, hist_mask: Tensor) -> CourierOutput:
+    def forward(self, pv_images: Tensor, pv_mask: Tensor, hist_images: Tensor, hist_mask: Tensor,
+                items: Tensor | None = None) -> CourierOutput:
+        """Per-slot images ``[B, L, 3, H, W]``; or, with ``items`` (each distinct
+        image once), ``pv_images`` / ``hist_images`` are ``[B, L]`` slot indices
+        into it (``training.loader.DecodedItems.batch``)."""
         pv_mask = pv_mask.bool()
         hist_mask = hist_mask.bool()
-        e_pv, e_hist = encode_padded(self.encoder, [(pv_images, pv_mask), (hist_images, hist_mask)])
+        if items is not None:
+            e_pv, e_hist = encode_slots(self.encoder, items, [pv_images, hist_images])
+        else:
+            e_pv, e_hist = encode_padded(self.encoder, [(pv_images, pv_mask), (hist_images, hist_mask)])
 
         r_pv = self._attend(e_pv, e_hist, hist_mask)
         r_pv = r_pv * pv_mask[..., None].to(r_pv.dtype)  # padded PV slots stay zero

@@ -6,6 +6,8 @@ from torch import nn
 
 from courier_spark.schema import TrainConfig
 
+from .model import model_inputs
+
 
 def build_encoder(cfg: TrainConfig) -> nn.Module:
     """The image encoder of ``cfg`` (weights from ``cfg.weights_path`` when set)."""
@@ -47,7 +49,7 @@ def compute_loss(model: nn.Module, batch: dict, cfg: TrainConfig, collective,
                  step: int) -> tuple[torch.Tensor, dict]:
     if cfg.objective == "courier":
         from .losses import LossConfig, courier_loss
-        out = model(batch["pv_images"], batch["pv_mask"], batch["hist_images"], batch["hist_mask"])
+        out = model(*model_inputs(batch))
         lc = LossConfig(tau_pv=cfg.tau_pv, tau_ucs=cfg.tau_ucs, use_ucs=cfg.use_ucs, contrast=cfg.contrast,
                         use_negative_pv=cfg.use_negative_pv, loss_type=cfg.loss_type,
                         hinge_margin=cfg.hinge_margin)

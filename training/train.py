@@ -35,7 +35,10 @@ class WorkerResult:
     steps_done: int
     resumed_from: int
     history: list = field(default_factory=list)   # (step, loss, acc) per logged step
-    images_per_s: float = 0.0
+    heldout: list = field(default_factory=list)   # (step, loss on the held-out page views), rank 0
+    images_per_s: float = 0.0          # image slots through the encoder's loss per second, all workers
+    distinct_images_per_s: float = 0.0  # distinct images actually encoded per second (each once a step)
+    seconds: float = 0.0               # wall time of the loop (after the first batch was ready)
     checkpoints: list = field(default_factory=list)
 
 
@@ -50,6 +53,7 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     history: list = []
+    heldout: list = []
     saved_steps: list = []
     ck = latest_checkpoint(ckpt_dir)
     if ck:  # every rank reads the same file (shared FS), so no broadcast needed
@@ -58,6 +62,7 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
         opt.load_state_dict(state["optimizer"])
         start, history = int(state["step"]), list(state["history"])
         saved_steps = list(state["checkpoint_steps"])
+        heldout = list(state.get("heldout", []))
     if backend == "horovod":
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(opt, root_rank=0)
@@ -66,14 +71,35 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
         model = nn.parallel.DistributedDataParallel(model)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.amp and not torch.cuda.is_available()
                 else torch.autocast("cuda", dtype=torch.float16) if cfg.amp else _null())
-    result = WorkerResult(rank, start, start, history)
+    result = WorkerResult(rank, start, start, history, heldout)
     end = cfg.steps if cfg.max_steps_this_run is None else min(cfg.steps, start + cfg.max_steps_this_run)
-    t0, n_img, step = time.perf_counter(), 0, start
+    # Held-out page views in batches of the global batch size (the same number
+    # of in-batch negatives as a training step), scored by rank 0 alone.
+    held = loader.heldout_batches(cfg.batch_size * world) if rank == 0 and hasattr(loader, "heldout_batches") \
+        else []
+
+    heldout_s = [0.0]   # time rank 0 spent scoring, left out of the training rate
+
+    def score_heldout(at: int) -> None:
+        if held:
+            t = time.perf_counter()
+            heldout.append((at, heldout_loss(model, held, cfg)))
+            heldout_s[0] += time.perf_counter() - t
+            report_progress(f"{PROGRESS_PREFIX}{cfg.method} step {at}/{cfg.steps} held-out loss "
+                            f"{heldout[-1][1]:.4f} ({len(held) * cfg.batch_size * world} page views)",
+                            ckpt_dir, backend)
+
+    if start == 0:
+        score_heldout(0)
+    n_img, n_distinct, step = 0, 0, start
     window: list[tuple[float, float]] = []  # (loss, acc) since the last log line
     batches = loader.batches(shard=rank, num_shards=world, num_epochs=None,
                              workers=cfg.loader_workers, seed=cfg.seed + start)
     model.train()
+    t0 = None
     for batch in batches:
+        if t0 is None:   # the loop's rate, from the first batch (not the workers' start-up)
+            t0 = time.perf_counter()
         if step >= end:
             break
         with autocast:
@@ -82,7 +108,9 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
         loss.backward()
         opt.step()
         step += 1
-        n_img += int(batch["pv_mask"].sum() + batch["hist_mask"].sum())
+        n_slots = int(batch["pv_mask"].sum() + batch["hist_mask"].sum())
+        n_img += n_slots
+        n_distinct += int(batch["items"].shape[0]) if "items" in batch else n_slots
         window.append((float(metrics["loss"]), float(metrics.get("acc_pv", metrics.get("acc", float("nan"))))))
         if step % cfg.log_every == 0 or step == end or step == start + 1:
             # mean over the steps since the last line: a steadier curve than one batch
@@ -98,7 +126,9 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
                 raise FloatingPointError(f"loss became {lv} at step {step}")
         if step % cfg.checkpoint_every == 0 or step == end:
             if rank == 0:
-                result.checkpoints.append(save_checkpoint(ckpt_dir, step, model, opt, history, saved_steps))
+                score_heldout(step)
+                result.checkpoints.append(save_checkpoint(ckpt_dir, step, model, opt, history, saved_steps,
+                                                          heldout))
             saved_steps.append(step)
             if backend == "horovod":
                 hvd.allreduce(torch.zeros(1), name=f"ckpt_barrier_{step}")  # wait for rank 0's file
@@ -107,12 +137,32 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
                 dist.barrier()
     result.steps_done = step
     result.history = history
-    result.images_per_s = n_img * world / max(time.perf_counter() - t0, 1e-9)
+    result.heldout = heldout
+    result.seconds = time.perf_counter() - t0 - heldout_s[0] if t0 is not None else 0.0
+    result.images_per_s = n_img * world / max(result.seconds, 1e-9)
+    result.distinct_images_per_s = n_distinct * world / max(result.seconds, 1e-9)
     if backend == "torch_distributor":
         import torch.distributed as dist
         dist.destroy_process_group()
     return dataclasses.asdict(result)
 
+
+
+@torch.no_grad()
+def heldout_loss(model: nn.Module, batches: list, cfg: TrainConfig) -> float:
+    """The method's own loss, averaged over held-out batches, in this process
+    (no gathering across workers), with fixed randomness (SimCLR's views are
+    drawn from the same seed at every checkpoint, so the curve moves only
+    with the weights)."""
+    from .losses import LocalCollective
+    m = model.module if hasattr(model, "module") else model
+    was_training = m.training
+    m.eval()
+    try:
+        losses = [float(compute_loss(m, b, cfg, LocalCollective(), -1)[0]) for b in batches]
+    finally:
+        m.train(was_training)
+    return sum(losses) / len(losses)
 
 
 PROGRESS_FILE = "progress.log"

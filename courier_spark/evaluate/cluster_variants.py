@@ -60,26 +60,41 @@ def kmeans_seed_frames(pair: tuple[pd.DataFrame, pd.DataFrame], item_ids: np.nda
 @dataclass(frozen=True)
 class PairedDifference:
     """Differences a[i] - b[i] of runs paired by index (same encoder seed,
-    k-means seed and CTR seed on both sides)."""
+    k-means seed and CTR seed on both sides), with the two-sided paired
+    t-test (``scipy.stats.ttest_rel``) of mean difference 0."""
     mean: float
     sd: float
     n: int
-    real_k: float
+    p_value: float
+    alpha: float = 0.05
 
     @property
     def real(self) -> bool:
-        """The mean difference exceeds ``real_k`` times the paired spread (sd)."""
-        return self.n > 1 and abs(self.mean) > self.real_k * self.sd
+        """The paired t-test rejects "no difference" at ``alpha``."""
+        return self.n > 1 and self.p_value < self.alpha
 
     def __str__(self) -> str:
-        return f"{self.mean:+.3f} +- {self.sd:.3f} (n={self.n}{', real' if self.real else ''})"
+        return f"{self.mean:+.3f} +- {self.sd:.3f} (n={self.n}, p={self.p_value:.3g}{', real' if self.real else ''})"
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], real_k: float = 2.0) -> PairedDifference:
-    """Paired differences of two equally long run lists (NaN pairs dropped)."""
+def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> PairedDifference:
+    """Paired differences of two equally long run lists (NaN pairs dropped) and their t-test."""
     d = np.asarray(a, float) - np.asarray(b, float)
     if d.shape != (len(a),) or len(a) != len(b):
         raise ValueError(f"paired runs must have the same length, got {len(a)} and {len(b)}")
     d = d[np.isfinite(d)]
     return PairedDifference(float(d.mean()) if d.size else float("nan"),
-                            float(d.std(ddof=1)) if d.size > 1 else float("nan"), int(d.size), real_k)
+                            float(d.std(ddof=1)) if d.size > 1 else float("nan"), int(d.size),
+                            paired_t_p_value(d), alpha)
+
+
+def paired_t_p_value(d: np.ndarray) -> float:
+    """Two-sided p of ``scipy.stats.ttest_rel`` for differences ``d`` (NaN below 2
+    pairs; all differences equal: 0 when they are not 0, else 1)."""
+    d = np.asarray(d, float)
+    if d.size < 2:
+        return float("nan")
+    if np.ptp(d) == 0:
+        return 0.0 if d[0] != 0 else 1.0
+    from scipy.stats import ttest_rel
+    return float(ttest_rel(d, np.zeros_like(d)).pvalue)

@@ -326,6 +326,18 @@ class SmallMultiheadAttention(nn.Module):
         return self.out(o)
 
 
+def _distinct_rows(index: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Index tensors into one table -> (the distinct rows they use, each tensor
+    re-indexed into that list): per-row work is then done once per used row."""
+    flat = torch.cat([i.reshape(-1) for i in index])
+    used, inverse = torch.unique(flat, return_inverse=True)
+    out, start = [], 0
+    for i in index:
+        out.append(inverse[start:start + i.numel()].reshape(i.shape))
+        start += i.numel()
+    return used, out
+
+
 class CtrDnn(nn.Module):
     def __init__(self, prep: DnnPreprocessor) -> None:
         super().__init__()
@@ -397,10 +409,14 @@ class CtrDnn(nn.Module):
         valid = hist > 0
         h = self.item(hist) + self.recency(self.slots)[None]
         if self.history_text:
-            # The clicked items' category and title, embedded by the target's tables
-            # once per catalogue item (fewer lookups than per history slot).
-            item_cat, item_title = self.cat(self.item_cat), self._pooled_tokens(self.item_tok)  # [R + 1, e]
-            h = h + (item_cat + item_title)[b["hist_row"]]
+            # The clicked items' category and title, embedded once per catalogue
+            # row the batch uses (not the whole catalogue at every step: the same
+            # values, a fraction of the work).
+            used, (hist_row, text_row) = _distinct_rows(
+                [b["hist_row"], b["text_rows"] if self.text_interest else b["hist_row"][:0]])
+            used_cat, used_tok = self.item_cat[used], self.item_tok[used]
+            item_cat, item_title = self.cat(used_cat), self._pooled_tokens(used_tok)  # [U, e]
+            h = h + (item_cat + item_title)[hist_row]
         # Rows without history attend uniformly over padding (finite -1e9 mask,
         # no NaN); the masked mean below returns zeros for them anyway.
         h = self.norm(h + self.attn(h, valid))
@@ -413,11 +429,11 @@ class CtrDnn(nn.Module):
             parts.append(b["stats"])
         if self.text_interest:
             # category and title separately, each exactly like the cluster-ID path
-            rows, valid = b["text_rows"], b["text_rows"] > 0
+            valid = b["text_rows"] > 0
             tc, tt = self.int_cat(b["cat"]), self._pooled_tokens(b["title"], self.int_tok)
-            parts += [tc, *self._target_interest(tc, self.int_cat(self.item_cat)[rows], valid)]
+            parts += [tc, *self._target_interest(tc, self.int_cat(used_cat)[text_row], valid)]
             parts += [tt, *self._target_interest(
-                tt, self._pooled_tokens(self.item_tok, self.int_tok)[rows], valid)]
+                tt, self._pooled_tokens(used_tok, self.int_tok)[text_row], valid)]
         if self.image_feature == "vector":
             parts += [self.vec_proj(b["vec"]), b["vec_missing"]]
         elif self.image_feature == "simscore":

@@ -136,15 +136,16 @@ def pooled_std(a_values: Sequence[float], b_values: Sequence[float]) -> float:
         else float("nan")
 
 
-def is_real_difference(a_values: Sequence[float], b_values: Sequence[float], k: float = 2.0) -> bool:
-    """Rule of thumb: a difference is real when |mean(a) - mean(b)| > k * pooled
-    seed std, pooled std = sqrt((var_a + var_b) / 2) over the seeds (ddof=1).
-
-    Both sides need >= 2 seeds (otherwise the spread is unknown -> False).
-    This measures training noise across seeds on one fixed test set; it is not
-    a significance test against test-set sampling noise."""
-    a, b = summarize_seeds(a_values), summarize_seeds(b_values)
-    sp = pooled_std(a_values, b_values)
-    if math.isnan(sp) or math.isnan(a.mean) or math.isnan(b.mean):
+def is_real_difference(a_values: Sequence[float], b_values: Sequence[float], alpha: float = 0.05) -> bool:
+    """Unpaired runs: Welch's t-test (``scipy.stats.ttest_ind``, unequal
+    variances, two-sided) rejects equal means at ``alpha``. Both sides need
+    >= 2 seeds (otherwise the spread is unknown -> False). Paired runs use
+    ``cluster_variants.paired_difference`` instead."""
+    a = np.asarray([x for x in a_values if np.isfinite(x)], float)
+    b = np.asarray([x for x in b_values if np.isfinite(x)], float)
+    if a.size < 2 or b.size < 2:
         return False
-    return bool(abs(a.mean - b.mean) > k * sp)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return bool(a[0] != b[0])
+    from scipy.stats import ttest_ind
+    return bool(ttest_ind(a, b, equal_var=False).pvalue < alpha)

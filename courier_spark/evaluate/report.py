@@ -87,9 +87,9 @@ def lift_per_method_table(results: pd.DataFrame, model_kind: str) -> pd.DataFram
             pick = part.sort_values("lift_auc_pct", ascending=False)
         x = pick.iloc[0]
         rows.append({"method": method, "way": x["way"] or "-", "AUC": _pm(x["auc"], x["auc_std"]),
-                     "AUC lift": _signed(x["lift_auc_pct"]), "real": bool(x["real"]),
+                     "AUC lift": _signed(x["lift_auc_pct"]), "p": _p(x.get("p_auc")), "real": bool(x["real"]),
                      "GAUC": _pm(x["gauc"], x["gauc_std"]), "GAUC lift": _signed(x["lift_gauc_pct"]),
-                     "GAUC real": bool(x["real_gauc"]),
+                     "GAUC p": _p(x.get("p_gauc")), "GAUC real": bool(x["real_gauc"]),
                      "new-item AUC lift": _signed(x["lift_auc_new_items_pct"])
                      if "lift_auc_new_items_pct" in x.index else "-"})
     return pd.DataFrame(rows)
@@ -115,8 +115,18 @@ def all_runs_table(results: pd.DataFrame) -> pd.DataFrame:
     out["GAUC (request)"] = [_pm(m, s) for m, s in zip(results["gauc"], results["gauc_std"])]
     out["GAUC (session)"] = [_pm(m, s) for m, s in zip(results["gauc_session"], results["gauc_session_std"])]
     out["AUC lift"] = [_signed(v) for v in results["lift_auc_pct"]]
+    out["p"] = [_p(v) for v in results["p_auc"]] if "p_auc" in results else "-"
     out["real"] = results["real"].astype(bool).to_numpy()
     return out
+
+
+def _p(v: object) -> str:
+    """A p-value for a table: 3 significant digits, '-' when there is none."""
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if math.isnan(f) else f"{f:.3g}"
 
 
 def _plot_category_lift(per_cat: pd.DataFrame, kind: str, baseline: str | None, path: str) -> bool:
@@ -222,7 +232,7 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
     main = _main_kind(results)
     base = results.attrs.get("baseline") or next(iter(results.loc[results["is_baseline"], "variant"]), None)
     weighting = results["gauc_weighting"].iloc[0] if "gauc_weighting" in results else "impressions"
-    k = results.attrs.get("real_k", 2.0)
+    alpha = results.attrs.get("alpha", 0.05)
     md = [f"# {title}\n",
           f"Main model: **{main}**. Baseline: **{base}**. Seeds: {results.attrs.get('seeds', '?')}. "
           f"Numbers are mean ± std over seeds on one fixed test split. GAUC = AUC inside each "
@@ -230,8 +240,8 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
           f"weighted by **{weighting}**. Lift = 100 × (variant / baseline − 1). A difference is "
           f"called *real* when the paired differences (run i of a variant minus run i of the "
           f"baseline, same CTR seed; cluster IDs of run i > 0 from another k-means seed) have "
-          f"|mean| > {k} × their std (training and clustering noise; not a significance test over "
-          f"test impressions). New-item AUC: test impressions of items first shown on the test day.\n"]
+          f"a two-sided paired t-test (`scipy.stats.ttest_rel`) p < {alpha}; p is the test's p-value "
+          f"(training and clustering noise; the test impressions are fixed). New-item AUC: test impressions of items first shown on the test day.\n"]
     md += ["## Lift per method (table-5 style)\n", md_table(lift_per_method_table(results, main))]
     r = _with_method(results[results["model_kind"] == main])
     # courier_shuffled is a control (shuffled histories), not an ablation of the method

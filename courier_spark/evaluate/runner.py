@@ -4,7 +4,7 @@ Lifts are measured against the baseline variant on the *same* test rows
 (checked by event_id): ``lift_*_pct = 100 * (metric / baseline_metric - 1)``
 (relative %), ``auc_delta`` = absolute AUC difference. ``real`` comes from
 *paired* differences: run i of a variant minus run i of the baseline (same
-CTR seed), real when |mean| > real_k * their sd. A variant's frames may differ
+CTR seed), real when their paired t-test gives p < alpha. A variant's frames may differ
 per run (``SeedFrames``): the evaluate stage re-clusters each method's
 embeddings with another k-means seed for every run after the first, so the
 spread that decides "real" includes k-means noise, not only CTR-model seeds.
@@ -29,8 +29,9 @@ from .metrics import auc, gauc, is_real_difference, per_category_auc, per_catego
 PREDICTION_COLUMNS = ["variant", "model_kind", "event_id", "request_id", "session_id", "category",
                       "label", "score"]
 _METRICS = ("auc", "gauc", "gauc_session", "auc_new_items")
-REAL_RULE = ("real = |mean(d)| > {k} * sd(d) (ddof=1), d = variant run i - baseline run i (same CTR seed; "
-             "cluster IDs of run i > 0 from another k-means seed when evaluate.vary_kmeans_seed)")
+REAL_RULE = ("real = two-sided paired t-test (scipy.stats.ttest_rel) p < {alpha}, d = variant run i - baseline "
+             "run i (same CTR seed; cluster IDs of run i > 0 from another k-means seed when "
+             "evaluate.vary_kmeans_seed); p_<metric> columns hold the p-values")
 LIFT_DEFINITION = "lift_<metric>_pct = 100 * (variant / baseline - 1) (relative %); auc_delta = variant - baseline"
 
 
@@ -152,14 +153,14 @@ def evaluate_variants(frames: Mapping[str, Union[FramePair, SeedFrames]],
                     p["score"] = scores
                     preds.append(p)
     runs_df = pd.DataFrame(runs)
-    results = summarize_runs(runs_df, base, cfg.real_k, cfg.gauc_weighting)
-    results.attrs.update({"baseline": base, "real_k": cfg.real_k, "gauc_weighting": cfg.gauc_weighting,
+    results = summarize_runs(runs_df, base, cfg.alpha, cfg.gauc_weighting)
+    results.attrs.update({"baseline": base, "alpha": cfg.alpha, "gauc_weighting": cfg.gauc_weighting,
                           "seeds": seeds, "prediction_seed": seeds[0], "main_model": cfg.main_model})
     predictions = pd.concat(preds, ignore_index=True)[PREDICTION_COLUMNS]
     return results, predictions
 
 
-def summarize_runs(runs: pd.DataFrame, baseline: str | None, real_k: float = 2.0,
+def summarize_runs(runs: pd.DataFrame, baseline: str | None, alpha: float = 0.05,
                    gauc_weighting: str = "impressions") -> pd.DataFrame:
     """Per-seed run rows -> one row per (variant, model_kind) with mean/std, lifts and ``real``."""
     out = []
@@ -179,6 +180,7 @@ def summarize_runs(runs: pd.DataFrame, baseline: str | None, real_k: float = 2.0
     for m in _METRICS:
         res[f"lift_{m}_pct"] = np.nan
         res[f"real_{m}"] = False
+        res[f"p_{m}"] = np.nan
     res["auc_delta"] = np.nan
     if baseline is not None:
         for i, r in res.iterrows():
@@ -189,19 +191,23 @@ def summarize_runs(runs: pd.DataFrame, baseline: str | None, real_k: float = 2.0
             res.at[i, "auc_delta"] = r["auc"] - b["auc"]
             for m in _METRICS:
                 res.at[i, f"lift_{m}_pct"] = 100.0 * (r[m] / b[m] - 1.0)
-                res.at[i, f"real_{m}"] = (not r["is_baseline"]) and _paired_real(
-                    r[f"{m}_seeds"], b[f"{m}_seeds"], real_k)
+                if r["is_baseline"]:
+                    continue
+                p_value, real = _paired_test(r[f"{m}_seeds"], b[f"{m}_seeds"], alpha)
+                res.at[i, f"real_{m}"], res.at[i, f"p_{m}"] = real, p_value
     res = res.rename(columns={"real_auc": "real"})
     res["gauc_weighting"] = gauc_weighting
     return res
 
 
-def _paired_real(variant: list, baseline: list, k: float) -> bool:
-    """|mean(d)| > k * sd(d) for d = variant[i] - baseline[i] (runs paired by seed)."""
+def _paired_test(variant: list, baseline: list, alpha: float) -> tuple[float, bool]:
+    """(p, real) of the paired t-test of variant[i] - baseline[i] (runs paired by
+    seed); unpaired run lists: Welch's test, p not reported (NaN)."""
     from .cluster_variants import paired_difference
     if len(variant) != len(baseline):
-        return is_real_difference(variant, baseline, k)  # unpaired runs: the pooled rule
-    return paired_difference(variant, baseline, k).real
+        return float("nan"), is_real_difference(variant, baseline, alpha)
+    d = paired_difference(variant, baseline, alpha)
+    return d.p_value, d.real
 
 
 def per_category_results(predictions: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
@@ -247,7 +253,7 @@ def metrics_dict(results: pd.DataFrame, main_model: str | None = None) -> dict:
                  "gauc_weighting": results.attrs.get("gauc_weighting",
                                                      _clean(results["gauc_weighting"].iloc[0])),
                  "seeds": results.attrs.get("seeds"),
-                 "real_rule": REAL_RULE.format(k=results.attrs.get("real_k", 2.0)),
+                 "real_rule": REAL_RULE.format(alpha=results.attrs.get("alpha", 0.05)),
                  "lift_definition": LIFT_DEFINITION,
                  "variants": block(main)}
     for kind in kinds:

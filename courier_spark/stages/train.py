@@ -42,7 +42,7 @@ def run(ctx: StageContext) -> dict:
     from training.artifact import save_artifact
     from training.checkpoints import checkpoint_dir, latest_checkpoint, load_checkpoint
     from training.launch import run_distributed
-    from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame
+    from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame, split_heldout
     from training.objectives import build_model
     from training.pretrain_rows import shuffle_histories
     from training.similarity import co_click_similarity
@@ -62,8 +62,10 @@ def run(ctx: StageContext) -> dict:
         frame = shuffle_histories(frame, tcfg.seed)
     spec = LoaderSpec(scfg.l_pv, scfg.l_click, tcfg.image_size, tcfg.batch_size)
     workers = 1 if tcfg.backend == "local" else tcfg.num_proc
+    frame, heldout = split_heldout(frame, tcfg.heldout_share)   # same pages for every method (seed 0)
     with step("train", "materialising the training frame (ids) and item images for petastorm"):
-        loader = SampleLoader.from_frame(frame, items, spec, p.petastorm_cache, workers)
+        loader = SampleLoader.from_frame(frame, items, spec, p.petastorm_cache, workers,
+                                         heldout=heldout if tcfg.heldout_share > 0 else None)
     n_rows = len(loader)
     if n_rows < tcfg.batch_size * workers:
         loader.delete()
@@ -98,7 +100,9 @@ def run(ctx: StageContext) -> dict:
     tail = [h[1] for h in hist[-3:]]
     metrics = {"steps": r0["steps_done"], "initial_loss": float(np.mean(head)), "final_loss": float(np.mean(tail)),
                "final_in_batch_accuracy": float(hist[-1][2]), "images_per_s": r0["images_per_s"],
+               "distinct_images_per_s": r0["distinct_images_per_s"], "loop_seconds": r0["seconds"],
                "resumed_from_step": r0["resumed_from"], "history": hist,
+               "heldout_loss": [list(h) for h in state.get("heldout", [])],
                "checkpoint_steps": state["checkpoint_steps"], "pretrain_rows": n_rows}
     with step("train", "measuring co-click vs random-pair embedding similarity"):
         metrics.update(co_click_similarity(model.encoder, samples, items, tcfg.image_size))
@@ -106,7 +110,10 @@ def run(ctx: StageContext) -> dict:
                         embed_dim=tcfg.embed_dim, image_size=tcfg.image_size,
                         config=dataclasses.asdict(tcfg), data_versions=data_versions, metrics=metrics)
     fs.rm(ckpt_dir, recursive=True)  # the artifact now holds the weights
-    say("train", f"saved {art.model_version}: loss {metrics['initial_loss']:.3f} -> {metrics['final_loss']:.3f}, "
+    held = metrics["heldout_loss"]
+    say("train", f"saved {art.model_version}: loss {metrics['initial_loss']:.3f} -> {metrics['final_loss']:.3f}"
+                 + (f", held-out {held[0][1]:.3f} -> {held[-1][1]:.3f}" if held else "")
+                 + f", {r0['images_per_s']:.0f} images/s ({r0['distinct_images_per_s']:.0f} distinct), "
                  + _co_click_line(metrics))
     return {"complete": True, "model_version": art.model_version, "path": art.path,
             "metrics": {k: v for k, v in metrics.items() if k != "history"}}

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from training.images import decode_image
-from training.loader import (PAD_ID, LoaderSpec, SampleLoader, decode_batch, load_item_images,
-                             pretrain_training_frame)
+from training.loader import (PAD_ID, DecodedItems, LoaderSpec, SampleLoader, load_decoded_items,
+                             pretrain_training_frame, slot_images, split_heldout)
 
 SIZE = 8
 
@@ -65,16 +65,36 @@ def test_id_frame_pads_and_truncates(data):
         assert list(g["pv_labels"]) == (labels + [0] * 5)[:5]
 
 
-def test_decode_batch_looks_up_by_id():
-    images = {3: png((10, 20, 30)), 9: png((200, 100, 0)), 8: b"not an image"}
-    pdf = pd.DataFrame({"pv_labels": [[1, 0]], "pv_ids": [np.array([3, PAD_ID])],
-                        "hist_ids": [np.array([9, 8])]})
-    out = decode_batch(pdf, images, 2, 2, SIZE)
-    assert out["pv_mask"].tolist() == [[True, False]] and out["hist_mask"].tolist() == [[True, False]]
-    np.testing.assert_array_equal(out["pv_images"][0, 0], decode_image(images[3], SIZE))
-    np.testing.assert_array_equal(out["hist_images"][0, 0], decode_image(images[9], SIZE))
-    assert (out["pv_images"][0, 1] == 0).all() and (out["hist_images"][0, 1] == 0).all()
-    assert out["pv_labels"].tolist() == [[1, 0]]
+def test_decoded_items_batch_looks_up_by_id_each_item_once():
+    images = {3: png((10, 20, 30)), 9: png((200, 100, 0)), 8: b"not an image", 5: None}
+    items = DecodedItems.decode(list(images), list(images.values()), SIZE)
+    pv = np.array([[3, PAD_ID, 9], [9, 5, 3]])
+    hist = np.array([[9, 8], [12345, 3]])       # 8 undecodable, 12345 unknown
+    b = items.batch(pv, hist, np.array([[1, 0, 0], [0, 0, 1]]))
+    assert b["pv_mask"].tolist() == [[True, False, True], [True, False, True]]
+    assert b["hist_mask"].tolist() == [[True, False], [False, True]]
+    assert b["items"].shape[0] == 2                       # items 3 and 9, each once
+    full = slot_images(b)
+    for kind, ids in (("pv", pv), ("hist", hist)):
+        for (r, c), i in np.ndenumerate(ids):
+            want = decode_image(images.get(int(i)), SIZE) if int(i) in images else None
+            got = full[f"{kind}_images"][r, c].numpy()
+            if want is None:
+                assert (got == 0).all()
+            else:
+                np.testing.assert_array_equal(got, want)  # bit for bit: what the embed job decodes
+    assert b["pv_labels"].tolist() == [[1, 0, 0], [0, 0, 1]]
+
+
+def test_heldout_split_is_stable_disjoint_and_sized(spark):
+    frame = spark.createDataFrame([(f"r{i}", i) for i in range(4000)], "request_id string, x int")
+    train, held = split_heldout(frame, 0.1)
+    tr = {r["request_id"] for r in train.collect()}
+    he = {r["request_id"] for r in held.collect()}
+    assert not tr & he and len(tr | he) == 4000
+    assert 320 < len(he) < 480                               # 10 % +- 4 sd
+    assert he == {r["request_id"] for r in split_heldout(frame, 0.1)[1].collect()}
+    assert not split_heldout(frame, 0.0)[1].count()
 
 
 def test_loader_batches_equal_direct_decoding(spark, data, tmp_path):
@@ -83,12 +103,14 @@ def test_loader_batches_equal_direct_decoding(spark, data, tmp_path):
     loader = SampleLoader.from_frame(pretrain_training_frame(samples, 5, 5), items, spec, str(tmp_path / "cache"))
     try:
         # every image once: the table holds one row per item that has bytes
-        stored = load_item_images(loader.images_url)
-        assert stored.ids() == sorted(i for i, b in images.items() if b is not None)
-        assert all(stored.get(i) == images[i] for i in stored.ids()) and stored.get(999) is None
+        stored = load_decoded_items(loader.images_url, SIZE)
+        assert stored.ids.tolist() == sorted(i for i, b in images.items() if b is not None)
+        assert stored.valid.tolist() == [i != 8 for i in stored.ids]    # 8's bytes do not decode
         seen, got = 0, {"pv": [np.zeros((3, SIZE, SIZE)), 0], "hist": [np.zeros((3, SIZE, SIZE)), 0]}
         labels = 0
         for b in loader.batches(num_epochs=1, workers=1, seed=0):
+            assert len(np.unique(b["items"].numpy().reshape(len(b["items"]), -1), axis=0)) == len(b["items"])
+            b = slot_images(b)
             seen += b["pv_labels"].shape[0]
             labels += int(b["pv_labels"].sum())
             for kind in ("pv", "hist"):
