@@ -72,6 +72,68 @@ def loader_rate(root: str, size: int, batch_size: int, n_batches: int) -> tuple[
         loader.delete()
 
 
+def step_breakdown(root: str, tcfg, steps: int = 20) -> dict[str, float]:
+    """Seconds per step of one worker's work in this process, one torch thread,
+    ``train.batch_size`` pages a step: building the indexed batch from id rows,
+    the encoder's forward+backward on the batch's distinct items alone, and
+    the whole step (COURIER's loss forward+backward and the Adam update,
+    no collectives). What a distributed step takes beyond the whole step is
+    the collectives and the launch's own overhead."""
+    import numpy as np
+
+    from courier_spark.config import load_config
+    from courier_spark.paths import TablePaths
+    from courier_spark.spark import get_spark
+    from courier_spark.tables import read_table
+    from training.loader import load_decoded_items, item_images_frame, pretrain_training_frame
+    from training.losses import LocalCollective
+    from training.objectives import build_model, compute_loss
+    spark = get_spark(load_config().spark)
+    p = TablePaths.for_root(root)
+    from pyspark.sql import functions as F
+    # a random sample of page views, as the training shuffle gives (the table's
+    # order puts a user's page views together, which shares more items)
+    ids = pretrain_training_frame(read_table(spark, p.pretrain_samples), 5, 5).orderBy(F.rand(0)).limit(
+        tcfg.batch_size * (steps + 1)).toPandas()
+    url = f"{root}/_cache/breakdown-images"
+    item_images_frame(read_table(spark, p.silver_items)).coalesce(1).write.mode("overwrite").parquet(url)
+    t0 = time.perf_counter()
+    items = load_decoded_items(url, tcfg.image_size)
+    decode_s = time.perf_counter() - t0
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = build_model(tcfg)
+        opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+        bs = tcfg.batch_size
+        arr = {k: np.stack([np.asarray(v, np.int64) for v in ids[k]]) for k in ("pv_ids", "hist_ids", "pv_labels")}
+        t_batch = t_enc = t_step = 0.0
+        slots = distinct = 0
+        for i in range(steps + 1):
+            sl = slice(i * bs, (i + 1) * bs)
+            t0 = time.perf_counter()
+            b = items.batch(arr["pv_ids"][sl], arr["hist_ids"][sl], arr["pv_labels"][sl])
+            t1 = time.perf_counter()
+            model.encoder(b["items"]).pow(2).sum().backward()
+            opt.zero_grad()
+            t2 = time.perf_counter()
+            loss, _ = compute_loss(model, b, tcfg, LocalCollective(), i)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            t3 = time.perf_counter()
+            if i:   # the first step warms the allocator up
+                t_batch, t_enc, t_step = t_batch + t1 - t0, t_enc + t2 - t1, t_step + t3 - t2
+                slots += int(b["pv_mask"].sum() + b["hist_mask"].sum())
+                distinct += int(b["items"].shape[0])
+    finally:
+        torch.set_num_threads(prev)
+    return {"decode_all_s": decode_s, "items": len(items), "batch_s": t_batch / steps,
+            "encoder_s": t_enc / steps, "step_s": t_step / steps, "slots": slots / steps,
+            "distinct": distinct / steps}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default="data/bench-speed")
@@ -79,6 +141,8 @@ def main() -> None:
     ap.add_argument("--backends", default="horovod,torch_distributor")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args()
+    if "://" not in a.root:
+        a.root = os.path.abspath(a.root)   # Spark and petastorm need absolute local paths
     from courier_spark.config import load_config
     from courier_spark.paths import TablePaths
     from courier_spark import fs
@@ -96,6 +160,12 @@ def main() -> None:
     slots, distinct = loader_rate(a.root, tcfg.image_size, tcfg.batch_size, 40)
     print(f"[bench] loader alone (1 process, batch {tcfg.batch_size} pages): {slots:.0f} slots/s, "
           f"{distinct:.0f} distinct images/s", flush=True)
+    bd = step_breakdown(a.root, tcfg)
+    print(f"[bench] one worker, 1 thread, {tcfg.batch_size} pages a step ({bd['slots']:.0f} image slots, "
+          f"{bd['distinct']:.0f} distinct): indexed batch {1000 * bd['batch_s']:.0f} ms, encoder "
+          f"forward+backward of the distinct items {1000 * bd['encoder_s']:.0f} ms, whole step (loss, "
+          f"backward, Adam) {1000 * bd['step_s']:.0f} ms; decoding all {bd['items']} item images once: "
+          f"{bd['decode_all_s']:.1f} s", flush=True)
     rows = []
     for backend in [b for b in a.backends.split(",") if b]:
         t0 = time.perf_counter()

@@ -302,8 +302,16 @@ class TrainConfig(Section):
     grad_checkpointing: bool = False
     backend: str = choice("horovod", BACKENDS)
     num_proc: int = num(2, 1, 10_000)
+    # Horovod's background cycle (HOROVOD_CYCLE_TIME, ms). Its thread wakes every
+    # cycle; on 2 cores Horovod's own default cost a quarter of the step rate
+    # (bench/bench_training_speed.py: 1,471 image slots/s; 2 ms: 1,885; 5 ms: 1,808).
+    horovod_cycle_time_ms: float = num(2.0, 0.0, 1000.0, lo_open=True)
     loader_workers: int = num(2, 0, 256)      # petastorm reader threads per worker (0: tests' in-memory loaders)
     checkpoint_every: int = num(50, 1, BIG)
+    # Keep the checkpoints (models/_checkpoints/<method>-<hash>/) after the
+    # artifact is saved: a learning curve (bench/bench_learning_curve.py)
+    # reads the encoder at each one. Default: removed, the artifact has the weights.
+    keep_checkpoints: bool = False
     log_every: int = num(10, 1, BIG)
     seed: int = num(0, 0, 2 ** 31 - 1)
     max_steps_this_run: int | None = num(None, 1, BIG)   # stop early (tests simulate a kill with it)

@@ -15,7 +15,8 @@ from courier_spark.errors import CourierError
 from courier_spark.schema import TrainConfig
 
 # Settings that do not change what is trained: a resumed run may change them.
-_NOT_HASHED = ("log_every", "checkpoint_every", "max_steps_this_run", "loader_workers", "timeout_s")
+_NOT_HASHED = ("log_every", "checkpoint_every", "max_steps_this_run", "loader_workers", "timeout_s",
+               "keep_checkpoints", "horovod_cycle_time_ms")
 
 
 def config_hash(cfg: TrainConfig) -> str:

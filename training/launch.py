@@ -79,7 +79,8 @@ class DistributedTrainingError(CourierError, RuntimeError):
 def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int, *,
                     timeout_s: float | None = None, progress_file: str | None = None,
                     progress_emit: Callable[[str], None] | None = None,
-                    forward_to: Callable[[str], None] | None = None) -> list:
+                    forward_to: Callable[[str], None] | None = None,
+                    horovod_cycle_time_ms: float | None = None) -> list:
     """Run ``fn(*args, backend)`` on ``num_proc`` workers; results in rank order.
 
     With ``horovod``, a worker that raises, crashes or is killed fails the
@@ -91,17 +92,21 @@ def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int, *,
     ``progress_file``: with ``horovod``, handed line by line to
     ``progress_emit`` as the workers append to it (see ``report_progress``).
     ``forward_to``: where Horovod's forwarded worker output goes, one line at
-    a time (default: the driver's stdout/stderr).
+    a time (default: the driver's stdout/stderr). ``horovod_cycle_time_ms``:
+    Horovod's background cycle (``HOROVOD_CYCLE_TIME``; None: Horovod's own).
     """
     if num_proc < 1:
         raise ValueError(f"train.num_proc must be >= 1, got {num_proc}")
     if timeout_s is None and os.environ.get("COURIER_DISTRIBUTED_TIMEOUT_S"):
         timeout_s = float(os.environ["COURIER_DISTRIBUTED_TIMEOUT_S"])
     if backend == "horovod":
+        env = dict(os.environ)
+        if horovod_cycle_time_ms is not None:
+            env["HOROVOD_CYCLE_TIME"] = f"{horovod_cycle_time_ms:g}"
         if progress_file is None:
-            return _run_horovod(fn, args, num_proc, timeout_s, forward_to)
+            return _run_horovod(fn, args, num_proc, timeout_s, forward_to, env)
         with ProgressTail(progress_file, emit=progress_emit):
-            return _run_horovod(fn, args, num_proc, timeout_s, forward_to)
+            return _run_horovod(fn, args, num_proc, timeout_s, forward_to, env)
     if backend == "torch_distributor":
         from pyspark.ml.torch.distributor import TorchDistributor
         out = TorchDistributor(num_processes=num_proc, local_mode=True, use_gpu=False).run(
@@ -202,7 +207,7 @@ def horovod_nics(master: str | None) -> set[str] | None:
 
 
 def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | None,
-                 forward_to: Callable[[str], None] | None = None) -> list:
+                 forward_to: Callable[[str], None] | None = None, env: dict | None = None) -> list:
     import horovod.spark
     from horovod.spark.driver import job_id
     from pyspark import SparkContext
@@ -238,7 +243,7 @@ def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | No
     t0 = time.perf_counter()
     try:
         return horovod.spark.run(fn, args=(*args, "horovod"), num_proc=num_proc, verbose=0,
-                                 stdout=out, stderr=err, nics=horovod_nics(sc.master))
+                                 stdout=out, stderr=err, nics=horovod_nics(sc.master), env=env)
     except Exception as e:  # noqa: BLE001 - re-raised with the failed rank and cause named
         why = explain_worker_failure(list(err.lines) + list(out.lines), e, generic=not timed_out.is_set(),
                                      num_proc=num_proc)

@@ -83,7 +83,8 @@ def run(ctx: StageContext) -> dict:
     try:
         results = run_distributed(train_worker, (tcfg, loader, ckpt_dir), tcfg.backend, tcfg.num_proc,
                                   timeout_s=tcfg.timeout_s, progress_file=fs.join(ckpt_dir, PROGRESS_FILE),
-                                  progress_emit=_relay, forward_to=_forwarded)
+                                  progress_emit=_relay, forward_to=_forwarded,
+                                  horovod_cycle_time_ms=tcfg.horovod_cycle_time_ms)
     finally:
         if not ctx.keep_loader_cache:
             loader.delete()
@@ -103,13 +104,16 @@ def run(ctx: StageContext) -> dict:
                "distinct_images_per_s": r0["distinct_images_per_s"], "loop_seconds": r0["seconds"],
                "resumed_from_step": r0["resumed_from"], "history": hist,
                "heldout_loss": [list(h) for h in state.get("heldout", [])],
-               "checkpoint_steps": state["checkpoint_steps"], "pretrain_rows": n_rows}
+               "checkpoint_steps": state["checkpoint_steps"], "pretrain_rows": n_rows,
+               "heldout_rows": len(loader.heldout["pv_labels"]) if loader.heldout else 0,
+               "checkpoint_dir": ckpt_dir if tcfg.keep_checkpoints else None}
     with step("train", "measuring co-click vs random-pair embedding similarity"):
         metrics.update(co_click_similarity(model.encoder, samples, items, tcfg.image_size))
     art = save_artifact(p.models, tcfg.method, model.encoder, model, backbone=tcfg.backbone,
                         embed_dim=tcfg.embed_dim, image_size=tcfg.image_size,
                         config=dataclasses.asdict(tcfg), data_versions=data_versions, metrics=metrics)
-    fs.rm(ckpt_dir, recursive=True)  # the artifact now holds the weights
+    if not tcfg.keep_checkpoints:
+        fs.rm(ckpt_dir, recursive=True)  # the artifact now holds the weights
     held = metrics["heldout_loss"]
     say("train", f"saved {art.model_version}: loss {metrics['initial_loss']:.3f} -> {metrics['final_loss']:.3f}"
                  + (f", held-out {held[0][1]:.3f} -> {held[-1][1]:.3f}" if held else "")
