@@ -535,6 +535,9 @@ class EvaluateConfig(Section):
     all_ways_methods: list = items(lambda: ["courier"], item=str, choices=METHODS, min_len=0)
     model_kinds: list = items(lambda: ["dnn", "lgbm"], item=str, choices=MODEL_KINDS)
     seeds: list = items(lambda: [0, 1, 2], item=int, lo=0, hi=2 ** 31 - 1)
+    # CTR fits run side by side in this many processes (each single-threaded,
+    # see dnn.num_threads); 0 = one per core, 1 = in the driver, one at a time.
+    parallel_fits: int = num(0, 0, 1024)
     main_model: str = choice("dnn", MODEL_KINDS)  # the model whose numbers are the headline metrics
     baseline: str = "baseline"        # variant name the lifts are measured against
     gauc_weighting: str = choice("impressions", GAUC_WEIGHTINGS)

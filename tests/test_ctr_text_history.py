@@ -243,6 +243,6 @@ def test_runner_passes_the_item_table_to_both_models(monkeypatch):
     monkeypatch.setattr(ctr_dnn, "train_dnn", spy(ctr_dnn.train_dnn))
     monkeypatch.setattr(lgbm, "train_lgbm", spy(lgbm.train_lgbm))
     frames = make_toy_ctr_frames(n_users=15, n_items=150, seed=6)
-    cfg = EvaluateConfig(dnn=DnnConfig(epochs=1))
+    cfg = EvaluateConfig(dnn=DnnConfig(epochs=1), parallel_fits=1)   # in this process, where the spies are
     evaluate_variants(frames, [("baseline", "none")], model_kinds=["dnn", "lgbm"], seeds=[0], cfg=cfg, items=ITEMS)
     assert len(seen) == 2 and all(s is ITEMS for s in seen)

@@ -61,3 +61,20 @@ def test_seed_frames_are_built_per_run_and_new_item_auc_is_the_subset_auc(toy):
     assert row["auc_new_items_seeds"][0] == pytest.approx(auc(p.loc[p["new_item"], "label"],
                                                               p.loc[p["new_item"], "score"]))
     assert np.isfinite(row["lift_auc_new_items_pct"])
+
+
+def test_parallel_fits_give_the_sequential_results(toy):
+    """Fits in spawned processes (evaluate.parallel_fits) are the same fits:
+    identical metrics and predictions, in the same order, as one at a time."""
+    from courier_spark.evaluate.config import EvaluateConfig
+    frames = {"baseline": (toy["courier_cluster_id"][0].drop(columns=["target_cluster_id"]),
+                           toy["courier_cluster_id"][1].drop(columns=["target_cluster_id"])),
+              "clu": toy["courier_cluster_id"]}
+    variants = [("baseline", "none"), ("clu", "cluster_id")]
+    out = {}
+    for n in (1, 2):
+        cfg = EvaluateConfig(parallel_fits=n)
+        out[n] = evaluate_variants(frames, variants, model_kinds=("lgbm", "dnn"), seeds=(0, 1), cfg=cfg)
+    cols = ["variant", "model_kind", "auc", "gauc", "auc_seeds"]
+    pd.testing.assert_frame_equal(out[1][0][cols], out[2][0][cols])
+    pd.testing.assert_frame_equal(out[1][1], out[2][1])

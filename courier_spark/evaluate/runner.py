@@ -14,6 +14,7 @@ their own AUC (``auc_new_items``) and lift.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Callable, Mapping, Sequence, Union
 
@@ -48,6 +49,36 @@ def _train_and_score(kind: str, train_df: pd.DataFrame, test_df: pd.DataFrame, i
     else:
         raise ValueError(f"unknown model kind {kind!r} (expected dnn or lgbm)")
     return scores, time.perf_counter() - t0
+
+
+def _quiet_fit_process() -> None:
+    """A fit process prints nothing of its own: the driver says one line per fit."""
+    import logging
+    logging.getLogger("courier").setLevel(logging.WARNING)
+
+
+def _parallel_fits(fits, workers: int, cfg: EvaluateConfig, items: pd.DataFrame | None, record) -> None:
+    """Run the ``fits`` in ``workers`` spawned processes, at most two per worker
+    in flight (frames are built as they are reached), and ``record`` each in
+    the order given, so results do not depend on which process finished first.
+    Spawned, not forked: the driver holds a JVM gateway and OpenMP state."""
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    pending: deque = deque()
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_quiet_fit_process) as pool:
+        def drain(keep: int) -> None:
+            while len(pending) > keep:
+                (name, feat, kind, seed, n_train, test), fut = pending.popleft()
+                scores, secs = fut.result()
+                record(name, feat, kind, seed, n_train, test, scores, secs)
+
+        for name, feat, kind, seed, train_df, test_df in fits:
+            fut = pool.submit(_train_and_score, kind, train_df, test_df, feat, seed, cfg, name, items)
+            pending.append(((name, feat, kind, seed, len(train_df), test_df), fut))
+            drain(2 * workers)
+        drain(0)
 
 
 def _pick_baseline(variants: Sequence[tuple[str, str]], wanted: str) -> str | None:
@@ -119,39 +150,53 @@ def evaluate_variants(frames: Mapping[str, Union[FramePair, SeedFrames]],
 
     t_all = time.perf_counter()
     runs, preds = [], []
-    for name, feat in variants:
-        for i, seed in enumerate(seeds):
-            if callable(frames[name]) or i == 0:
-                train_df, test_df = _frames_for(frames, name, i)
-                if callable(frames[name]):
-                    check_ctr_frame(train_df, feat, f"{name} train frame (run {i})")
-                    check_ctr_frame(test_df, feat, f"{name} test frame (run {i})")
-                    if ref is not None and set(test_df["event_id"]) != ref:
-                        raise ValueError(f"variant {name!r} run {i}: its test rows differ from the baseline's")
-                y = pd.to_numeric(test_df["label"]).to_numpy(np.int64)
-                new = test_df["new_item"].to_numpy(bool) if "new_item" in test_df.columns else None
-            for kind in model_kinds:
-                scores, secs = _train_and_score(kind, train_df, test_df, feat, seed, cfg, name, items)
-                row = {"variant": name, "image_feature": feat, "model_kind": kind, "seed": seed,
-                       "train_seconds": secs, "n_train": len(train_df), "n_test": len(test_df),
-                       "auc": auc(y, scores),
-                       "auc_new_items": auc(y[new], scores[new]) if new is not None
-                       and len(np.unique(y[new])) == 2 else float("nan")}
-                for metric, col in (("gauc", "request_id"), ("gauc_session", "session_id")):
-                    g = gauc(y, scores, test_df[col], cfg.gauc_weighting)
-                    row[metric], row[f"{metric}_groups"] = g.value, g.n_groups_used
-                runs.append(row)
-                say("evaluate", f"{name} / {kind} / seed {seed}: auc {row['auc']:.4f} gauc {row['gauc']:.4f} "
-                                f"gauc_session {row['gauc_session']:.4f} ({secs:.1f}s, total "
-                                f"{time.perf_counter() - t_all:.0f}s)")
-                if seed == seeds[0]:
-                    p = pd.DataFrame({c: test_df[c].to_numpy() if c in test_df.columns else None
-                                      for c in PREDICTION_COLUMNS[2:-2]})
-                    p.insert(0, "model_kind", kind)
-                    p.insert(0, "variant", name)
-                    p["label"] = y
-                    p["score"] = scores
-                    preds.append(p)
+
+    def record(name: str, feat: str, kind: str, seed: int, n_train: int, test: pd.DataFrame,
+               scores: np.ndarray, secs: float) -> None:
+        y = pd.to_numeric(test["label"]).to_numpy(np.int64)
+        new = test["new_item"].to_numpy(bool) if "new_item" in test.columns else None
+        row = {"variant": name, "image_feature": feat, "model_kind": kind, "seed": seed,
+               "train_seconds": secs, "n_train": n_train, "n_test": len(test),
+               "auc": auc(y, scores),
+               "auc_new_items": auc(y[new], scores[new]) if new is not None
+               and len(np.unique(y[new])) == 2 else float("nan")}
+        for metric, col in (("gauc", "request_id"), ("gauc_session", "session_id")):
+            g = gauc(y, scores, test[col], cfg.gauc_weighting)
+            row[metric], row[f"{metric}_groups"] = g.value, g.n_groups_used
+        runs.append(row)
+        say("evaluate", f"{name} / {kind} / seed {seed}: auc {row['auc']:.4f} gauc {row['gauc']:.4f} "
+                        f"gauc_session {row['gauc_session']:.4f} ({secs:.1f}s, total "
+                        f"{time.perf_counter() - t_all:.0f}s)")
+        if seed == seeds[0]:
+            p = pd.DataFrame({c: test[c].to_numpy() if c in test.columns else None
+                              for c in PREDICTION_COLUMNS[2:-2]})
+            p.insert(0, "model_kind", kind)
+            p.insert(0, "variant", name)
+            p["label"] = y
+            p["score"] = scores
+            preds.append(p)
+
+    def fits():   # (name, feat, kind, seed, train, test) in a fixed order; frames built when reached
+        for name, feat in variants:
+            for i, seed in enumerate(seeds):
+                if callable(frames[name]) or i == 0:
+                    train_df, test_df = _frames_for(frames, name, i)
+                    if callable(frames[name]):
+                        check_ctr_frame(train_df, feat, f"{name} train frame (run {i})")
+                        check_ctr_frame(test_df, feat, f"{name} test frame (run {i})")
+                        if ref is not None and set(test_df["event_id"]) != ref:
+                            raise ValueError(f"variant {name!r} run {i}: its test rows differ from the baseline's")
+                for kind in model_kinds:
+                    yield name, feat, kind, seed, train_df, test_df
+
+    workers = cfg.parallel_fits or (os.cpu_count() or 1)
+    n_fits = len(variants) * len(seeds) * len(model_kinds)
+    if workers <= 1 or n_fits <= 1:
+        for name, feat, kind, seed, train_df, test_df in fits():
+            scores, secs = _train_and_score(kind, train_df, test_df, feat, seed, cfg, name, items)
+            record(name, feat, kind, seed, len(train_df), test_df, scores, secs)
+    else:
+        _parallel_fits(fits(), workers, cfg, items, record)
     runs_df = pd.DataFrame(runs)
     results = summarize_runs(runs_df, base, cfg.alpha, cfg.gauc_weighting)
     results.attrs.update({"baseline": base, "alpha": cfg.alpha, "gauc_weighting": cfg.gauc_weighting,
