@@ -7,9 +7,9 @@ other settings are the pre-registered default world's) it builds a dataset
 root, trains every method once per encoder seed (``courier comparisons``),
 clusters each encoder with every k-means seed in memory, and trains the DNN
 CTR model on each (encoder seed, k-means seed) with CTR seed = the k-means
-seed's index, paired with the baseline at the same CTR seed. Differences are
-paired over encoder seeds x k-means seeds; "real" = |mean| > 2 sd of the
-paired differences. Prints a table per point, then the dose-response table
+seed's index, paired with the baseline at the same CTR seed (the DNN, and
+LightGBM too with ``--model-kinds dnn lgbm``). Differences are paired over
+encoder seeds x k-means seeds; "real" = two-sided paired t-test p < 0.05. Prints a table per point, then the dose-response table
 (GAUC lift differences), and how long it all took. Re-running reuses finished
 roots and trained versions (``--base`` keeps them).
 
@@ -50,12 +50,15 @@ def build_point(root: str, sets: list[str], methods: list[str], encoder_seeds: l
     return {m: [state["versions"][m][str(e)] for e in encoder_seeds] for m in methods}
 
 
-def evaluate_point(spark, root: str, cfg, versions: dict, kmeans_seeds: list[int], k: int) -> dict:
-    """{variant: {"auc": [...], "gauc": [...]}} with runs in (encoder seed, k-means seed) order;
-    the baseline's list holds one run per CTR seed (= k-means seed index)."""
+def evaluate_point(spark, root: str, cfg, versions: dict, kmeans_seeds: list[int], k: int,
+                   kind: str = "dnn") -> dict:
+    """{variant: {"auc": [...], "gauc": [...]}} of CTR model ``kind`` (dnn | lgbm)
+    with runs in (encoder seed, k-means seed) order; the baseline's list holds
+    one run per CTR seed (= k-means seed index)."""
     from courier_spark.embed import embeddings_to_numpy, read_embeddings
     from courier_spark.evaluate.cluster_variants import kmeans_clusters, with_cluster_ids
     from courier_spark.evaluate.ctr_dnn import score_dnn, train_dnn
+    from courier_spark.evaluate.lgbm import score_lgbm, train_lgbm
     from courier_spark.evaluate.ctr_frames import ctr_base_frame
     from courier_spark.evaluate.metrics import auc, gauc
     from courier_spark.paths import TablePaths
@@ -71,7 +74,10 @@ def evaluate_point(spark, root: str, cfg, versions: dict, kmeans_seeds: list[int
     y = test["label"].to_numpy()
 
     def run(tr, te, feature: str, seed: int) -> tuple[float, float]:
-        s = score_dnn(train_dnn(tr, feature, cfg.evaluate.dnn, seed, items=items), te)
+        if kind == "dnn":
+            s = score_dnn(train_dnn(tr, feature, cfg.evaluate.dnn, seed, items=items), te)
+        else:
+            s = score_lgbm(train_lgbm(tr, feature, seed, cfg.evaluate.lgbm, items=items), te)
         return auc(y, s), gauc(y, s, te["request_id"], cfg.evaluate.gauc_weighting).value
 
     out = {"baseline": {"auc": [], "gauc": []}}
@@ -89,7 +95,7 @@ def evaluate_point(spark, root: str, cfg, versions: dict, kmeans_seeds: list[int
                 out[m]["auc"].append(a)
                 out[m]["gauc"].append(g)
                 out[m]["baseline_index"].append(j)
-                print(f"[dose] {root}: {m} {mv} k-means seed {ks}: AUC {a:.4f} GAUC {g:.4f}", flush=True)
+                print(f"[dose] {root}: {kind} {m} {mv} k-means seed {ks}: AUC {a:.4f} GAUC {g:.4f}", flush=True)
     return out
 
 
@@ -107,6 +113,7 @@ def main() -> None:
     ap.add_argument("--encoder-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--kmeans-seeds", type=int, nargs="+", default=[1234, 1, 2])
     ap.add_argument("--methods", nargs="+", default=["courier", "simclr", "generic", "random_init"])
+    ap.add_argument("--model-kinds", nargs="+", default=["dnn"], choices=["dnn", "lgbm"])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config overrides for every point (e.g. train.steps=100 for a quick look)")
     args = ap.parse_args()
@@ -129,27 +136,30 @@ def main() -> None:
             versions = build_point(root, sets, args.methods, args.encoder_seeds)
             cfg = load_config(None, [s for s in sets if s != "--set"])
             spark = spark or get_spark(cfg.spark)
-            runs = evaluate_point(spark, root, cfg, versions, args.kmeans_seeds, cfg.cluster.k)
-            Path(root, "_dose_runs.json").write_text(json.dumps(runs))
-            row = {"text_share": ts, "nuisance": nu, "seconds": time.perf_counter() - tp}
-            print(f"\n[dose] text_share={ts:g} nuisance={nu:g} ({len(args.encoder_seeds)} encoder x "
-                  f"{len(args.kmeans_seeds)} k-means seeds):", flush=True)
-            for m in args.methods:
-                for metric in ("auc", "gauc"):
-                    d = paired_difference(lift_pct(runs, m, metric), np.zeros(len(runs[m][metric])))
-                    row[f"{m}_{metric}_lift"] = d
-                print(f"  {m:12s} AUC lift {row[f'{m}_auc_lift']} %  GAUC lift {row[f'{m}_gauc_lift']} %")
-            for m in args.methods[1:]:
-                row[f"minus_{m}"] = paired_difference(lift_pct(runs, "courier", "gauc"), lift_pct(runs, m, "gauc"))
-                print(f"  courier - {m}: GAUC lift {row[f'minus_{m}']} points")
-            table.append(row)
-    print("\n## Dose-response (GAUC lift, % points; paired over encoder x k-means seeds)\n")
-    head = ["nuisance", "text share", "courier lift"] + [f"courier - {m}" for m in args.methods[1:]]
+            for kind in args.model_kinds:
+                runs = evaluate_point(spark, root, cfg, versions, args.kmeans_seeds, cfg.cluster.k, kind)
+                Path(root, f"_dose_runs_{kind}.json").write_text(json.dumps(runs))
+                row = {"text_share": ts, "nuisance": nu, "model": kind, "seconds": time.perf_counter() - tp}
+                print(f"\n[dose] text_share={ts:g} nuisance={nu:g} {kind} ({len(args.encoder_seeds)} encoder x "
+                      f"{len(args.kmeans_seeds)} k-means seeds):", flush=True)
+                for m in args.methods:
+                    for metric in ("auc", "gauc"):
+                        d = paired_difference(lift_pct(runs, m, metric), np.zeros(len(runs[m][metric])))
+                        row[f"{m}_{metric}_lift"] = d
+                    print(f"  {m:16s} AUC lift {row[f'{m}_auc_lift']} %  GAUC lift {row[f'{m}_gauc_lift']} %")
+                for m in args.methods[1:]:
+                    for metric in ("auc", "gauc"):
+                        row[f"minus_{m}_{metric}"] = paired_difference(lift_pct(runs, "courier", metric),
+                                                                       lift_pct(runs, m, metric))
+                    print(f"  courier - {m}: AUC lift {row[f'minus_{m}_auc']}, GAUC lift {row[f'minus_{m}_gauc']} points")
+                table.append(row)
+    print("\n## Dose-response (GAUC lift, % points; paired over encoder x k-means seeds; p: paired t-test)\n")
+    head = ["model", "nuisance", "text share", "courier lift"] + [f"courier - {m}" for m in args.methods[1:]]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in table:
-        cells = [f"{r['nuisance']:g}", f"{r['text_share']:g}", str(r["courier_gauc_lift"])]
-        cells += [str(r[f"minus_{m}"]) for m in args.methods[1:]]
+        cells = [r["model"], f"{r['nuisance']:g}", f"{r['text_share']:g}", str(r["courier_gauc_lift"])]
+        cells += [str(r[f"minus_{m}_gauc"]) for m in args.methods[1:]]
         print("| " + " | ".join(cells) + " |")
     print(f"\n[dose] {len(table)} world points in {(time.perf_counter() - t0) / 60:.1f} min "
           "(" + ", ".join(f"{r['seconds'] / 60:.1f}" for r in table) + " min each)")
