@@ -109,6 +109,7 @@ def main() -> None:
     t_start = time.perf_counter()
     from courier_spark import fs
     from courier_spark.config import load_config
+    from courier_spark.evaluate.report import md_table
     from courier_spark.paths import TablePaths
     from courier_spark.schema import TrainConfig
     from courier_spark.spark import get_spark
@@ -166,7 +167,7 @@ def main() -> None:
           "Held-out loss: the method's own loss on held-out pre-training page views (global-batch-sized "
           "batches, rank 0). Probes: 3-fold logistic regression on 3,000 items; NMI: k = 64 k-means of "
           "all item embeddings against the hidden factor (pattern = the print).\n",
-          df.round(4).to_markdown(index=False), "",
+          md_table(df.round(4)), "",
           f"Budget rule (docs/budget-rule.md): flat = the last {FLAT_WINDOW} steps' drop < "
           f"{FLAT_SHARE:.0%} of the drop since step 0; budget = the latest method's flat point, "
           f"capped at {BUDGET_CAP}.\n",

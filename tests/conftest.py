@@ -33,7 +33,7 @@ def paths(root) -> TablePaths:
 # categories, and evaluates seven methods: tests that are not about those
 # switches start from random weights on every category with the four classic
 # methods (tests/training covers the switches themselves).
-TEST_RECIPE = {"train.init": "random", "train.categories": "[]",
+TEST_RECIPE = {"train.init": "random", "train.categories": "[]", "train.steps": 50, "train.checkpoint_every": 25,
                "evaluate.methods": "[courier, courier_no_ucs, simclr, supervised]"}
 
 
