@@ -168,15 +168,16 @@ def load_decoded_items(url: str, size: int) -> DecodedItems:
     if key not in _DECODED:
         import pyarrow as pa
         import pyarrow.parquet as pq
-        parts = [pq.read_table(fs.open_read(f), columns=["item_id", "image"])
-                 for f in fs.glob(fs.join(url, "*.parquet"))]
+        parts = []
+        for f in fs.glob(fs.join(url, "*.parquet")):
+            with fs.open_read(f) as fh:   # closed at once: a worker keeps only the decoded pixels
+                parts.append(pq.read_table(fh, columns=["item_id", "image"]))
         t = pa.concat_tables(parts) if parts else pa.table({"item_id": pa.array([], pa.int64()),
                                                            "image": pa.array([], pa.binary())})
         images = t.column("image").combine_chunks()
         _DECODED.clear()   # one training run per process at a time
         _DECODED[key] = DecodedItems.decode(np.asarray(t.column("item_id").to_pylist(), np.int64),
                                             images, size)
-        del t, images, parts
     return _DECODED[key]
 
 
