@@ -201,6 +201,29 @@ def _legacy_filesystem(url: str):
     return _Legacy(fs.filesystem(url)[0])
 
 
+def guard_petastorm_end_of_read() -> None:
+    """Close a race in petastorm 0.13.1's thread pool that ends a finite read
+    early. ``ThreadPool.get_results`` stops when every worker has returned
+    what it was sent *and then* the ventilator says it has sent everything;
+    if the ventilator thread sends the rest between those two checks (it
+    may, whenever the remaining row groups fit its queue), the read ends
+    without them: a one-epoch read in CI once gave 0 of 64 rows. Here
+    "done" also requires the ventilator to have finished *before* the
+    workers were counted. Infinite reads (training) never end this way;
+    the guard is idempotent."""
+    from petastorm.workers_pool.thread_pool import ThreadPool
+    if getattr(ThreadPool, "_courier_end_of_read_guard", False):
+        return
+    counted = ThreadPool.all_workers_done
+
+    def all_workers_done(self) -> bool:
+        finished_before = self._ventilator is None or self._ventilator.completed()
+        return counted(self) and finished_before
+
+    ThreadPool.all_workers_done = all_workers_done
+    ThreadPool._courier_end_of_read_guard = True
+
+
 @dataclass
 class LoaderSpec:
     l_pv: int
@@ -286,6 +309,7 @@ class SampleLoader:
         global-negative gather); infinite when ``num_epochs`` is None."""
         bs = self.spec.batch_size
         items = load_decoded_items(self.images_url, self.spec.image_size)
+        guard_petastorm_end_of_read()
         with self.converter.make_torch_dataloader(
                 batch_size=bs, num_epochs=num_epochs, cur_shard=shard, shard_count=num_shards,
                 workers_count=max(1, workers), transform_spec=self._transform_spec(),

@@ -126,3 +126,57 @@ def test_loader_batches_equal_direct_decoding(spark, data, tmp_path):
     finally:
         loader.delete()
     assert not (tmp_path / "cache").exists() or not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
+
+
+def test_finite_read_is_not_cut_short_when_the_ventilator_finishes_between_checks():
+    """petastorm 0.13.1's thread pool, on the schedule that lost a one-epoch
+    read in CI: the ventilator sends every item after the pool has counted
+    its workers idle and before it asks whether ventilation completed."""
+    from petastorm.workers_pool import EmptyResultError
+    from petastorm.workers_pool.thread_pool import ThreadPool
+    from petastorm.workers_pool.ventilator import Ventilator
+    from petastorm.workers_pool.worker_base import WorkerBase
+
+    from training.loader import guard_petastorm_end_of_read
+
+    class Echo(WorkerBase):
+        def process(self, value):
+            self.publish_func(value)
+
+    class SendsAllWhenAsked(Ventilator):
+        """Sends nothing on start; sends all items the first time it is asked
+        whether it has completed (the interleaving, made deterministic)."""
+        def __init__(self, ventilate_fn, n):
+            super().__init__(ventilate_fn)
+            self.n, self.sent = n, False
+
+        def start(self):
+            pass
+
+        def processed_item(self):
+            pass
+
+        def completed(self):
+            if not self.sent:
+                self.sent = True
+                for i in range(self.n):
+                    self._ventilate_fn(value=i)
+            return True
+
+        def stop(self):
+            pass
+
+    guard_petastorm_end_of_read()
+    guard_petastorm_end_of_read()        # idempotent
+    pool = ThreadPool(1)
+    pool.start(Echo, None, ventilator=SendsAllWhenAsked(pool.ventilate, 4))
+    got = []
+    try:
+        while True:
+            got.append(pool.get_results())
+    except EmptyResultError:
+        pass
+    finally:
+        pool.stop()
+        pool.join()
+    assert sorted(got) == [0, 1, 2, 3]
