@@ -42,9 +42,10 @@ def build_point(root: str, sets: list[str], methods: list[str], encoder_seeds: l
         state["samples"] = True
         state_path.write_text(json.dumps(state))
     for e in encoder_seeds:
-        if all(str(e) in state["versions"].get(m, {}) for m in methods):
+        missing = [m for m in methods if str(e) not in state["versions"].get(m, {})]
+        if not missing:
             continue
-        for m, mv in train_embed_cluster(root, methods, [*sets, "--set", f"train.seed={e}"]).items():
+        for m, mv in train_embed_cluster(root, missing, [*sets, "--set", f"train.seed={e}"]).items():
             state["versions"].setdefault(m, {})[str(e)] = mv
         state_path.write_text(json.dumps(state))
     return {m: [state["versions"][m][str(e)] for e in encoder_seeds] for m in methods}

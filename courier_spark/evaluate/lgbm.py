@@ -107,7 +107,11 @@ class TextHistory:
         # the vocabulary is in no history title: share 0, counted in the mean.
         title = df["title"] if "title" in df else pd.Series([None] * n)
         codes, titles = pd.factorize(title.astype(object), sort=False)
-        ttoks = [set(title_tokens(t)) for t in titles] + [set()]   # code -1 (null title) -> the last, empty
+        # sorted: a set's order follows the per-process string hash, and the
+        # order of a row's tokens is the order its shares are summed in below
+        # (a fit in another process got last-bit different features: 0.7371
+        # against 0.7381 AUC on the toy frames)
+        ttoks = [sorted(set(title_tokens(t))) for t in titles] + [[]]   # code -1 (null title) -> the last, empty
         n_tok = np.array([len(ts) for ts in ttoks], dtype=float)[codes]
         T = _incidence(len(ttoks), [[self.vocab[t] for t in ts if t in self.vocab] for ts in ttoks],
                        len(self.vocab))[codes].tocoo()
