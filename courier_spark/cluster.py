@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .errors import DataError, VersionNotFoundError
-from .schema import ClusterConfig, EmbedConfig  # noqa: F401 (ClusterConfig re-exported for callers)
+from .schema import ClusterConfig  # noqa: F401 (re-exported for callers)
 
 CENTROIDS_SCHEMA = T.StructType([
     T.StructField("centroid_version", T.StringType(), False),
@@ -50,10 +50,16 @@ def check_k(k: int, n_items: int, model_version: str) -> None:
                         f"lower cluster.k to at most {n_items}")
 
 
-def serving_model_version(models_root: str, embed_cfg: EmbedConfig) -> str:
-    """The model version ``embed.method`` / ``embed.model_version`` resolves to."""
-    from training.artifact import load_artifact
-    return load_artifact(models_root, embed_cfg.method, embed_cfg.model_version).model_version
+def centroid_model_version(spark: SparkSession, centroids_path: str, centroid_version: str) -> str:
+    """The model version centroid version ``centroid_version`` was made from (clear error if absent)."""
+    have = existing_versions(spark, centroids_path)
+    if not have:
+        raise VersionNotFoundError(f"{centroids_path} holds no centroids; run `courier cluster` first")
+    if centroid_version not in have:
+        avail = sorted(have, key=lambda s: int(s[1:]) if _CVERSION.match(s) else -1)
+        raise VersionNotFoundError(f"centroid version {centroid_version!r} is not in {centroids_path}; "
+                                   f"available: {', '.join(avail)}")
+    return have[centroid_version]["model_version"]
 
 
 def latest_centroid_version(spark: SparkSession, centroids_path: str, model_version: str) -> str:

@@ -6,7 +6,7 @@
   whole Arrow record batches (``mapInArrow``; vectors reshaped from the flat
   list values, no Python object per row): no per-row calls. New items are
   assigned against the current centroid version without re-clustering
-  (``assign_new_items``), which is how production handles new items between
+  (``serving.assign_new_items``), which is how production handles new items between
   the rare full re-clusterings (method.md).
 * ``similarity_features``: cos(target, k-th latest history click) per slot
   and the history items' cluster IDs, with Spark joins (see the function).
@@ -103,33 +103,6 @@ def assign_cluster_ids(embeddings_df: DataFrame, centroids: np.ndarray, spark: S
     return (embeddings_df.filter(F.col("embedding").isNotNull())
             .select(F.col("item_id").cast("long"), "embedding")
             .mapInArrow(fn, schema=ASSIGN_SCHEMA))
-
-
-def assign_new_items(spark: SparkSession, embeddings_df: DataFrame, centroids: np.ndarray,
-                     centroid_version: str, model_version: str, feature_path: str,
-                     *, faiss_threads: int = 1, item_versions: DataFrame | None = None) -> DataFrame:
-    """Like ``assign_cluster_ids`` but only for items whose current row in the
-    item feature table (``feature_path``) is not already of this centroid and
-    model version (and, given ``item_versions`` = ``item_id, item_updated_at``,
-    of the same item version): new items get the nearest existing centre
-    without re-clustering, and an item whose image changed is assigned again."""
-    from .feature_store import current_rows
-    from .tables import table_exists
-
-    todo = embeddings_df
-    if table_exists(spark, feature_path):
-        done = (current_rows(spark.read.format("delta").load(feature_path))
-                .filter((F.col("centroid_version") == centroid_version)
-                        & (F.col("model_version") == model_version)))
-        if item_versions is None:
-            todo = todo.join(done.select("item_id"), "item_id", "left_anti")
-        else:
-            cur = item_versions.select("item_id", F.col("item_updated_at").alias("_v"))
-            have = done.select("item_id", F.col("item_updated_at").alias("_have"))
-            todo = (todo.join(cur, "item_id", "left").join(have, "item_id", "left")
-                    .filter(F.col("_have").isNull() | ~F.col("_have").eqNullSafe(F.col("_v")))
-                    .drop("_v", "_have"))
-    return assign_cluster_ids(todo, centroids, spark, faiss_threads=faiss_threads)
 
 
 def item_visual_rows(assigned: DataFrame, model_version: str, centroid_version: str,

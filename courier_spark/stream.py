@@ -38,6 +38,7 @@ from pyspark.sql import types as T
 from .logs import say
 from .paths import TablePaths
 from .schema import CourierConfig
+from .serving import ServingVersions
 from .tables import table_exists
 
 LEDGER_SCHEMA = T.StructType([
@@ -80,12 +81,6 @@ class _Laps:
         self.t = now
 
 
-@dataclass(frozen=True)
-class Serving:
-    model_version: str
-    centroid_version: str
-
-
 def txn_app_id(paths: TablePaths) -> str:
     """A stable writer id for Delta's idempotent appends (one per dataset root)."""
     return "courier-stream-items-" + hashlib.sha1(paths.root.encode()).hexdigest()[:16]
@@ -124,19 +119,7 @@ def _merge_embeddings(spark: SparkSession, emb: DataFrame, path: str) -> None:
      .whenMatchedUpdate(set={"embedding": "s.embedding"}).whenNotMatchedInsertAll().execute())
 
 
-def resolve_serving(spark: SparkSession, paths: TablePaths, cfg: CourierConfig) -> tuple[Serving, object, object]:
-    """-> (serving versions, model artifact, centroids) of ``embed.method`` and ``features.centroid_version``."""
-    from training.artifact import load_artifact
-
-    from .cluster import latest_centroid_version, load_centroids
-    art = load_artifact(paths.models, cfg.embed.method, cfg.embed.model_version)
-    wanted = (latest_centroid_version(spark, paths.centroids, art.model_version)
-              if cfg.features.centroid_version == "latest" else cfg.features.centroid_version)
-    cv, mv, centroids = load_centroids(spark, paths.centroids, wanted)
-    return Serving(mv, cv), art, centroids
-
-
-def _features_for(spark: SparkSession, items: DataFrame, serving: Serving, art, centroids,
+def _features_for(spark: SparkSession, items: DataFrame, serving: ServingVersions, art, centroids,
                   paths: TablePaths, cfg: CourierConfig, counts: BatchCounts, *,
                   reuse_embeddings: bool = False, batch_id: int | None = None) -> None:
     """Give ``items`` (item_id, image, updated_at, _existing) that lack a current feature
@@ -146,18 +129,12 @@ def _features_for(spark: SparkSession, items: DataFrame, serving: Serving, art, 
     from pyspark import StorageLevel
 
     from .embed import embed_items
-    from .feature_store import ITEM_VISUAL_COMMENTS, ITEM_VISUAL_KEYS, current_rows, merge_history
+    from .feature_store import ITEM_VISUAL_COMMENTS, ITEM_VISUAL_KEYS, merge_history
     from .features import assign_cluster_ids, item_visual_rows
+    from .serving import lacking_features
 
-    todo = items.filter(F.col("image").isNotNull())
-    if table_exists(spark, paths.item_visual_features):
-        done = (current_rows(spark.read.format("delta").load(paths.item_visual_features))
-                .filter((F.col("model_version") == serving.model_version)
-                        & (F.col("centroid_version") == serving.centroid_version))
-                .select("item_id", F.col("item_updated_at").alias("_done_version")))
-        todo = (todo.join(done, "item_id", "left")
-                .filter(F.col("_done_version").isNull() | ~F.col("_done_version").eqNullSafe(F.col("updated_at")))
-                .drop("_done_version"))
+    todo = lacking_features(spark, items.filter(F.col("image").isNotNull()), paths.item_visual_features,
+                            serving, "updated_at")
     # Checkpointed rather than cached (here and below): Delta re-computes cached
     # plans that read a table it then writes (embeddings, item_visual), which
     # would change what these frames hold half-way through.
@@ -207,7 +184,7 @@ def _features_for(spark: SparkSession, items: DataFrame, serving: Serving, art, 
         todo.unpersist()
 
 
-def catch_up(spark: SparkSession, paths: TablePaths, cfg: CourierConfig, serving: Serving, art, centroids
+def catch_up(spark: SparkSession, paths: TablePaths, cfg: CourierConfig, serving: ServingVersions, art, centroids
              ) -> BatchCounts:
     """Give every silver item a current feature row of the serving versions:
     after a new centroid version (or model) every item is re-assigned once;
@@ -222,7 +199,7 @@ def catch_up(spark: SparkSession, paths: TablePaths, cfg: CourierConfig, serving
 
 
 def process_item_batch(spark: SparkSession, batch: DataFrame, batch_id: int, paths: TablePaths,
-                       cfg: CourierConfig, serving: Serving, art, centroids, app_id: str) -> BatchCounts:
+                       cfg: CourierConfig, serving: ServingVersions, art, centroids, app_id: str) -> BatchCounts:
     """One micro-batch of bronze/items rows (see the module docstring)."""
     from pyspark import StorageLevel
 
@@ -274,7 +251,7 @@ def process_item_batch(spark: SparkSession, batch: DataFrame, batch_id: int, pat
     return counts
 
 
-def record_batch(spark: SparkSession, paths: TablePaths, batch_id: int, serving: Serving, counts: BatchCounts,
+def record_batch(spark: SparkSession, paths: TablePaths, batch_id: int, serving: ServingVersions, counts: BatchCounts,
                  app_id: str) -> None:
     """The batch's ledger row (once per batch id, whatever the replays)."""
     import dataclasses

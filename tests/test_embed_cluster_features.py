@@ -14,8 +14,8 @@ from courier_spark.cluster import choose_centroid_version, train_kmeans
 from courier_spark.feature_store import (ITEM_VISUAL_COMMENTS, FeatureVersionError, column_comments,
                                          join_visual_features, merge_history, merge_upsert,
                                          read_features)
-from courier_spark.features import (assign_cluster_ids, assign_new_items, item_visual_rows,
-                                    similarity_features)
+from courier_spark.features import assign_cluster_ids, item_visual_rows, similarity_features
+from courier_spark.serving import ServingVersions, assign_new_items
 
 EMB_SCHEMA = T.StructType([T.StructField("item_id", T.LongType(), False),
                            T.StructField("embedding", T.ArrayType(T.FloatType()), False)])
@@ -86,7 +86,7 @@ def test_incremental_assignment_equals_full(spark, vectors, tmp_path):
     # The feature table already holds items 1..70 for (c0001, m/v0001).
     old = emb_all.filter(F.col("item_id") <= 70)
     merge_history(spark, item_visual_rows(assign_cluster_ids(old, c, spark), "m/v0001", "c0001"), path, ["item_id"])
-    new = assign_new_items(spark, emb_all, c, "c0001", "m/v0001", path).toPandas()
+    new = assign_new_items(spark, emb_all, c, ServingVersions("m", "m/v0001", "c0001"), path).toPandas()
     assert sorted(new["item_id"]) == list(range(71, 101))   # only the items not yet assigned
     inc = (spark.read.format("delta").load(path).toPandas()
            .rename(columns={"courier_cluster_id": "cluster_id"})[["item_id", "cluster_id", "distance"]])
@@ -97,7 +97,7 @@ def test_incremental_assignment_equals_full(spark, vectors, tmp_path):
     assert (m["cluster_id_x"] == m["cluster_id_y"]).all()
     assert (m["distance_x"] == m["distance_y"]).all()  # bit-identical, whatever the batch
     # A new centroid version makes every item "new" again.
-    assert assign_new_items(spark, emb_all, c, "c0002", "m/v0001", path).count() == 100
+    assert assign_new_items(spark, emb_all, c, ServingVersions("m", "m/v0001", "c0002"), path).count() == 100
 
 
 def test_merge_rerun_time_travel_and_missing_version(spark, tmp_path):

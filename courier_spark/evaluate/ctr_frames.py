@@ -31,38 +31,22 @@ so the whole catalogue (items first shown on the test day included) is no leak.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ..cluster import latest_centroid_version, load_centroids
+from ..cluster import load_centroids
 from ..embed import embeddings_to_numpy, read_embeddings
 from ..features import assign_cluster_ids, similarity_features
 from ..paths import TablePaths
+from ..serving import ServingVersions
 from ..tables import read_table, table_exists
 from .frames import ITEM_COLUMNS, stack_fixed
 
 BASE_SELECT = ("event_id", "request_id", "session_id", "user_id", "item_id", "category", "position",
                "label", "query", "hist_item_ids", "split")
-
-
-@dataclass(frozen=True)
-class MethodVersions:
-    """Which encoder and centroids a method's features come from."""
-    method: str
-    model_version: str
-    centroid_version: str
-
-
-def resolve_method_versions(spark: SparkSession, paths: TablePaths, method: str,
-                            model_version: str = "latest") -> MethodVersions:
-    """The latest (or given) artifact of ``method`` and its latest centroid version."""
-    from training.artifact import load_artifact
-    mv = load_artifact(paths.models, method, model_version).model_version
-    return MethodVersions(method, mv, latest_centroid_version(spark, paths.centroids, mv))
 
 
 def ctr_base_frame(spark: SparkSession, paths: TablePaths) -> DataFrame:
@@ -78,7 +62,7 @@ def catalogue_items(spark: SparkSession, paths: TablePaths) -> pd.DataFrame:
     return read_table(spark, paths.silver_items, made_by="validate").select(*ITEM_COLUMNS).toPandas()
 
 
-def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: MethodVersions,
+def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: ServingVersions,
                           n_events: int) -> tuple[DataFrame, DataFrame] | None:
     """The method's (impression, item) features from the feature store, or None
     when the store holds other versions (or is incomplete for this method)."""
@@ -99,7 +83,7 @@ def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: MethodVers
     return ev.select("event_id", "sim_scores", "target_cluster_id"), items
 
 
-def method_visual_features(spark: SparkSession, paths: TablePaths, mv: MethodVersions, k: int,
+def method_visual_features(spark: SparkSession, paths: TablePaths, mv: ServingVersions, k: int,
                            n_events: int) -> tuple[DataFrame, DataFrame, str]:
     """Per event: sim_scores and target_cluster_id (the computed path also has the
     K-slot hist_cluster_ids, unused here); per item: cluster_id. Returns (events, items, source) with source
@@ -152,7 +136,7 @@ def new_on_test_day(spark: SparkSession, paths: TablePaths) -> np.ndarray:
     return first.filter(F.col("first_seen") >= F.lit(start)).toPandas()["item_id"].to_numpy(np.int64)
 
 
-def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[MethodVersions], k: int,
+def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[ServingVersions], k: int,
                      vector_methods: set[str] | None = None, log=print
                      ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, str], pd.DataFrame]:
     """-> (base pandas frame with ``split``, {method: its image-feature columns

@@ -12,13 +12,14 @@ def run(ctx: StageContext) -> dict:
     from pyspark.sql import functions as F
 
     from ..cluster import (centroids_frame, check_k, choose_centroid_version, existing_versions, load_centroids,
-                           replace_rows, serving_model_version, size_stats, train_kmeans)
+                           replace_rows, size_stats, train_kmeans)
     from ..embed import embeddings_to_numpy, read_embeddings
     from ..features import assign_cluster_ids
+    from ..serving import model_version_of
 
     cfg = ctx.cfg.cluster
     spark, p = ctx.spark, ctx.paths
-    mv = cfg.model_version or serving_model_version(p.models, ctx.cfg.embed)
+    mv = cfg.model_version or model_version_of(p, ctx.cfg.embed.method, ctx.cfg.embed.model_version)
     emb = read_embeddings(spark, p.item_embeddings, mv)
     emb_table_version = table_version(spark, p.item_embeddings)
     n = emb.count()

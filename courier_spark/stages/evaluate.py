@@ -10,14 +10,15 @@ from .context import StageContext
 
 def run(ctx: StageContext) -> dict:
     """CTR frames per method -> DNN / LightGBM over seeds -> predictions + metrics.json."""
-    from ..evaluate.ctr_frames import build_ctr_frames, resolve_method_versions, variant_frames
+    from ..evaluate.ctr_frames import build_ctr_frames, variant_frames
+    from ..serving import serving_versions
     from ..evaluate.runner import (BASELINE, evaluate_variants, per_category_results, variant_plan,
                                    write_metrics_json)
     from ..evaluate.sql_runner import write_predictions
 
     ecfg, fcfg = ctx.cfg.evaluate, ctx.cfg.features
     spark, p = ctx.spark, ctx.paths
-    versions = [resolve_method_versions(spark, p, m) for m in ecfg.methods]
+    versions = [serving_versions(spark, p, m) for m in ecfg.methods]
     plan = variant_plan(ecfg.methods, ecfg.all_ways_methods)
     with step("evaluate", f"building CTR frames for {len(versions)} method(s), k={fcfg.k} history slots"):
         base, per_method, sources, items = build_ctr_frames(

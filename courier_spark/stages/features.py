@@ -12,20 +12,18 @@ def run(ctx: StageContext) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from ..cluster import latest_centroid_version, load_centroids, serving_model_version
     from ..embed import read_embeddings
     from ..feature_store import (IMPRESSION_VISUAL_COMMENTS, IMPRESSION_VISUAL_KEYS, ITEM_VISUAL_COMMENTS,
                                  ITEM_VISUAL_KEYS, current_rows, merge_history, merge_upsert)
-    from ..features import (assign_cluster_ids, assign_new_items, impression_visual_rows, item_visual_rows,
-                            similarity_features)
+    from ..features import assign_cluster_ids, impression_visual_rows, item_visual_rows, similarity_features
+    from ..cluster import load_centroids
+    from ..serving import assign_new_items, serving_versions
 
     cfg = ctx.cfg.features
     spark, p = ctx.spark, ctx.paths
-    # "latest" = the newest centroids of the serving model (embed.method), not
-    # of whichever method was clustered last (comparison runs add versions).
-    wanted = (latest_centroid_version(spark, p.centroids, serving_model_version(p.models, ctx.cfg.embed))
-              if cfg.centroid_version == "latest" else cfg.centroid_version)
-    cv, mv, centroids = load_centroids(spark, p.centroids, wanted)
+    serving = serving_versions(spark, p, ctx.cfg.embed.method, ctx.cfg.embed.model_version, cfg.centroid_version)
+    cv, mv = serving.centroid_version, serving.model_version
+    _, _, centroids = load_centroids(spark, p.centroids, cv)
     emb = read_embeddings(spark, p.item_embeddings, mv)
     say("features", f"centroid_version={cv} (k={len(centroids)}) model_version={mv} "
                     f"{'incremental' if cfg.incremental else 'full'} item assignment")
@@ -36,7 +34,7 @@ def run(ctx: StageContext) -> dict:
     versions = (silver.select("item_id", F.col("updated_at").alias("item_updated_at"))
                 if "updated_at" in silver.columns else None)
     if cfg.incremental:
-        assigned = assign_new_items(spark, emb, centroids, cv, mv, p.item_visual_features,
+        assigned = assign_new_items(spark, emb, centroids, serving, p.item_visual_features,
                                     faiss_threads=cfg.faiss_threads, item_versions=versions)
     else:
         assigned = assign_cluster_ids(emb, centroids, spark, faiss_threads=cfg.faiss_threads)

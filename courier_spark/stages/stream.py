@@ -19,10 +19,16 @@ def run(ctx: StageContext) -> dict:
 
     from .. import fs
     from ..online import RedisSettings, connect, materialise_item_visual
-    from ..stream import catch_up, process_item_batch, read_ledger, record_batch, resolve_serving, txn_app_id
+    from ..serving import load_serving
+    from ..stream import catch_up, process_item_batch, read_ledger, record_batch, txn_app_id
 
     cfg, spark, p = ctx.cfg.stream, ctx.spark, ctx.paths
-    serving, art, centroids = resolve_serving(spark, p, ctx.cfg)
+
+    def resolve_serving():   # embed.method's versions that serve now (re-read every micro-batch)
+        return load_serving(spark, p, ctx.cfg.embed.method, ctx.cfg.embed.model_version,
+                            ctx.cfg.features.centroid_version)
+
+    serving, art, centroids = resolve_serving()
     art.load_encoder()  # a missing or corrupt model is one clear error now, not failed micro-batches
     online = RedisSettings.from_config(ctx.cfg.online) if cfg.online else None
     if online:
@@ -37,7 +43,7 @@ def run(ctx: StageContext) -> dict:
 
     def on_batch(batch, batch_id: int) -> None:
         t0 = time.perf_counter()
-        s, a, c = resolve_serving(spark, p, ctx.cfg)
+        s, a, c = resolve_serving()
         serving_s = time.perf_counter() - t0
         if s != state["serving"]:
             # A new model or centroid version takes effect here: every item once.
