@@ -174,11 +174,15 @@ def load_config(config_file: str | Path | None = None,
     data = _read_yaml(path) if (config_file or path.exists()) else {}
     for item in overrides:
         keys, value = parse_override(item)
-        node = data
+        node, section = data, CourierConfig
         for i, k in enumerate(keys[:-1]):
             nxt = node.get(k)
+            # a value in the schema (not only in the YAML) is not a section either
+            typ = get_type_hints(section).get(k) if section is not None else None
+            section = typ if typ is not None and is_dataclass(typ) else None
+            is_mapping = typ is dict or getattr(typ, "__origin__", None) is dict   # e.g. spark.extra
             if not isinstance(nxt, dict):
-                if nxt is not None:
+                if nxt is not None or (typ is not None and section is None and not is_mapping):
                     raise ConfigError(f"override {item!r}: {'.'.join(keys[:i + 1])} is a value, not a section")
                 nxt = {}
                 node[k] = nxt
