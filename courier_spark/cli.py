@@ -70,7 +70,8 @@ def run_sql_command(spark, root: str, file: str, limit: int, out: str | None) ->
 
 
 def _error(msg: str) -> int:
-    print(f"courier: error: {msg}", file=sys.stderr, flush=True)
+    one_line = " ".join(msg.split())   # one line, whatever the message holds
+    print(f"courier: error: {one_line}", file=sys.stderr, flush=True)
     return 2
 
 

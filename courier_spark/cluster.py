@@ -87,7 +87,7 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(n == 0):
-        raise ValueError(f"{int((n == 0).sum())} zero vectors cannot be normalised")
+        raise DataError(f"{int((n == 0).sum())} zero vectors cannot be normalised")
     return np.ascontiguousarray(x / n)
 
 
@@ -257,8 +257,8 @@ def load_centroids(spark: SparkSession, path: str, centroid_version: str = "late
     pdf = (df.filter(F.col("centroid_version") == centroid_version)
            .select("cluster_id", "model_version", "centroid").toPandas().sort_values("cluster_id"))
     if list(pdf["cluster_id"]) != list(range(len(pdf))):
-        raise ValueError(f"centroid version {centroid_version} in {path} has non-contiguous cluster ids")
+        raise DataError(f"centroid version {centroid_version} in {path} has non-contiguous cluster ids")
     mv = set(pdf["model_version"])
     if len(mv) != 1:
-        raise ValueError(f"centroid version {centroid_version} mixes model versions {sorted(mv)}")
+        raise DataError(f"centroid version {centroid_version} mixes model versions {sorted(mv)}")
     return centroid_version, mv.pop(), np.ascontiguousarray(np.stack(pdf["centroid"].to_numpy()), dtype=np.float32)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from .errors import CourierError
+from .errors import ContractError, CourierError  # noqa: F401 (re-exported)
 
 ITEMS_SCHEMA = T.StructType([
     T.StructField("item_id", T.LongType(), False),
@@ -32,10 +32,6 @@ IMPRESSIONS_SCHEMA = T.StructType([
 
 ITEM_KEYS = [f.name for f in ITEMS_SCHEMA.fields if not f.nullable]
 IMPRESSION_KEYS = [f.name for f in IMPRESSIONS_SCHEMA.fields if not f.nullable]
-
-
-class ContractError(CourierError, ValueError):
-    """A bronze table's schema breaks the contract (names the column)."""
 
 
 def check_schema(df: DataFrame, expected: T.StructType, table: str) -> None:

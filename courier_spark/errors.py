@@ -1,6 +1,31 @@
-"""The errors a user can cause (config, root, data, versions). The CLI prints
-any ``CourierError`` as one ``courier: error:`` line and exits 2; anything
-else is a bug and keeps its traceback. Standard library only."""
+"""Every error a user, their data or their systems can cause, in one hierarchy.
+
+The CLI prints any ``CourierError`` as one ``courier: error:`` line and exits
+2; anything else is a bug and keeps its traceback. Each class also keeps the
+standard-library base callers may catch (``ValueError``, ``LookupError``,
+...). Standard library only.
+
+    CourierError
+    +-- ConfigError                 a config key or value
+    +-- DataError                   the data cannot support what is asked
+    |   +-- ContractError           a bronze table's schema breaks the contract
+    |   +-- FeatureTableSchemaError a feature table's columns are not this release's
+    +-- MissingArtifactError        a model, result or centroid set a stage needs is absent
+    |   +-- MissingTableError       a table a stage needs does not exist
+    +-- VersionNotFoundError        a requested version does not exist (lists what does)
+    |   +-- TableVersionError       ... of a Delta table
+    |   +-- FeatureVersionError     ... of a feature table
+    |   +-- ArtifactNotFoundError   ... of a model
+    +-- CorruptArtifactError        a model or checkpoint file is truncated or not ours
+    |   +-- ArtifactCorruptError    a model artifact
+    |   +-- CheckpointError         a training checkpoint
+    +-- ServiceError                a system the platform runs on failed or refused
+        +-- FilesystemError         a root or URI that cannot be used
+        +-- OnlineStoreError        the online store (Redis)
+        +-- ConcurrentWriteError    a MERGE lost to concurrent writers after every retry
+        +-- DistributedTrainingError  a distributed training job failed or stalled
+        +-- StreamError             the streaming query stopped with an error
+"""
 from __future__ import annotations
 
 
@@ -13,12 +38,75 @@ class ConfigError(CourierError, ValueError):
 
 
 class DataError(CourierError, ValueError):
-    """The data cannot support what the config asks (e.g. more clusters than items)."""
+    """The data cannot support what the config asks (e.g. more clusters than
+    items, CTR events without features, a corrupt centroid table)."""
+
+
+class ContractError(DataError):
+    """A bronze table's schema breaks the contract (names the column)."""
+
+
+class FeatureTableSchemaError(DataError):
+    """A feature table's columns are not what this write produces (e.g. written by an older release)."""
 
 
 class MissingArtifactError(CourierError, FileNotFoundError):
     """A non-table artefact a stage needs (model, results, centroids) is absent; names the stage that makes it."""
 
 
+class MissingTableError(MissingArtifactError, RuntimeError):
+    """A table the stage needs does not exist; the message says which stage makes it."""
+
+
 class VersionNotFoundError(CourierError, LookupError):
     """A requested model, centroid or table version does not exist (message lists what does)."""
+
+
+class TableVersionError(VersionNotFoundError):
+    """A requested Delta version of a table does not exist (message lists the range that does)."""
+
+
+class FeatureVersionError(VersionNotFoundError):
+    """A requested feature-table version does not exist (message lists the available ones)."""
+
+
+class ArtifactNotFoundError(VersionNotFoundError, FileNotFoundError):
+    """The requested model version does not exist (message lists what does)."""
+
+
+class CorruptArtifactError(CourierError, ValueError):
+    """A stored file of ours is truncated, tampered with or not ours (message names the file)."""
+
+
+class ArtifactCorruptError(CorruptArtifactError):
+    """A model artefact's files are truncated, tampered with or not ours (message names the file)."""
+
+
+class CheckpointError(CorruptArtifactError):
+    """A checkpoint file is truncated, tampered with or not a courier checkpoint."""
+
+
+class ServiceError(CourierError, RuntimeError):
+    """A system the platform runs on (filesystem, Redis, Spark, workers) failed or refused."""
+
+
+class FilesystemError(ServiceError):
+    """A root or URI that cannot be used: unknown scheme, missing client
+    package, unreachable filesystem, or a file where a directory must be.
+    The message is one line naming the URI."""
+
+
+class OnlineStoreError(ServiceError):
+    """The online store cannot be reached, refused the credentials, or failed a write."""
+
+
+class ConcurrentWriteError(ServiceError):
+    """A MERGE kept losing against concurrent writers after every retry."""
+
+
+class DistributedTrainingError(ServiceError):
+    """A distributed training job failed or stalled; the message names the worker and the cause."""
+
+
+class StreamError(ServiceError):
+    """The streaming query stopped with an error (the message carries its cause)."""

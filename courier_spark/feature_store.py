@@ -32,7 +32,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .errors import CourierError
+from .errors import ConcurrentWriteError, CourierError, DataError, FeatureTableSchemaError, FeatureVersionError  # noqa: F401 (re-exported)
 from .logs import say
 from .tables import table_exists
 
@@ -67,16 +67,8 @@ IMPRESSION_VISUAL_COMMENTS = {
 }
 
 
-class FeatureVersionError(CourierError, LookupError):
-    """A requested feature-table version does not exist (message lists the available ones)."""
-
-
 def _q(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
-
-
-class FeatureTableSchemaError(CourierError, ValueError):
-    """A feature table's columns are not what this write produces (e.g. written by an older release)."""
 
 
 def _create_table(spark: SparkSession, path: str, schema: T.StructType, keys: Sequence[str],
@@ -110,7 +102,7 @@ def _checked_input(df: DataFrame, path: str, keys: list[str], lineage: Sequence[
         raise ValueError("a feature-table write needs at least one key column")
     missing = [k for k in keys if k not in df.columns]
     if missing:
-        raise ValueError(f"write into {path}: key column(s) {missing} not in the input ({', '.join(df.columns)})")
+        raise DataError(f"write into {path}: key column(s) {missing} not in the input ({', '.join(df.columns)})")
     df = df.drop(*[c for c in (UPDATED_AT, VALID_FROM, VALID_TO) if c in df.columns])
     lineage = [c for c in lineage if c in df.columns]
     if lineage:
@@ -119,12 +111,12 @@ def _checked_input(df: DataFrame, path: str, keys: list[str], lineage: Sequence[
         nulls = df.agg(*[F.sum(F.col(c).isNull().cast("int")).alias(c) for c in lineage]).first()
         bad = {c: int(nulls[c]) for c in lineage if nulls[c]}
         if bad:
-            raise ValueError(f"write into {path}: {', '.join(f'{n} row(s) with null {c}' for c, n in bad.items())}; "
+            raise DataError(f"write into {path}: {', '.join(f'{n} row(s) with null {c}' for c, n in bad.items())}; "
                              f"every feature row must name the versions that made it")
     if check_unique:
         dup = df.groupBy(*keys).count().filter("count > 1").limit(3).collect()
         if dup:
-            raise ValueError(f"write into {path}: the input repeats key(s) "
+            raise DataError(f"write into {path}: the input repeats key(s) "
                              f"{[tuple(r[k] for k in keys) for r in dup]}; keys {keys} must be unique")
     return df
 
@@ -159,7 +151,7 @@ def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[s
         target = DeltaTable.forPath(spark, path)
         have = target.toDF().columns
         if sorted(have) != sorted(src.columns):
-            raise ValueError(f"merge_upsert into {path}: input columns {sorted(src.columns)} differ from "
+            raise DataError(f"merge_upsert into {path}: input columns {sorted(src.columns)} differ from "
                              f"the table's {sorted(have)}")
         before = int(target.history(1).select("version").collect()[0][0])
         res = (target.alias("t").merge(src.alias("s"), on)
@@ -245,7 +237,7 @@ def merge_history(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[
               .first())
         n_src, n_new, n_changed, last = int(st["n"]), int(st["new"] or 0), int(st["changed"] or 0), st["last"]
         if last is not None and last.replace(tzinfo=None) >= as_of.astimezone(dt.timezone.utc).replace(tzinfo=None):
-            raise ValueError(f"merge_history into {path}: as_of {as_of.isoformat()} is not after the newest "
+            raise DataError(f"merge_history into {path}: as_of {as_of.isoformat()} is not after the newest "
                              f"valid_from {last.isoformat()} (clock moved back?); intervals must not overlap")
         changed = src.alias("s").join(current.alias("t"), match).where(F.expr(differs)).select("s.*")
         key_types = {f.name: f.dataType for f in src.schema.fields}
@@ -306,10 +298,6 @@ def current_rows(df: DataFrame) -> DataFrame:
 _CONFLICT = re.compile(r"(Concurrent\w*Exception|MetadataChangedException|ProtocolChangedException|"
                        r"DELTA_CONCURRENT_\w+|DELTA_METADATA_CHANGED|DELTA_PROTOCOL_CHANGED|"
                        r"DELTA_TABLE_ALREADY_EXISTS)")
-
-
-class ConcurrentWriteError(CourierError, RuntimeError):
-    """A MERGE kept losing against concurrent writers after every retry."""
 
 
 def is_commit_conflict(exc: BaseException) -> bool:

@@ -41,7 +41,7 @@ from typing import IO, Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import CourierError
+from .errors import CourierError, FilesystemError  # noqa: F401 (re-exported)
 
 __all__ = [
     "FilesystemError", "join", "to_fsspec", "filesystem", "is_local", "to_local_path",
@@ -49,13 +49,6 @@ __all__ = [
     "read_bytes", "read_text", "read_json", "write_bytes", "write_text", "write_json",
     "open_read", "open_write", "put_file", "get_file", "local_copy", "append_line", "check_root",
 ]
-
-
-class FilesystemError(CourierError, RuntimeError):
-    """A root or URI that cannot be used: unknown scheme, missing client
-    package, unreachable filesystem, or a file where a directory must be.
-    The message is one line naming the URI, fit to show a user as is (a
-    ``CourierError``: the CLI prints it as one ``courier: error:`` line)."""
 
 
 # Hadoop scheme -> fsspec protocol. Hadoop's connectors and fsspec name the

@@ -32,17 +32,13 @@ from typing import Any, Iterable, Iterator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .errors import CourierError
+from .errors import CourierError, OnlineStoreError  # noqa: F401 (re-exported)
 from .feature_store import VALID_FROM, current_rows
 from .logs import say
 from .schema import OnlineConfig
 
 VALUE_FIELDS = ("courier_cluster_id", "distance", "model_version", "centroid_version", "item_updated_at", VALID_FROM)
 _INT, _FLOAT, _TS = ("courier_cluster_id",), ("distance",), ("item_updated_at", VALID_FROM)
-
-
-class OnlineStoreError(CourierError, RuntimeError):
-    """The online store cannot be reached, refused the credentials, or failed a write."""
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,7 @@ from typing import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from .errors import CourierError
-
-
-class MissingTableError(CourierError, RuntimeError):
-    """A table the stage needs does not exist; the message says which stage makes it."""
-
-
-class TableVersionError(CourierError, LookupError):
-    """A requested Delta version of a table does not exist (message lists the range that does)."""
+from .errors import CourierError, MissingTableError, TableVersionError  # noqa: F401 (re-exported)
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:

@@ -25,20 +25,12 @@ import torch
 from torch import nn
 
 from courier_spark import fs
-from courier_spark.errors import CourierError
+from courier_spark.errors import ArtifactCorruptError, ArtifactNotFoundError, CourierError  # noqa: F401 (re-exported)
 
 from .backbones import build_backbone
 
 _VERSION = re.compile(r"^v(\d{4,})$")
 _META = "artifact.json"     # the completion marker: written last
-
-
-class ArtifactNotFoundError(CourierError, FileNotFoundError):
-    """The requested model version does not exist (message lists what does)."""
-
-
-class ArtifactCorruptError(CourierError, ValueError):
-    """A model artefact's files are truncated, tampered with or not ours (message names the file)."""
 
 
 @dataclass

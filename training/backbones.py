@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from courier_spark.schema import BACKBONE_IMAGE_SIZE
+from courier_spark.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        raise DataError(f"{path}: expected a state dict, got {type(obj).__name__}")
     return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
@@ -187,7 +188,7 @@ def load_weights(model: nn.Module, path: str) -> LoadReport:
     report.loaded = sorted(usable)
     report.missing = sorted(result.missing_keys)
     if not usable:
-        raise ValueError(f"no tensor of {path} matches the model: {report.summary()}")
+        raise DataError(f"no tensor of {path} matches the model: {report.summary()}")
     level = logging.WARNING if (report.missing or report.unexpected or report.shape_mismatch) else logging.INFO
     log.log(level, "backbone weights: %s", report.summary())
     return report

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from courier_spark import fs
-from courier_spark.errors import CourierError
+from courier_spark.errors import CheckpointError, CourierError  # noqa: F401 (re-exported)
 from courier_spark.schema import TrainConfig
 
 # Settings that do not change what is trained: a resumed run may change them.
@@ -45,10 +45,6 @@ def save_checkpoint(ckpt_dir: str, step: int, model: nn.Module, opt: torch.optim
     fs.makedirs(ckpt_dir)
     fs.write_bytes(path, buf.getvalue())  # atomic: a kill never leaves a half checkpoint under the real name
     return path
-
-
-class CheckpointError(CourierError, ValueError):
-    """A checkpoint file is truncated, tampered with or not a courier checkpoint."""
 
 
 _KEYS = ("step", "model", "optimizer", "history", "checkpoint_steps")

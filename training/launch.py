@@ -18,7 +18,7 @@ import time
 from typing import Callable
 
 from courier_spark import fs
-from courier_spark.errors import CourierError
+from courier_spark.errors import CourierError, DistributedTrainingError  # noqa: F401 (re-exported)
 
 
 class ProgressTail:
@@ -70,10 +70,6 @@ class ProgressTail:
         self._stop.set()
         self._thread.join()
         self._drain(final=True)
-
-
-class DistributedTrainingError(CourierError, RuntimeError):
-    """A distributed training job failed or stalled; the message names the worker and the cause."""
 
 
 def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int, *,

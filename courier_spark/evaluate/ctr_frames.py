@@ -44,6 +44,7 @@ from ..paths import TablePaths
 from ..serving import ServingVersions
 from ..tables import read_table, table_exists
 from .frames import ITEM_COLUMNS, stack_fixed
+from ..errors import DataError
 
 BASE_SELECT = ("event_id", "request_id", "session_id", "user_id", "item_id", "category", "position",
                "label", "query", "hist_item_ids", "split")
@@ -93,7 +94,7 @@ def method_visual_features(spark: SparkSession, paths: TablePaths, mv: ServingVe
         return stored[0], stored[1], "feature_store"
     cv, model_of_cv, centroids = load_centroids(spark, paths.centroids, mv.centroid_version)
     if model_of_cv != mv.model_version:
-        raise ValueError(f"centroid version {cv} was made from {model_of_cv}, not {mv.model_version}")
+        raise DataError(f"centroid version {cv} was made from {model_of_cv}, not {mv.model_version}")
     emb = read_embeddings(spark, paths.item_embeddings, mv.model_version)
     cids = assign_cluster_ids(emb, centroids, spark).select("item_id", "cluster_id")
     ctr = read_table(spark, paths.ctr_samples)
@@ -147,7 +148,7 @@ def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[Servi
     base["label"] = base["label"].astype(np.int64)
     base["hist_item_ids"] = [list(h) if h is not None else [] for h in base["hist_item_ids"]]
     if base["event_id"].duplicated().any():
-        raise ValueError("silver/ctr_samples has duplicate event_id values; re-run `courier samples`")
+        raise DataError("silver/ctr_samples has duplicate event_id values; re-run `courier samples`")
     base["new_item"] = base["item_id"].isin(new_on_test_day(spark, paths))
     per_method, sources = {}, {}
     for mv in methods:
@@ -156,7 +157,7 @@ def build_ctr_frames(spark: SparkSession, paths: TablePaths, methods: list[Servi
                                                   validate="one_to_one", indicator=True)
         missing = int((pdf["_merge"] == "left_only").sum())
         if missing:
-            raise ValueError(f"{mv.method}: {missing} of {len(base)} CTR events have no features")
+            raise DataError(f"{mv.method}: {missing} of {len(base)} CTR events have no features")
         out = pd.DataFrame({"event_id": pdf["event_id"].to_numpy()})
         out["target_cluster_id"] = pdf["target_cluster_id"].fillna(-1).astype(np.int64).to_numpy()
         ic = item_clusters.toPandas()
@@ -186,7 +187,7 @@ def variant_frames(base: pd.DataFrame, per_method: dict[str, pd.DataFrame],
             train = df[df["split"] == "train"].reset_index(drop=True)
             test = df[df["split"] == "test"].reset_index(drop=True)
             if train.empty or test.empty:
-                raise ValueError(f"CTR samples need both splits; got train={len(train)} test={len(test)} rows")
+                raise DataError(f"CTR samples need both splits; got train={len(train)} test={len(test)} rows")
             by_method[method] = (train, test)
         out[name] = by_method[method]
     return out

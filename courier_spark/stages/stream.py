@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import time
 
-from ..errors import CourierError
+from ..errors import CourierError, StreamError  # noqa: F401 (re-exported)
 from ..logs import say, step
 from .context import StageContext
-
-
-class StreamError(CourierError, RuntimeError):
-    """The streaming query stopped with an error (the message carries its cause)."""
 
 
 def run(ctx: StageContext) -> dict:
