@@ -18,6 +18,7 @@ from .logs import say
 from .stages import (cluster, comparisons, embed, evaluate, features, generate, online, point_in_time, report,
                      samples, stream, train, validate)
 from .stages.context import StageContext
+from .stages.results import StageResult
 
 __all__ = ["PIPELINE", "STAGES", "StageContext", "pipeline_stages", "run_stage", "stage_help", "write_summary"]
 
@@ -50,7 +51,7 @@ def write_summary(directory: str, name: str, summary: dict) -> str:
     return path
 
 
-def run_stage(name: str, ctx: StageContext) -> dict:
+def run_stage(name: str, ctx: StageContext) -> "StageResult | dict":
     if name not in STAGES:
         raise CourierError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     if ctx.runner is None:
@@ -59,12 +60,17 @@ def run_stage(name: str, ctx: StageContext) -> dict:
     t0 = time.perf_counter()
     say(name, f"start{' (' + ctx.summary_prefix.rstrip('/') + ')' if ctx.summary_prefix else ''} "
               f"(root={ctx.paths.root})")
-    summary = STAGES[name](ctx)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    summary["config"] = ctx.cfg.to_dict()
-    write_summary(ctx.paths.run_summaries, label, summary)
-    say(name, f"finished in {summary['seconds']:.1f}s")
-    return summary
+    result = STAGES[name](ctx)
+    seconds = round(time.perf_counter() - t0, 2)
+    if isinstance(result, StageResult):   # typed (stages/results.py)
+        result.seconds = seconds
+        summary = result.summary()
+    else:                                 # a stage not typed yet: its summary dict
+        summary = result
+        summary["seconds"] = seconds
+    write_summary(ctx.paths.run_summaries, label, {**summary, "config": ctx.cfg.to_dict()})
+    say(name, f"finished in {seconds:.1f}s")
+    return result
 
 
 def pipeline_stages(start: str | None = None, until: str | None = None) -> list[str]:

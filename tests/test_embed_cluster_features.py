@@ -245,15 +245,15 @@ def test_stages_end_to_end_and_rerun(spark, artifact, tmp_path):
     ctx = StageContext(spark, cfg, paths)
 
     e = run_stage("embed", ctx)
-    assert e["items_in"] == 60 and e["embedded"] == 48
-    assert e["not_embedded"] == {"missing": 6, "decode_failed_at_embed": 6}
-    assert e["max_norm_error"] < 1e-5 and e["model_version"] == "courier/v0001"
+    assert e.items_in == 60 and e.embedded == 48
+    assert e.not_embedded == {"missing": 6, "decode_failed_at_embed": 6}
+    assert e.max_norm_error < 1e-5 and e.model_version == "courier/v0001"
 
     c1 = run_stage("cluster", ctx)
-    assert c1["centroid_version"] == "c0001" and not c1["reused_version"]
-    assert sum(c1["all_items"]["size_histogram"].values()) == 4 and c1["all_items"]["n_items"] == 48
+    assert c1.centroid_version == "c0001" and not c1.reused_version
+    assert sum(c1.all_items["size_histogram"].values()) == 4 and c1.all_items["n_items"] == 48
     c2 = run_stage("cluster", ctx)                              # same inputs + params: same version, replaced
-    assert c2["centroid_version"] == "c0001" and c2["reused_version"] and c2["max_centroid_change"] == 0.0
+    assert c2.centroid_version == "c0001" and c2.reused_version and c2.max_centroid_change == 0.0
     cents = spark.read.format("delta").load(paths.centroids)
     assert cents.count() == 4 and cents.select("cluster_id").distinct().count() == 4
     assert json.loads(cents.first()["params"])["k"] == 4

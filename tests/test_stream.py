@@ -169,7 +169,7 @@ def test_stream_appends_kill_restart_exactly_once(spark, stream_root, tmp_path):
     from courier_spark.pipeline import StageContext, run_stage
     c = run_stage("cluster", StageContext(spark, load_config(None, ["cluster.k=4", "cluster.seed=99",
                                                                     "spark.shuffle_partitions=4"]), p))
-    assert c["centroid_version"] == "c0002"
+    assert c.centroid_version == "c0002"
     for run, want in (("stream3", 57), ("stream4", 0)):
         log = tmp_path / f"{run}.log"
         pr = start_stream(stream_root, log)

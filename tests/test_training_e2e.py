@@ -37,7 +37,7 @@ def test_horovod_training_learns(spark, samples_root, capsys):
     # rank 0's progress reaches the driver once per line (via progress.log, see report_progress)
     for s in (1, *range(5, 61, 5)):
         assert printed.count(f"courier step {s}/60 ") == 1, s
-    m = out["metrics"]
+    m = out.metrics
     print(f"\nloss {m['initial_loss']:.3f} -> {m['final_loss']:.3f}; co-click cosine "
           f"{m['co_click_cosine']:.3f} vs random {m['random_pair_cosine']:.3f}")
     assert m["steps"] == 60
@@ -56,12 +56,12 @@ def test_torch_distributor_training_loop(spark, samples_root):
                                   "train.method": "courier_proj_head", "train.log_every": 2})
     ctx = StageContext(spark, cfg, TablePaths.for_root(samples_root))
     out = run_stage("train", ctx)
-    m = out["metrics"]
+    m = out.metrics
     art = load_artifact(ctx.paths.models, "courier_proj_head")
     losses = [h[1] for h in art.metrics["history"]]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5   # 5 logged points = 10 steps each end
     print(f"\ntorch_distributor: loss {first:.3f} -> {last:.3f} ({[round(x, 2) for x in losses]})")
-    assert out["complete"] and m["steps"] == 60
+    assert out.complete and m["steps"] == 60
     assert last < 0.95 * first
     assert art.config["backend"] == "torch_distributor" and art.config["num_proc"] == 2
     assert art.metrics["checkpoint_steps"][-1] == 60

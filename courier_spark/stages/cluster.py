@@ -4,9 +4,10 @@ from __future__ import annotations
 from ..logs import say, step, warn
 from ..tables import read_table, table_version
 from .context import StageContext
+from .results import ClusterResult
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> ClusterResult:
     """gold/item_embeddings -> gold/centroids (faiss k-means)."""
     import numpy as np
     from pyspark.sql import functions as F
@@ -66,13 +67,12 @@ def run(ctx: StageContext) -> dict:
     full = {"n_items": n, "inertia": inertia, "mean_sq_distance": inertia / max(n, 1),
             "mean_cosine_to_centroid": 1.0 - inertia / max(n, 1) / 2.0,
             **size_stats(sizes, cfg.tiny_cluster_size)}
-    summary = {"centroid_version": cv, "reused_version": reused, "max_centroid_change": change,
-               "model_version": mv, "params": params,
-               "collected_to_driver": int(len(x)), "train": train_stats, "all_items": full,
-               "table_version": tv}
+    result = ClusterResult(centroid_version=cv, reused_version=reused, max_centroid_change=change,
+                           model_version=mv, params=params, collected_to_driver=int(len(x)),
+                           train=train_stats, all_items=full, table_version=tv)
     say("cluster", f"{cv}: k={cfg.k} over {n} items, inertia={inertia:.2f} "
                    f"(mean cos to centre {full['mean_cosine_to_centroid']:.3f}), sizes {full['min_size']}.."
                    f"{full['max_size']}, empty={full['empty_clusters']} tiny(<{cfg.tiny_cluster_size})="
                    f"{full['tiny_clusters']}")
     say("cluster", f"size histogram {full['size_histogram']}")
-    return summary
+    return result

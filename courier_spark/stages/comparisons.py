@@ -12,6 +12,7 @@ from ..config import with_section_values
 from ..errors import CourierError
 from ..logs import say
 from .context import StageContext
+from .results import ClusterResult, EmbedResult, TrainResult
 
 
 def run(ctx: StageContext) -> dict:
@@ -28,19 +29,18 @@ def run(ctx: StageContext) -> dict:
                                   embed={"method": method, "model_version": "latest"},
                                   cluster={"model_version": ""})
         sub = ctx.derive(cfg=cfg, summary_prefix=f"comparisons/{method}/", keep_loader_cache=True)
-        tr = sub.run_stage("train")
-        if not tr.get("complete"):
-            raise CourierError(f"training {method} stopped early at step {tr.get('steps_done')}; "
+        tr: TrainResult = sub.run_stage("train")
+        if not tr.complete:
+            raise CourierError(f"training {method} stopped early at step {tr.steps_done}; "
                                f"re-run `courier comparisons` to resume from its checkpoint")
         # Embed exactly the version train made or reused (``generic`` may reuse an older trunk).
-        sub = sub.derive(cfg=with_section_values(
-            cfg, embed={"model_version": tr["model_version"].rsplit("/", 1)[1]}))
-        em = sub.run_stage("embed")
-        cl = sub.run_stage("cluster")
-        out["methods"][method] = {"model_version": tr["model_version"], "train_metrics": tr["metrics"],
-                                  "embedded": em["embedded"], "not_embedded": em["not_embedded"],
-                                  "centroid_version": cl["centroid_version"],
+        sub = sub.derive(cfg=with_section_values(cfg, embed={"model_version": tr.version}))
+        em: EmbedResult = sub.run_stage("embed")
+        cl: ClusterResult = sub.run_stage("cluster")
+        out["methods"][method] = {"model_version": tr.model_version, "train_metrics": tr.metrics,
+                                  "embedded": em.embedded, "not_embedded": em.not_embedded,
+                                  "centroid_version": cl.centroid_version,
                                   "seconds": round(time.perf_counter() - t0, 1)}
-        say("comparisons", f"[{i}/{len(todo)}] {method}: {tr['model_version']} / {cl['centroid_version']} "
+        say("comparisons", f"[{i}/{len(todo)}] {method}: {tr.model_version} / {cl.centroid_version} "
                            f"in {out['methods'][method]['seconds']:.0f}s")
     return out

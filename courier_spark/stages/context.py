@@ -30,7 +30,7 @@ class StageContext:
     def derive(self, **changes) -> "StageContext":
         return dataclasses.replace(self, **changes)
 
-    def run_stage(self, name: str) -> dict:
+    def run_stage(self, name: str):   # -> StageResult (stages/results.py) or a summary dict
         """Run another stage through the pipeline's runner (summary under this context's prefix)."""
         if self.runner is None:
             raise CourierError(f"cannot run stage {name}: this context was not made by the pipeline runner")

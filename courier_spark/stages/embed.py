@@ -4,9 +4,10 @@ from __future__ import annotations
 from ..logs import say, step
 from ..tables import read_table
 from .context import StageContext
+from .results import EmbedResult
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> EmbedResult:
     """silver/items + artifact -> gold/item_embeddings (that model version's rows replaced)."""
     import time
 
@@ -46,14 +47,14 @@ def run(ctx: StageContext) -> dict:
     chk = written.agg(F.max(F.size("embedding")).alias("dim"), F.min(F.size("embedding")).alias("dim_min"),
                       F.max(F.abs(F.sqrt(array_dot(F.col("embedding"), F.col("embedding"))) - 1)).alias("norm_err")
                       ).first()
-    summary = {"model_version": mv, "artifact": art.path, "backbone": art.backbone,
-               "image_size": art.image_size, "items_in": n_in, "embedded": n_emb,
-               "not_embedded": not_embedded, "embedding_dim": chk["dim"],
-               "max_norm_error": float(chk["norm_err"] or 0.0),
-               "items_per_second": round(n_emb / secs, 1) if secs > 0 else None,
-               "table_version": version}
-    say("embed", f"embedded {n_emb}/{n_in} items (d={chk['dim']}, {summary['items_per_second']} items/s); "
+    result = EmbedResult(model_version=mv, artifact=art.path, backbone=art.backbone,
+                         image_size=art.image_size, items_in=n_in, embedded=n_emb,
+                         not_embedded=not_embedded, embedding_dim=chk["dim"],
+                         max_norm_error=float(chk["norm_err"] or 0.0),
+                         items_per_second=round(n_emb / secs, 1) if secs > 0 else None,
+                         table_version=version)
+    say("embed", f"embedded {n_emb}/{n_in} items (d={chk['dim']}, {result.items_per_second} items/s); "
                  f"not embedded: {not_embedded or 'none'}")
     if n_emb + sum(not_embedded.values()) != n_in or chk["dim"] != chk["dim_min"]:
-        raise RuntimeError(f"embedding accounting failed: {summary}")
-    return summary
+        raise RuntimeError(f"embedding accounting failed: {result.summary()}")
+    return result

@@ -16,6 +16,7 @@ from ..logs import debug, say, step
 from ..schema import TrainConfig
 from ..tables import read_table, table_version
 from .context import StageContext
+from .results import TrainResult
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -35,7 +36,7 @@ def _forwarded(line: str) -> None:
         debug("train.workers", line)
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> TrainResult:
     """pre-training samples -> encoder artifact (petastorm -> horovod/torch on Spark)."""
     import numpy as np
 
@@ -92,7 +93,7 @@ def run(ctx: StageContext) -> dict:
     final = latest_checkpoint(ckpt_dir)
     if r0["steps_done"] < tcfg.steps:
         say("train", f"stopped at step {r0['steps_done']} of {tcfg.steps}; re-run to resume from {final}")
-        return {"complete": False, "steps_done": r0["steps_done"], "checkpoint": final}
+        return TrainResult(complete=False, steps_done=r0["steps_done"], checkpoint=final)
     state = load_checkpoint(final)
     model = build_model(tcfg)
     model.load_state_dict(state["model"])
@@ -119,8 +120,8 @@ def run(ctx: StageContext) -> dict:
                  + (f", held-out {held[0][1]:.3f} -> {held[-1][1]:.3f}" if held else "")
                  + f", {r0['images_per_s']:.0f} images/s ({r0['distinct_images_per_s']:.0f} distinct), "
                  + _co_click_line(metrics))
-    return {"complete": True, "model_version": art.model_version, "path": art.path,
-            "metrics": {k: v for k, v in metrics.items() if k != "history"}}
+    return TrainResult(complete=True, model_version=art.model_version, path=art.path,
+                       metrics={k: v for k, v in metrics.items() if k != "history"})
 
 
 def _co_click_line(m: dict) -> str:
@@ -160,7 +161,7 @@ def _chosen_rows(samples: DataFrame, items: DataFrame, categories: list[str]) ->
 
 
 def _untrained(tcfg: TrainConfig, models_dir: str, samples: DataFrame, items: DataFrame, data_versions: dict,
-               trunk: "ModelArtifact | None") -> dict:
+               trunk: "ModelArtifact | None") -> TrainResult:
     """``random_init`` / ``generic`` (objective none): the encoder as initialised,
     no optimisation and no distributed launch; ``generic``'s artifact is the trunk itself."""
     from training.artifact import save_artifact
@@ -179,4 +180,4 @@ def _untrained(tcfg: TrainConfig, models_dir: str, samples: DataFrame, items: Da
                             config=dataclasses.asdict(tcfg), data_versions=data_versions, metrics=metrics)
     say("train", f"{tcfg.method}: {art.model_version}, not optimised (init "
                  f"{trunk.model_version if trunk else 'random, seed ' + str(tcfg.seed)}); " + _co_click_line(metrics))
-    return {"complete": True, "model_version": art.model_version, "path": art.path, "metrics": metrics}
+    return TrainResult(complete=True, model_version=art.model_version, path=art.path, metrics=metrics)

@@ -80,4 +80,4 @@ def test_courier_from_the_trunk_on_one_category(spark, root):
         votes = Counter(cat[i] for i in r["pv_item_ids"] if i in cat)
         top = max(votes.values())
         want += min(c for c, n in votes.items() if n == top) == "womens_clothing"
-    assert 0 < want and out["metrics"]["pretrain_rows"] == want
+    assert 0 < want and out.metrics["pretrain_rows"] == want
