@@ -245,7 +245,7 @@ def load_centroids(spark: SparkSession, path: str, centroid_version: str = "late
     ``latest`` is the highest cNNNN in the table."""
     from .tables import read_table
 
-    df = read_table(spark, path, made_by="cluster")
+    df = read_table(spark, path)
     have = sorted((r[0] for r in df.select("centroid_version").distinct().collect()),
                   key=lambda s: int(s[1:]) if _CVERSION.match(s) else -1)
     if not have:

@@ -130,7 +130,7 @@ def read_embeddings(spark: SparkSession, path: str, model_version: str) -> DataF
     """gold/item_embeddings rows of one model version (clear error when absent)."""
     from .tables import read_table
 
-    df = read_table(spark, path, made_by="embed")
+    df = read_table(spark, path)
     out = df.filter(F.col("model_version") == model_version)
     if out.limit(1).count() == 0:
         have = sorted(r[0] for r in df.select("model_version").distinct().collect())

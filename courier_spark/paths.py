@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .catalog import spec
+
 
 def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/")] + [p.strip("/") for p in parts])
@@ -28,7 +30,12 @@ class TablePaths:
         return cls(root)
 
     def table(self, layer: str, name: str) -> str:
-        return _join(self.root, layer, name)
+        """Path of catalogued table ``layer/name`` (``courier_spark.catalog``)."""
+        return _join(self.root, spec(f"{layer}/{name}").name)
+
+    def of(self, name: str) -> str:
+        """Path of catalogued table ``layer/table``."""
+        return _join(self.root, spec(name).name)
 
     # bronze: the raw contract tables
     @property

@@ -5,6 +5,7 @@ from typing import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
+from .catalog import spec_for_path
 from .errors import CourierError, MissingTableError, TableVersionError  # noqa: F401 (re-exported)
 
 
@@ -33,7 +34,12 @@ def invalidate_table_cache(spark: SparkSession, path: str) -> None:
 
 def read_table(spark: SparkSession, path: str, made_by: str | None = None,
                version: int | None = None) -> DataFrame:
+    """The Delta table at ``path`` (at ``version``); a missing table is a
+    ``MissingTableError`` naming the stage that makes it (from the catalog,
+    or ``made_by`` for a table outside it)."""
     if not table_exists(spark, path):
+        entry = spec_for_path(path)
+        made_by = made_by or (entry.made_by if entry else None)
         hint = f"; run `courier {made_by}` first" if made_by else ""
         raise MissingTableError(f"no Delta table at {path}{hint}")
     reader = spark.read.format("delta")

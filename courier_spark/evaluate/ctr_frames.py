@@ -53,14 +53,14 @@ BASE_SELECT = ("event_id", "request_id", "session_id", "user_id", "item_id", "ca
 def ctr_base_frame(spark: SparkSession, paths: TablePaths) -> DataFrame:
     """CTR samples with the item's title and price (left join: an item missing
     from silver/items keeps its impression with null title/price)."""
-    ctr = read_table(spark, paths.ctr_samples, made_by="samples")
-    items = read_table(spark, paths.silver_items, made_by="validate").select("item_id", "title", "price")
+    ctr = read_table(spark, paths.ctr_samples)
+    items = read_table(spark, paths.silver_items).select("item_id", "title", "price")
     return ctr.select(*BASE_SELECT).join(items, "item_id", "left")
 
 
 def catalogue_items(spark: SparkSession, paths: TablePaths) -> pd.DataFrame:
     """The item table (``frames.ITEM_COLUMNS``) of the whole catalogue, as pandas."""
-    return read_table(spark, paths.silver_items, made_by="validate").select(*ITEM_COLUMNS).toPandas()
+    return read_table(spark, paths.silver_items).select(*ITEM_COLUMNS).toPandas()
 
 
 def _feature_store_visual(spark: SparkSession, paths: TablePaths, mv: ServingVersions,
@@ -128,11 +128,11 @@ def _target_embeddings(spark: SparkSession, paths: TablePaths, model_version: st
 def new_on_test_day(spark: SparkSession, paths: TablePaths) -> np.ndarray:
     """Item ids first shown in the test split (no clean impression before the
     test window starts): the cold items that ID features know nothing about."""
-    ctr = read_table(spark, paths.ctr_samples, made_by="samples")
+    ctr = read_table(spark, paths.ctr_samples)
     start = ctr.filter(F.col("split") == "test").agg(F.min("event_ts")).first()[0]
     if start is None:
         return np.zeros(0, np.int64)
-    first = (read_table(spark, paths.silver_impressions, made_by="validate")
+    first = (read_table(spark, paths.silver_impressions)
              .groupBy("item_id").agg(F.min("event_ts").alias("first_seen")))
     return first.filter(F.col("first_seen") >= F.lit(start)).toPandas()["item_id"].to_numpy(np.int64)
 

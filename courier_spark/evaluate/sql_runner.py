@@ -15,6 +15,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from ..catalog import CATALOG
 from ..paths import TablePaths
 from ..tables import MissingTableError, table_exists, write_table
 
@@ -23,17 +24,6 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 _DELTA_REF = re.compile(r"delta\.`([^`]+)`", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Which stage writes each table a query may read (for the error message).
-_MADE_BY = {
-    "gold/predictions": "evaluate",
-    "silver/ctr_samples": "samples",
-    "silver/pretrain_samples": "samples",
-    "silver/items": "validate",
-    "silver/impressions": "validate",
-    "feature_store/item_visual": "features",
-    "feature_store/impression_visual": "features",
-    "gold/item_embeddings": "embed",
-    "gold/centroids": "cluster",
-}
 
 PREDICTIONS_SCHEMA = T.StructType([
     T.StructField("variant", T.StringType(), False),
@@ -121,7 +111,8 @@ def run_sql_file(spark: SparkSession, path: str | Path, root: str) -> DataFrame:
     for table in referenced_tables(stmt):
         if not table_exists(spark, table):
             rel = table[len(root_abs) + 1:] if table.startswith(root_abs + "/") else table
-            stage = _MADE_BY.get(rel)
+            entry = CATALOG.get(rel)
+            stage = entry.made_by if entry else None
             hint = f"; run `courier {stage}` first" if stage else ""
             raise MissingTableError(f"{p.name}: no Delta table at {table} (table '{rel}'){hint}")
     return spark.sql(stmt)

@@ -24,7 +24,7 @@ def run(ctx: StageContext) -> EmbedResult:
     art = load_artifact(p.models, cfg.method, cfg.model_version)
     art.load_encoder()  # read on the driver first: a corrupt file is one clear error, not failed tasks
     mv = art.model_version
-    items = read_table(spark, p.silver_items, made_by="validate")
+    items = read_table(spark, p.silver_items)
     n_in = items.count()
     say("embed", f"model {mv} ({art.backbone}@{art.image_size}px, d={art.embed_dim}) over {n_in} items, "
                  f"batch {cfg.batch_size}, {cfg.torch_threads} torch thread(s) per worker")

@@ -29,7 +29,7 @@ def run(ctx: StageContext) -> dict:
                     f"{'incremental' if cfg.incremental else 'full'} item assignment")
 
     # --- item_visual: nearest centroid per item (validity-interval history: merge_history)
-    silver = read_table(spark, p.silver_items, made_by="validate")
+    silver = read_table(spark, p.silver_items)
     # Which item version each embedding was made from (an item whose image changed is assigned again).
     versions = (silver.select("item_id", F.col("updated_at").alias("item_updated_at"))
                 if "updated_at" in silver.columns else None)
@@ -52,7 +52,7 @@ def run(ctx: StageContext) -> dict:
     n_items_cv = item_visual.count()
 
     # --- impression_visual: SimScores + cluster ids for every CTR sample
-    ctr = read_table(spark, p.ctr_samples, made_by="samples")
+    ctr = read_table(spark, p.ctr_samples)
     n_emb = emb.count()
     emb_mb = n_emb * centroids.shape[1] * 4 / 2 ** 20
     cids = item_visual.select("item_id", F.col("courier_cluster_id").alias("cluster_id"))

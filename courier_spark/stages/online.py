@@ -10,7 +10,7 @@ def run(ctx: StageContext) -> dict:
     from ..online import RedisSettings, materialise_item_visual
     from ..tables import read_table
 
-    read_table(ctx.spark, ctx.paths.item_visual_features, made_by="features")  # clear error when absent
+    read_table(ctx.spark, ctx.paths.item_visual_features)  # clear error when absent
     settings = RedisSettings.from_config(ctx.cfg.online)
     out = materialise_item_visual(ctx.spark, ctx.paths.item_visual_features, settings,
                                   batch_size=ctx.cfg.online.batch_size)

@@ -25,9 +25,9 @@ def run(ctx: StageContext) -> dict:
         events = events.withColumnRenamed(cfg.event_ts_column, "event_ts")
     history = cfg.history and "user_id" in events.columns
     out = point_in_time_features(
-        events, read_table(spark, p.item_visual_features, made_by="features"), ts_col="event_ts",
-        impressions=read_table(spark, p.silver_impressions, made_by="validate") if history else None,
-        embeddings=read_table(spark, p.item_embeddings, made_by="embed") if history else None, k=cfg.k)
+        events, read_table(spark, p.item_visual_features), ts_col="event_ts",
+        impressions=read_table(spark, p.silver_impressions) if history else None,
+        embeddings=read_table(spark, p.item_embeddings) if history else None, k=cfg.k)
     if cfg.event_ts_column != "event_ts":
         out = out.withColumnRenamed("event_ts", cfg.event_ts_column)
     with step("point_in_time", f"writing {cfg.output} ({cfg.output_format})"):

@@ -12,8 +12,8 @@ def run(ctx: StageContext) -> dict:
     from ..samples import assemble_samples, window_accounting
 
     p = ctx.paths
-    imps = read_table(ctx.spark, p.silver_impressions, made_by="validate")
-    items = read_table(ctx.spark, p.silver_items, made_by="validate")
+    imps = read_table(ctx.spark, p.silver_impressions)
+    items = read_table(ctx.spark, p.silver_items)
     tables = assemble_samples(imps, items, ctx.cfg.windows, ctx.cfg.samples)
     say("samples", "windows: " + tables.windows.describe())
     with step("samples", "writing silver/pretrain_samples"):

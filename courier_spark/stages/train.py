@@ -51,8 +51,8 @@ def run(ctx: StageContext) -> TrainResult:
 
     tcfg = ctx.cfg.train.resolved()
     p, spark, scfg = ctx.paths, ctx.spark, ctx.cfg.samples
-    samples = read_table(spark, p.pretrain_samples, made_by="samples")
-    items = read_table(spark, p.silver_items, made_by="validate")
+    samples = read_table(spark, p.pretrain_samples)
+    items = read_table(spark, p.silver_items)
     data_versions = {"silver/pretrain_samples": table_version(spark, p.pretrain_samples),
                      "silver/items": table_version(spark, p.silver_items)}
     tcfg, trunk = _with_init(tcfg, p.models, data_versions)

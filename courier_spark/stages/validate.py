@@ -12,8 +12,8 @@ def run(ctx: StageContext) -> dict:
     from ..validate import summarize, validate_bronze
 
     p = ctx.paths
-    items = read_table(ctx.spark, p.bronze_items, made_by="generate (or land bronze/items)")
-    imps = read_table(ctx.spark, p.bronze_impressions, made_by="generate (or land bronze/impressions)")
+    items = read_table(ctx.spark, p.bronze_items)
+    imps = read_table(ctx.spark, p.bronze_impressions)
     res = validate_bronze(items, imps, ctx.cfg.validate)
     with step("validate", "writing silver/items and quarantine/items"):
         write_table(res.clean_items, p.silver_items)
