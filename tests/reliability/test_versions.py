@@ -56,8 +56,8 @@ def two_versions(spark, tmp_path_factory):
 
 def test_every_feature_row_names_its_versions(spark, two_versions, reliability):
     paths, runs = two_versions
-    assert runs["v0001"]["cluster"]["centroid_version"] == "c0001"
-    assert runs["v0002"]["cluster"]["centroid_version"] == "c0002"
+    assert runs["v0001"]["cluster"].centroid_version == "c0001"
+    assert runs["v0002"]["cluster"].centroid_version == "c0002"
     from courier_spark.feature_store import current_rows, merge_history
 
     def by_version(df):
