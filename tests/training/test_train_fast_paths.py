@@ -52,13 +52,13 @@ def test_random_init_saves_the_seeded_start(tables, tmp_path):
     models = str(tmp_path / "models")
     cfg = TrainConfig(method="random_init", seed=4, **TINY).resolved()
     out = train_stage._untrained(cfg, models, samples, items, {"silver/items": 0}, None)
-    assert out["complete"] and out["model_version"] == "random_init/v0001"
+    assert out.complete and out.model_version == "random_init/v0001"
     art = load_artifact(models, "random_init")
     assert _same(art.load_encoder().state_dict(), initial_encoder(cfg).state_dict())
     assert not fs.exists(fs.join(art.path, "model.pt"))          # nothing but the encoder exists
     assert art.config["objective"] == "none" and art.config["seed"] == 4
     assert art.metrics["steps"] == 0 and -1.0 <= art.metrics["co_click_cosine"] <= 1.0
-    assert out["metrics"] == art.metrics
+    assert out.metrics == art.metrics
     # a re-run is a new version, like any method
     train_stage._untrained(cfg, models, samples, items, {}, None)
     assert list_versions(models, "random_init") == ["v0001", "v0002"]
@@ -73,7 +73,7 @@ def test_generic_method_is_the_trunk(tables, tmp_path):
     assert trunk.model_version == "generic/v0001" and cfg2.weights_path == trunk.encoder_uri
     assert data_versions == {"models/generic": "generic/v0001"}
     out = train_stage._untrained(cfg2, models, samples, items, data_versions, trunk)
-    assert out["model_version"] == "generic/v0001" and out["path"] == trunk.path
+    assert out.model_version == "generic/v0001" and out.path == trunk.path
     assert list_versions(models, "generic") == ["v0001"]           # no second artifact
     # any other method under init=generic starts from the trunk's weights
     cfg3, again = train_stage._with_init(dataclasses.replace(cfg, method="courier", objective="courier"),
