@@ -137,6 +137,37 @@ def size_stats(sizes: np.ndarray, tiny: int) -> dict:
             "size_histogram": hist}
 
 
+def training_sample(embeddings: DataFrame, n_items: int, cap: int, seed: int) -> DataFrame:
+    """The rows faiss trains on: all when ``n_items <= cap``, else a seeded,
+    deterministic hash sample of ``cap`` rows. faiss trains on at most
+    k * max_points_per_centroid points anyway, so only that many vectors go to
+    the driver: its memory is bounded whatever the catalogue size."""
+    if n_items <= cap:
+        return embeddings
+    return embeddings.orderBy(F.xxhash64("item_id", F.lit(seed))).limit(cap)
+
+
+def assignment_stats(assigned: DataFrame, k: int, tiny: int) -> dict:
+    """Cluster sizes and inertia over *all* assigned items (``item_id,
+    cluster_id, distance`` rows, distances squared L2), computed by Spark."""
+    rows = assigned.groupBy("cluster_id").agg(F.count("*").alias("n"), F.sum("distance").alias("d")).collect()
+    sizes = np.zeros(k, np.int64)
+    inertia = 0.0
+    for r in rows:
+        sizes[r["cluster_id"]] = r["n"]
+        inertia += float(r["d"])
+    n = int(sizes.sum())
+    return {"n_items": n, "inertia": inertia, "mean_sq_distance": inertia / max(n, 1),
+            # unit vectors: |x - c|^2 = 2 - 2 cos
+            "mean_cosine_to_centroid": 1.0 - inertia / max(n, 1) / 2.0,
+            **size_stats(sizes, tiny)}
+
+
+def centroid_change(old: np.ndarray, new: np.ndarray) -> float:
+    """Largest coordinate change between two centroid sets (inf when their shapes differ)."""
+    return float(np.abs(old - new).max()) if old.shape == new.shape else float("inf")
+
+
 def train_kmeans(embeddings: np.ndarray, k: int, niter: int = 20, seed: int = 1234,
                  max_points_per_centroid: int = 256, *, nredo: int = 1, init: str = "kmeans++",
                  spherical: bool = True, gpu: bool | None = None, tiny_cluster_size: int = 3

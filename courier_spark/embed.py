@@ -146,3 +146,33 @@ def embeddings_to_numpy(df: DataFrame) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     return (pdf["item_id"].to_numpy(np.int64),
             np.ascontiguousarray(np.stack(pdf["embedding"].to_numpy()).astype(np.float32)))
+
+
+@dataclass
+class EmbeddingAccounting:
+    """Every input item embedded or listed by reason, from the *written* rows."""
+
+    embedded: int
+    not_embedded: dict          # reason -> items
+    dim: int | None             # largest embedding length (equal to dim_min when consistent)
+    dim_min: int | None
+    max_norm_error: float       # max | ||e|| - 1 | (embeddings are unit vectors)
+
+    def balanced(self, items_in: int) -> bool:
+        return self.embedded + sum(self.not_embedded.values()) == items_in and self.dim == self.dim_min
+
+
+def embedding_accounting(items: DataFrame, written: DataFrame) -> EmbeddingAccounting:
+    """Account for ``items`` (silver) against one model version's written embeddings, without a second forward pass."""
+    status = F.col("image_status") if "image_status" in items.columns else F.lit(None).cast("string")
+    reason = (F.when(F.col("image").isNull(), F.coalesce(status, F.lit("missing")))
+              .otherwise(F.lit("decode_failed_at_embed")))
+    not_embedded = {r["reason"]: int(r["count"]) for r in
+                    items.join(written.select("item_id"), "item_id", "left_anti")
+                    .groupBy(reason.alias("reason")).count().collect()}
+    norm = F.sqrt(F.aggregate("embedding", F.lit(0.0).cast("double"), lambda acc, v: acc + v.cast("double") * v.cast("double")))
+    chk = written.agg(F.count("*").alias("n"), F.max(F.size("embedding")).alias("dim"),
+                      F.min(F.size("embedding")).alias("dim_min"),
+                      F.max(F.abs(norm - 1)).alias("norm_err")).first()
+    return EmbeddingAccounting(embedded=int(chk["n"]), not_embedded=not_embedded, dim=chk["dim"],
+                               dim_min=chk["dim_min"], max_norm_error=float(chk["norm_err"] or 0.0))

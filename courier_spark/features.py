@@ -17,6 +17,7 @@ vectors: 2 - 2 cos), the k-means objective's per-item term.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 import uuid
 from typing import Any, Iterator
 
@@ -185,3 +186,30 @@ def impression_visual_rows(sims: DataFrame, model_version: str, centroid_version
     return sims.select("event_id", "sim_scores", "hist_cluster_ids", "target_cluster_id",
                        F.lit(model_version).alias("model_version"),
                        F.lit(centroid_version).alias("centroid_version"))
+
+
+@dataclass
+class ImpressionVisualStats:
+    """Coverage of the impression features about to be written (the features stage's summary)."""
+
+    events: int
+    target_cluster_coverage: float      # share of events whose target item has a cluster ID
+    slot0_sim_coverage: float           # share with a SimScore for the latest history click
+    slot0_sim_mean: float | None
+    mean_filled_slots: float            # SimScores per event (of k)
+
+
+def impression_visual_stats(rows: DataFrame) -> ImpressionVisualStats:
+    """One pass over ``impression_visual_rows`` output."""
+    st = rows.agg(
+        F.count("*").alias("events"),
+        F.avg(F.col("target_cluster_id").isNotNull().cast("double")).alias("target_cov"),
+        F.avg(F.col("sim_scores")[0].isNotNull().cast("double")).alias("slot0_cov"),
+        F.avg(F.col("sim_scores")[0]).alias("slot0_mean"),
+        F.avg(F.size(F.filter("sim_scores", lambda s: s.isNotNull()))).alias("slots_filled"),
+    ).first()
+    return ImpressionVisualStats(
+        events=int(st["events"]), target_cluster_coverage=float(st["target_cov"] or 0.0),
+        slot0_sim_coverage=float(st["slot0_cov"] or 0.0),
+        slot0_sim_mean=None if st["slot0_mean"] is None else float(st["slot0_mean"]),
+        mean_filled_slots=float(st["slots_filled"] or 0.0))

@@ -259,12 +259,12 @@ def test_stages_end_to_end_and_rerun(spark, artifact, tmp_path):
     assert json.loads(cents.first()["params"])["k"] == 4
 
     f1 = run_stage("features", ctx)
-    assert f1["item_visual"]["merge"]["inserted"] == 48
-    assert f1["impression_visual"]["merge"]["inserted"] == 80
+    assert f1.item_visual.merge["inserted"] == 48
+    assert f1.impression_visual["merge"]["inserted"] == 80
     iv1 = read_features(spark, paths.impression_visual_features).toPandas().sort_values("event_id")
     f2 = run_stage("features", ctx)                             # re-run: nothing new, nothing rewritten
-    assert f2["item_visual"]["assigned_this_run"] == 0
-    assert (f2["impression_visual"]["merge"]["inserted"], f2["impression_visual"]["merge"]["updated"]) == (0, 0)
+    assert f2.item_visual.assigned_this_run == 0
+    assert (f2.impression_visual["merge"]["inserted"], f2.impression_visual["merge"]["updated"]) == (0, 0)
     iv2 = read_features(spark, paths.impression_visual_features).toPandas().sort_values("event_id")
     assert len(iv2) == 80 and iv2.reset_index(drop=True).equals(iv1.reset_index(drop=True))
     assert set(iv2["centroid_version"]) == {"c0001"}

@@ -231,7 +231,7 @@ def test_point_in_time_stage_writes_what_the_function_returns(spark, tmp_path):
     exp = (point_in_time_features(spark.read.parquet(src).withColumnRenamed("ts", "event_ts"),
                                   spark.read.format("delta").load(p.item_visual_features))
            .withColumnRenamed("event_ts", "ts").toPandas().sort_values("key").reset_index(drop=True))
-    assert s["rows"] == 50 and got[exp.columns].equals(exp)
-    assert s["with_item_features"] == int(exp["courier_cluster_id"].notna().sum()) > 0
+    assert s.rows == 50 and got[exp.columns].equals(exp)
+    assert s.with_item_features == int(exp["courier_cluster_id"].notna().sum()) > 0
     with pytest.raises(ConfigError, match="retrieval.input"):
         run_stage("point_in_time", StageContext(spark, load_config(None, []), p))

@@ -18,15 +18,15 @@ def built(tiny_dataset):
 
 def test_quarantine_counts_equal_injected_bad_rows(built, spark):
     ctx, out = built
-    injected = out["generate"]["injected_bad_rows"]
+    injected = out["generate"].injected_bad_rows
     assert injected == {"null_key": 6, "unknown_item": 4, "duplicate_event_id": 5, "undecodable_image": 3}
-    v = out["validate"]
-    reasons = v["impression_reasons"]
+    v = out["validate"].counts
+    reasons = v.impression_reasons
     assert sum(n for r, n in reasons.items() if r.startswith("null_")) == 6
     assert reasons.get("unknown_item") == 4
     assert reasons.get("duplicate_event_id") == 5
-    assert v["item_reasons"] == {"undecodable_image": 3}
-    assert v["image_status"]["undecodable"] == 3
+    assert v.item_reasons == {"undecodable_image": 3}
+    assert v.image_status["undecodable"] == 3
     # clean + quarantined = input, from the written tables
     p = ctx.paths
     n_in = read_table(spark, p.bronze_impressions).count()
@@ -48,7 +48,7 @@ def test_sample_tables_shape(built, spark):
     assert pre.filter(F.col("pv_labels")[0] != 1).count() == 0
     assert {r.split for r in ctr.select("split").distinct().collect()} == {"train", "test"}
     # CTR rows are exactly the clean impressions of the CTR windows
-    lo = out["samples"]["windows"]["ctr_train"][0]
+    lo = out["samples"].windows["ctr_train"][0]
     imps = read_table(spark, ctx.paths.silver_impressions).filter(F.col("event_ts") >= F.lit(lo))
     assert ctr.count() == imps.count() == ctr.select("event_id").distinct().count()
 

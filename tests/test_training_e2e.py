@@ -130,37 +130,37 @@ def test_comparisons_evaluate_report(spark, samples_root):
         "evaluate.dnn.epochs": 1, "evaluate.lgbm.num_boost_round": 20})
     ctx = StageContext(spark, cfg, TablePaths.for_root(samples_root))
     comp = run_stage("comparisons", ctx)
-    assert list(comp["methods"]) == ["simclr"]   # courier is the serving method, trained by `train`
-    assert comp["methods"]["simclr"]["model_version"].startswith("simclr/v")
+    assert list(comp.methods) == ["simclr"]   # courier is the serving method, trained by `train`
+    assert comp.methods["simclr"].model_version.startswith("simclr/v")
     # every sub-run went through the pipeline's runner and wrote its own summary
     for sub in ("train", "embed", "cluster"):
         with open(os.path.join(ctx.paths.run_summaries, "comparisons", "simclr", f"{sub}.json")) as fh:
             assert json.load(fh)["config"]["train"]["method"] == "simclr"
     ev = run_stage("evaluate", ctx)
-    assert ev["variants"] == ["baseline", "courier_cluster_id", "courier_simscore", "courier_vector",
+    assert ev.variants == ["baseline", "courier_cluster_id", "courier_simscore", "courier_vector",
                               "simclr_cluster_id"]
-    assert ev["feature_sources"] == {"courier": "feature_store", "simclr": "computed"}
+    assert ev.feature_sources == {"courier": "feature_store", "simclr": "computed"}
     metrics = json.load(open(os.path.join(ctx.paths.reports, "metrics.json")))
-    for name in ev["variants"]:
+    for name in ev.variants:
         v = metrics["variants"][name]
         assert 0.0 < v["auc"] < 1.0 and v["auc_std"] >= 0.0 and len(v["auc_seeds"]) == 2
         assert 0.0 < v["gauc"] < 1.0 and "gauc_std" in v
-    assert "lgbm" in metrics and set(metrics["lgbm"]["variants"]) == set(ev["variants"])
+    assert "lgbm" in metrics and set(metrics["lgbm"]["variants"]) == set(ev.variants)
 
     preds = read_table(spark, ctx.paths.predictions).toPandas()
     n_test = read_table(spark, ctx.paths.ctr_samples).filter("split = 'test'").count()
-    assert len(preds) == n_test * len(ev["variants"]) * 2          # first seed, dnn + lgbm
+    assert len(preds) == n_test * len(ev.variants) * 2          # first seed, dnn + lgbm
     sim = preds[preds["variant"] == "simclr_cluster_id"]
-    assert set(sim["model_version"]) == {comp["methods"]["simclr"]["model_version"]}
-    assert set(sim["centroid_version"]) == {comp["methods"]["simclr"]["centroid_version"]}
+    assert set(sim["model_version"]) == {comp.methods["simclr"].model_version}
+    assert set(sim["centroid_version"]) == {comp.methods["simclr"].centroid_version}
     assert preds.loc[preds["variant"] == "baseline", "model_version"].isna().all()
     # metrics.json's first-seed AUC is the AUC of the stored predictions
     b = preds[(preds["variant"] == "courier_cluster_id") & (preds["model_kind"] == "dnn")]
     assert abs(auc(b["label"], b["score"]) - metrics["variants"]["courier_cluster_id"]["auc_seeds"][0]) < 1e-9
 
     rep = run_stage("report", ctx)
-    assert rep["sql_vs_python_max_abs_diff"] < 1e-6
-    text = open(rep["report"]).read()
+    assert rep.sql_vs_python_max_abs_diff < 1e-6
+    text = open(rep.report).read()
     for heading in ("Lift per method", "Ablations", "Vector / SimScore / Cluster ID", "Per-category AUC lift",
                     "Embedding map"):
         assert heading in text

@@ -165,6 +165,21 @@ def heldout_loss(model: nn.Module, batches: list, cfg: TrainConfig) -> float:
     return sum(losses) / len(losses)
 
 
+def training_metrics(state: dict, rank0: dict) -> dict:
+    """A finished run's metrics from its last checkpoint and rank 0's result:
+    first/last losses (means of the first 2 and last 3 logged steps), speed,
+    the held-out curve and the full history."""
+    hist = state["history"]
+    head = [h[1] for h in hist[:2]]
+    tail = [h[1] for h in hist[-3:]]
+    return {"steps": rank0["steps_done"], "initial_loss": sum(head) / len(head),
+            "final_loss": sum(tail) / len(tail), "final_in_batch_accuracy": float(hist[-1][2]),
+            "images_per_s": rank0["images_per_s"], "distinct_images_per_s": rank0["distinct_images_per_s"],
+            "loop_seconds": rank0["seconds"], "resumed_from_step": rank0["resumed_from"], "history": hist,
+            "heldout_loss": [list(h) for h in state.get("heldout", [])],
+            "checkpoint_steps": state["checkpoint_steps"]}
+
+
 PROGRESS_FILE = "progress.log"
 PROGRESS_PREFIX = "[courier train] "  # rank 0's lines carry it; the driver's logger adds its own
 

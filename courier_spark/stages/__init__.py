@@ -1,7 +1,6 @@
-"""One module per CLI stage, orchestration only: paths -> library call ->
-write -> summary. Each exposes ``run(ctx) -> dict`` (the stage summary) and
-is registered, in pipeline order, in ``courier_spark.pipeline.STAGES``.
-
-Library imports sit inside ``run`` on purpose: building the CLI and checking
-a config import these modules, and must not load torch, pandas or PIL.
+"""One module per CLI stage, orchestration only: config -> library call ->
+write -> typed result (``results.py``). Each exposes ``run(ctx)`` and is
+registered by name in ``courier_spark.pipeline.STAGES``, which imports a stage
+module only when it runs: building the CLI or checking a config loads none of
+them (nor torch, pandas or PIL), so stage modules import their library at the top.
 """

@@ -1,23 +1,21 @@
 """`courier cluster`: gold/item_embeddings (one model version) -> gold/centroids (faiss k-means)."""
 from __future__ import annotations
 
+import numpy as np
+
+from ..cluster import (assignment_stats, centroid_change, centroids_frame, check_k, choose_centroid_version,
+                       existing_versions, load_centroids, replace_rows, train_kmeans, training_sample)
+from ..embed import embeddings_to_numpy, read_embeddings
+from ..features import assign_cluster_ids
 from ..logs import say, step, warn
-from ..tables import read_table, table_version
+from ..serving import model_version_of
+from ..tables import table_version
 from .context import StageContext
 from .results import ClusterResult
 
 
 def run(ctx: StageContext) -> ClusterResult:
     """gold/item_embeddings -> gold/centroids (faiss k-means)."""
-    import numpy as np
-    from pyspark.sql import functions as F
-
-    from ..cluster import (centroids_frame, check_k, choose_centroid_version, existing_versions, load_centroids,
-                           replace_rows, size_stats, train_kmeans)
-    from ..embed import embeddings_to_numpy, read_embeddings
-    from ..features import assign_cluster_ids
-    from ..serving import model_version_of
-
     cfg = ctx.cfg.cluster
     spark, p = ctx.spark, ctx.paths
     mv = cfg.model_version or model_version_of(p, ctx.cfg.embed.method, ctx.cfg.embed.model_version)
@@ -26,14 +24,8 @@ def run(ctx: StageContext) -> ClusterResult:
     n = emb.count()
     check_k(cfg.k, n, mv)
     cap = cfg.k * cfg.max_points_per_centroid
-    # faiss trains on at most k * max_points_per_centroid points anyway, so only
-    # that many vectors are collected to the driver (a seeded, deterministic
-    # hash sample when there are more): driver memory is bounded by k * mpc * d
-    # floats whatever the catalogue size. Cluster sizes and inertia over *all*
-    # items come from the distributed assignment job below.
-    sample = emb if n <= cap else emb.orderBy(F.xxhash64("item_id", F.lit(cfg.seed))).limit(cap)
     with step("cluster", f"collecting {min(n, cap)} of {n} embeddings of {mv} to the driver"):
-        ids, x = embeddings_to_numpy(sample)
+        ids, x = embeddings_to_numpy(training_sample(emb, n, cap, cfg.seed))
     x = x[np.argsort(ids, kind="stable")]  # fixed row order: same inputs -> same faiss sample -> same centres
     gpu = None if cfg.gpu == "auto" else cfg.gpu == "yes"
     with step("cluster", f"faiss k-means k={cfg.k} niter={cfg.niter} nredo={cfg.nredo} init={cfg.init}"):
@@ -49,28 +41,18 @@ def run(ctx: StageContext) -> ClusterResult:
         # Rewriting a version that features may already use: they stay valid
         # only if the centres are the same (incremental assignment skips items
         # already assigned to this version).
-        old = load_centroids(spark, p.centroids, cv)[2]
-        change = float(np.abs(old - centroids).max()) if old.shape == centroids.shape else float("inf")
+        change = centroid_change(load_centroids(spark, p.centroids, cv)[2], centroids)
         if change > 1e-5:
             warn("cluster", f"{cv} is rewritten with different centres (max change {change:.2g}); "
                            f"re-run features with --set features.incremental=false")
     with step("cluster", f"{'replacing' if reused else 'writing'} centroid_version={cv} in gold/centroids"):
         tv = replace_rows(centroids_frame(spark, centroids, cv, mv, params), p.centroids, "centroid_version", cv)
     with step("cluster", "assigning every item to its nearest centroid (Spark, broadcast centroids)"):
-        rows = (assign_cluster_ids(emb, centroids, spark).groupBy("cluster_id")
-                .agg(F.count("*").alias("n"), F.sum("distance").alias("d")).collect())
-    sizes = np.zeros(cfg.k, np.int64)
-    inertia = 0.0
-    for r in rows:
-        sizes[r["cluster_id"]] = r["n"]
-        inertia += float(r["d"])
-    full = {"n_items": n, "inertia": inertia, "mean_sq_distance": inertia / max(n, 1),
-            "mean_cosine_to_centroid": 1.0 - inertia / max(n, 1) / 2.0,
-            **size_stats(sizes, cfg.tiny_cluster_size)}
+        full = assignment_stats(assign_cluster_ids(emb, centroids, spark), cfg.k, cfg.tiny_cluster_size)
     result = ClusterResult(centroid_version=cv, reused_version=reused, max_centroid_change=change,
                            model_version=mv, params=params, collected_to_driver=int(len(x)),
                            train=train_stats, all_items=full, table_version=tv)
-    say("cluster", f"{cv}: k={cfg.k} over {n} items, inertia={inertia:.2f} "
+    say("cluster", f"{cv}: k={cfg.k} over {n} items, inertia={full['inertia']:.2f} "
                    f"(mean cos to centre {full['mean_cosine_to_centroid']:.3f}), sizes {full['min_size']}.."
                    f"{full['max_size']}, empty={full['empty_clusters']} tiny(<{cfg.tiny_cluster_size})="
                    f"{full['tiny_clusters']}")

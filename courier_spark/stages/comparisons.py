@@ -8,20 +8,21 @@ no distributed launch), then embed and cluster like any method."""
 from __future__ import annotations
 
 import time
+
 from ..config import with_section_values
 from ..errors import CourierError
 from ..logs import say
 from .context import StageContext
-from .results import ClusterResult, EmbedResult, TrainResult
+from .results import ClusterResult, ComparisonRun, ComparisonsResult, EmbedResult, TrainResult
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> ComparisonsResult:
     """Train, embed and cluster every comparison method of evaluate.methods."""
     serving = ctx.cfg.embed.method
     todo = [m for m in ctx.cfg.evaluate.methods if m != serving]
     say("comparisons", f"serving method {serving} (from the main stages); comparing against: "
                        f"{', '.join(todo) or 'nothing'}")
-    out: dict = {"serving_method": serving, "methods": {}}
+    out = ComparisonsResult(serving_method=serving, methods={})
     for i, method in enumerate(todo, 1):
         t0 = time.perf_counter()
         say("comparisons", f"[{i}/{len(todo)}] {method}: train -> embed -> cluster")
@@ -37,10 +38,10 @@ def run(ctx: StageContext) -> dict:
         sub = sub.derive(cfg=with_section_values(cfg, embed={"model_version": tr.version}))
         em: EmbedResult = sub.run_stage("embed")
         cl: ClusterResult = sub.run_stage("cluster")
-        out["methods"][method] = {"model_version": tr.model_version, "train_metrics": tr.metrics,
-                                  "embedded": em.embedded, "not_embedded": em.not_embedded,
-                                  "centroid_version": cl.centroid_version,
-                                  "seconds": round(time.perf_counter() - t0, 1)}
+        run_ = ComparisonRun(model_version=tr.model_version, train_metrics=tr.metrics, embedded=em.embedded,
+                             not_embedded=em.not_embedded, centroid_version=cl.centroid_version,
+                             seconds=round(time.perf_counter() - t0, 1))
+        out.methods[method] = run_
         say("comparisons", f"[{i}/{len(todo)}] {method}: {tr.model_version} / {cl.centroid_version} "
-                           f"in {out['methods'][method]['seconds']:.0f}s")
+                           f"in {run_.seconds:.0f}s")
     return out

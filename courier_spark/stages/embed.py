@@ -1,6 +1,12 @@
 """`courier embed`: silver/items + model artifact -> gold/item_embeddings (that model version's rows replaced)."""
 from __future__ import annotations
 
+import time
+
+from training.artifact import load_artifact
+
+from ..cluster import replace_rows
+from ..embed import embed_items, embedding_accounting, read_embeddings
 from ..logs import say, step
 from ..tables import read_table
 from .context import StageContext
@@ -9,16 +15,6 @@ from .results import EmbedResult
 
 def run(ctx: StageContext) -> EmbedResult:
     """silver/items + artifact -> gold/item_embeddings (that model version's rows replaced)."""
-    import time
-
-    from pyspark.sql import functions as F
-
-    from training.artifact import load_artifact
-
-    from ..cluster import replace_rows
-    from ..embed import embed_items, read_embeddings
-    from ..features import array_dot
-
     cfg = ctx.cfg.embed
     spark, p = ctx.spark, ctx.paths
     art = load_artifact(p.models, cfg.method, cfg.model_version)
@@ -34,27 +30,15 @@ def run(ctx: StageContext) -> EmbedResult:
     with step("embed", f"embedding and replacing model_version={mv} rows of gold/item_embeddings"):
         version = replace_rows(emb, p.item_embeddings, "model_version", mv)
     secs = time.perf_counter() - t0
-    # Accounting from the written rows (no second forward pass): every input
-    # item is embedded or listed by reason.
-    written = read_embeddings(spark, p.item_embeddings, mv)
-    n_emb = written.count()
-    status = F.col("image_status") if "image_status" in items.columns else F.lit(None).cast("string")
-    reason = (F.when(F.col("image").isNull(), F.coalesce(status, F.lit("missing")))
-              .otherwise(F.lit("decode_failed_at_embed")))
-    not_embedded = {r["reason"]: int(r["count"]) for r in
-                    items.join(written.select("item_id"), "item_id", "left_anti")
-                    .groupBy(reason.alias("reason")).count().collect()}
-    chk = written.agg(F.max(F.size("embedding")).alias("dim"), F.min(F.size("embedding")).alias("dim_min"),
-                      F.max(F.abs(F.sqrt(array_dot(F.col("embedding"), F.col("embedding"))) - 1)).alias("norm_err")
-                      ).first()
+    acc = embedding_accounting(items, read_embeddings(spark, p.item_embeddings, mv))
     result = EmbedResult(model_version=mv, artifact=art.path, backbone=art.backbone,
-                         image_size=art.image_size, items_in=n_in, embedded=n_emb,
-                         not_embedded=not_embedded, embedding_dim=chk["dim"],
-                         max_norm_error=float(chk["norm_err"] or 0.0),
-                         items_per_second=round(n_emb / secs, 1) if secs > 0 else None,
+                         image_size=art.image_size, items_in=n_in, embedded=acc.embedded,
+                         not_embedded=acc.not_embedded, embedding_dim=acc.dim,
+                         max_norm_error=acc.max_norm_error,
+                         items_per_second=round(acc.embedded / secs, 1) if secs > 0 else None,
                          table_version=version)
-    say("embed", f"embedded {n_emb}/{n_in} items (d={chk['dim']}, {result.items_per_second} items/s); "
-                 f"not embedded: {not_embedded or 'none'}")
-    if n_emb + sum(not_embedded.values()) != n_in or chk["dim"] != chk["dim_min"]:
+    say("embed", f"embedded {acc.embedded}/{n_in} items (d={acc.dim}, {result.items_per_second} items/s); "
+                 f"not embedded: {acc.not_embedded or 'none'}")
+    if not acc.balanced(n_in):
         raise RuntimeError(f"embedding accounting failed: {result.summary()}")
     return result

@@ -3,18 +3,22 @@ gold/predictions, <root>/reports/metrics.json, results.json, per_category.csv.""
 from __future__ import annotations
 
 import json
+
 from .. import fs
+from ..embed import embeddings_to_numpy, read_embeddings
+from ..evaluate.cluster_variants import kmeans_seed_frames
+from ..evaluate.ctr_frames import build_ctr_frames, variant_frames
+from ..evaluate.runner import (BASELINE, evaluate_variants, per_category_results, variant_plan,
+                               write_metrics_json)
+from ..evaluate.sql_runner import write_predictions
 from ..logs import say, step
+from ..serving import serving_versions
 from .context import StageContext
+from .results import EvaluateResult
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> EvaluateResult:
     """CTR frames per method -> DNN / LightGBM over seeds -> predictions + metrics.json."""
-    from ..evaluate.ctr_frames import build_ctr_frames, variant_frames
-    from ..serving import serving_versions
-    from ..evaluate.runner import (BASELINE, evaluate_variants, per_category_results, variant_plan,
-                                   write_metrics_json)
-    from ..evaluate.sql_runner import write_predictions
 
     ecfg, fcfg = ctx.cfg.evaluate, ctx.cfg.features
     spark, p = ctx.spark, ctx.paths
@@ -26,8 +30,6 @@ def run(ctx: StageContext) -> dict:
             log=lambda m: say("evaluate", m))
     frames: dict = variant_frames(base, per_method, plan)
     if ecfg.vary_kmeans_seed and len(ecfg.seeds) > 1:
-        from ..embed import embeddings_to_numpy, read_embeddings
-        from ..evaluate.cluster_variants import kmeans_seed_frames
         vectors = {}
         for name, feature, method in plan:
             if feature != "cluster_id":
@@ -65,9 +67,9 @@ def run(ctx: StageContext) -> dict:
         say("evaluate", f"{r['variant']:<28} AUC {r['auc']:.4f}±{r['auc_std']:.4f} "
                         f"GAUC {r['gauc']:.4f}±{r['gauc_std']:.4f} lift {r['lift_auc_pct']:+.2f}% "
                         f"{'(real)' if r['real'] else ''}")
-    return {"variants": [n for n, _, _ in plan], "n_train": n_train, "n_test": n_test,
-            "predictions_table_version": pv, "feature_sources": sources,
-            "metrics_json": p.report_file("metrics.json"),
-            "headline": {r["variant"]: {"auc": r["auc"], "auc_std": r["auc_std"], "gauc": r["gauc"],
-                                        "lift_auc_pct": r["lift_auc_pct"], "real": bool(r["real"])}
-                         for _, r in main.iterrows()}}
+    return EvaluateResult(
+        variants=[n for n, _, _ in plan], n_train=n_train, n_test=n_test, predictions_table_version=pv,
+        feature_sources=sources, metrics_json=p.report_file("metrics.json"),
+        headline={r["variant"]: {"auc": r["auc"], "auc_std": r["auc_std"], "gauc": r["gauc"],
+                                 "lift_auc_pct": r["lift_auc_pct"], "real": bool(r["real"])}
+                  for _, r in main.iterrows()})

@@ -2,23 +2,26 @@
 feature_store/impression_visual (MERGE upserts)."""
 from __future__ import annotations
 
+import dataclasses
+
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
+from ..cluster import load_centroids
+from ..embed import read_embeddings
+from ..feature_store import (IMPRESSION_VISUAL_COMMENTS, IMPRESSION_VISUAL_KEYS, ITEM_VISUAL_COMMENTS,
+                             ITEM_VISUAL_KEYS, current_rows, merge_history, merge_upsert)
+from ..features import (assign_cluster_ids, impression_visual_rows, impression_visual_stats, item_visual_rows,
+                        similarity_features)
 from ..logs import say, step
+from ..serving import assign_new_items, serving_versions
 from ..tables import read_table
 from .context import StageContext
+from .results import FeaturesResult, ItemVisualWrite
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> FeaturesResult:
     """centroids + embeddings + ctr_samples -> feature_store/item_visual, impression_visual (MERGE)."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    from ..embed import read_embeddings
-    from ..feature_store import (IMPRESSION_VISUAL_COMMENTS, IMPRESSION_VISUAL_KEYS, ITEM_VISUAL_COMMENTS,
-                                 ITEM_VISUAL_KEYS, current_rows, merge_history, merge_upsert)
-    from ..features import assign_cluster_ids, impression_visual_rows, item_visual_rows, similarity_features
-    from ..cluster import load_centroids
-    from ..serving import assign_new_items, serving_versions
-
     cfg = ctx.cfg.features
     spark, p = ctx.spark, ctx.paths
     serving = serving_versions(spark, p, ctx.cfg.embed.method, ctx.cfg.embed.model_version, cfg.centroid_version)
@@ -55,38 +58,26 @@ def run(ctx: StageContext) -> dict:
     ctr = read_table(spark, p.ctr_samples)
     n_emb = emb.count()
     emb_mb = n_emb * centroids.shape[1] * 4 / 2 ** 20
+    broadcast = emb_mb <= cfg.broadcast_embeddings_mb
     cids = item_visual.select("item_id", F.col("courier_cluster_id").alias("cluster_id"))
-    sims = similarity_features(ctr, emb, cids, cfg.k, broadcast_embeddings=emb_mb <= cfg.broadcast_embeddings_mb)
+    sims = similarity_features(ctr, emb, cids, cfg.k, broadcast_embeddings=broadcast)
     imp_src = impression_visual_rows(sims, mv, cv).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with step("features", f"SimScores (k={cfg.k}) and merging feature_store/impression_visual"):
-            st = imp_src.agg(
-                F.count("*").alias("events"),
-                F.avg(F.col("target_cluster_id").isNotNull().cast("double")).alias("target_cov"),
-                F.avg(F.col("sim_scores")[0].isNotNull().cast("double")).alias("slot0_cov"),
-                F.avg(F.col("sim_scores")[0]).alias("slot0_mean"),
-                F.avg(F.size(F.filter("sim_scores", lambda s: s.isNotNull()))).alias("slots_filled"),
-            ).first()
+            st = impression_visual_stats(imp_src)
             imp_merge = merge_upsert(spark, imp_src, p.impression_visual_features, IMPRESSION_VISUAL_KEYS,
                                      IMPRESSION_VISUAL_COMMENTS)
     finally:
         imp_src.unpersist()
 
-    summary = {
-        "centroid_version": cv, "model_version": mv, "k": cfg.k, "incremental": cfg.incremental,
-        "item_visual": {"embedded_items": n_emb, "assigned_this_run": n_assigned,
-                        "items_with_features": n_items_cv, "merge": item_merge},
-        "impression_visual": {"events": int(st["events"]),
-                              "target_cluster_coverage": float(st["target_cov"] or 0.0),
-                              "slot0_sim_coverage": float(st["slot0_cov"] or 0.0),
-                              "slot0_sim_mean": None if st["slot0_mean"] is None else float(st["slot0_mean"]),
-                              "mean_filled_slots": float(st["slots_filled"] or 0.0),
-                              "embeddings_broadcast": emb_mb <= cfg.broadcast_embeddings_mb,
-                              "merge": imp_merge},
-    }
+    result = FeaturesResult(
+        centroid_version=cv, model_version=mv, k=cfg.k, incremental=cfg.incremental,
+        item_visual=ItemVisualWrite(embedded_items=n_emb, assigned_this_run=n_assigned,
+                                    items_with_features=n_items_cv, merge=item_merge),
+        impression_visual={**dataclasses.asdict(st), "embeddings_broadcast": broadcast, "merge": imp_merge})
     say("features", f"item_visual: assigned {n_assigned} item(s) this run; {n_items_cv}/{n_emb} embedded items "
                     f"have {cv} features; merge {item_merge}")
-    say("features", f"impression_visual: {int(st['events'])} events, target cluster coverage "
-                    f"{summary['impression_visual']['target_cluster_coverage']:.3f}, slot-0 SimScore coverage "
-                    f"{summary['impression_visual']['slot0_sim_coverage']:.3f}; merge {imp_merge}")
-    return summary
+    say("features", f"impression_visual: {st.events} events, target cluster coverage "
+                    f"{st.target_cluster_coverage:.3f}, slot-0 SimScore coverage "
+                    f"{st.slot0_sim_coverage:.3f}; merge {imp_merge}")
+    return result

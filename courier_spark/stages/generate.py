@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 from ..logs import say, step
+from ..synthetic import generate_marketplace
+from ..synthetic.spark_io import marketplace_to_spark
 from ..tables import write_table
 from .context import StageContext
+from .results import GenerateResult
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> GenerateResult:
     """Write the synthetic marketplace as bronze tables (+ hidden truth)."""
-    from ..synthetic import generate_marketplace
-    from ..synthetic.spark_io import marketplace_to_spark
-
     params = ctx.cfg.synthetic
     with step("generate", f"synthesising marketplace (users={params.n_users}, items={params.n_items}, "
                           f"days={params.n_days}, seed={params.seed})"):
@@ -23,10 +23,9 @@ def run(ctx: StageContext) -> dict:
             ("impressions", frames["impressions"], p.bronze_impressions),
             ("item_factors", frames["item_factors"], p.truth_item_factors),
             ("user_tastes", frames["user_tastes"], p.truth_user_tastes))}
-    summary = {"rows": {"items": len(market.items), "impressions": len(market.impressions)},
-               "click_model": market.stats, "injected_bad_rows": market.injected,
-               "table_versions": versions}
+    result = GenerateResult(rows={"items": len(market.items), "impressions": len(market.impressions)},
+                            click_model=market.stats, injected_bad_rows=market.injected, table_versions=versions)
     say("generate", f"items={len(market.items)} impressions={len(market.impressions)} "
                     f"ctr={market.stats.get('ctr', float('nan')):.4f} "
                     f"visual_click_share={market.stats.get('visual_click_share', float('nan')):.3f}")
-    return summary
+    return result

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from ..logs import say
+from ..online import RedisSettings, materialise_item_visual
+from ..tables import read_table
 from .context import StageContext
+from .results import OnlineResult
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> OnlineResult:
     """feature_store/item_visual current rows -> the online store (Redis), changed rows only."""
-    from ..online import RedisSettings, materialise_item_visual
-    from ..tables import read_table
 
     read_table(ctx.spark, ctx.paths.item_visual_features)  # clear error when absent
     settings = RedisSettings.from_config(ctx.cfg.online)
@@ -17,4 +18,4 @@ def run(ctx: StageContext) -> dict:
     say("online", f"{out['mode']}: wrote {out['written']}, deleted {out['deleted']} key(s) in {out['store']} "
                   f"(item_visual version {out['from_version']} -> {out['to_version']}, "
                   f"{out.get('rows_per_second') or 0} rows/s)")
-    return out
+    return OnlineResult(counts=out)

@@ -2,17 +2,18 @@
 (and history) features as of each event's time."""
 from __future__ import annotations
 
+from pyspark.sql import functions as F
+
 from ..errors import ConfigError
 from ..logs import say, step
+from ..retrieval import point_in_time_features
+from ..tables import read_table
 from .context import StageContext
+from .results import PointInTimeResult
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> PointInTimeResult:
     """retrieval.input events -> retrieval.output with features as of each event_ts."""
-    from pyspark.sql import functions as F
-
-    from ..retrieval import point_in_time_features
-    from ..tables import read_table
 
     cfg, spark, p = ctx.cfg.retrieval, ctx.spark, ctx.paths
     if not cfg.input or not cfg.output:
@@ -35,8 +36,8 @@ def run(ctx: StageContext) -> dict:
     written = spark.read.format(cfg.output_format).load(cfg.output)
     st = written.agg(F.count("*").alias("rows"),
                      F.sum(F.col("courier_cluster_id").isNotNull().cast("int")).alias("with_features")).first()
-    summary = {"input": cfg.input, "output": cfg.output, "rows": int(st["rows"]),
-               "with_item_features": int(st["with_features"] or 0), "history": history, "k": cfg.k}
-    say("point_in_time", f"{summary['rows']} event(s), {summary['with_item_features']} with item features "
+    result = PointInTimeResult(input=cfg.input, output=cfg.output, rows=int(st["rows"]),
+                               with_item_features=int(st["with_features"] or 0), history=history, k=cfg.k)
+    say("point_in_time", f"{result.rows} event(s), {result.with_item_features} with item features "
                          f"as of their time{'; history features too' if history else ''}")
-    return summary
+    return result

@@ -2,23 +2,24 @@
 from __future__ import annotations
 
 import io
+
+import numpy as np
+import pandas as pd
+
 from .. import fs
+from ..evaluate.probes import embedding_map_sample, look_probe_table
+from ..evaluate.report import load_results, write_report
+from ..evaluate.sql_runner import SQL_DIR, run_sql_file
 from ..logs import say, step
+from ..tables import table_exists
 from .context import StageContext
+from .results import ReportResult
 
 SQL_FILES = ("per_category_auc_lift.sql", "ctr_by_cluster.sql", "cluster_category_purity.sql")
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> ReportResult:
     """results.json + sql/*.sql over the Delta tables -> report.md with PNG plots."""
-    import numpy as np
-    import pandas as pd
-
-    from ..evaluate.probes import embedding_map_sample, look_probe_table
-    from ..evaluate.report import load_results, write_report
-    from ..evaluate.sql_runner import SQL_DIR, run_sql_file
-    from ..tables import table_exists
-
     p = ctx.paths
     res = load_results(p.report_file("results.json"))
     sql_tables, sql_out = {}, p.report_file("sql")
@@ -56,4 +57,4 @@ def run(ctx: StageContext) -> dict:
     path = write_report(p.reports, res, per_cat_sql, extra_tables=extra, embedding_map=emb_map,
                         title=f"COURIER evaluation ({p.root})")
     say("report", f"wrote {path}")
-    return {"report": path, "sql_vs_python_max_abs_diff": diff, "sql_outputs": fs.ls(sql_out)}
+    return ReportResult(report=path, sql_vs_python_max_abs_diff=diff, sql_outputs=fs.ls(sql_out))

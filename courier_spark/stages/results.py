@@ -2,7 +2,7 @@
 it as the stage's summary, ``_runs/<stage>.json``) and to any stage that runs
 it (``comparisons`` reads train / embed / cluster results by attribute, so a
 renamed field fails at import and in type checks, not at run time).
-Stages not listed here still return plain summary dicts."""
+Every stage returns one; ``summary()`` is what ``_runs/<stage>.json`` holds."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,17 +23,11 @@ class StageResult:
 class TrainResult(StageResult):
     complete: bool
     model_version: Optional[str] = None   # "<method>/vNNNN" once complete
+    version: Optional[str] = None         # its "vNNNN" (the artifact's own version)
     path: Optional[str] = None            # the artifact's folder
     metrics: dict = field(default_factory=dict)
     steps_done: Optional[int] = None      # when stopped early (resume from ``checkpoint``)
     checkpoint: Optional[str] = None
-
-    @property
-    def version(self) -> str:
-        """The ``vNNNN`` part of ``model_version``."""
-        if not self.model_version:
-            raise ValueError("training did not complete: no model version")
-        return self.model_version.rsplit("/", 1)[1]
 
 
 @dataclass(kw_only=True)
@@ -62,3 +56,115 @@ class ClusterResult(StageResult):
     train: dict
     all_items: dict
     table_version: int
+
+
+@dataclass(kw_only=True)
+class GenerateResult(StageResult):
+    rows: dict                # {"items": n, "impressions": n}
+    click_model: dict         # the generator's click statistics (ctr, visual_click_share, ...)
+    injected_bad_rows: dict
+    table_versions: dict
+
+
+@dataclass(kw_only=True)
+class ValidateResult(StageResult):
+    counts: Any               # courier_spark.validate.ValidationSummary (counts of the written tables)
+
+    def summary(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self.counts), "seconds": self.seconds}
+
+
+@dataclass(kw_only=True)
+class SamplesResult(StageResult):
+    windows: dict
+    impressions_by_window: dict
+    pretrain_samples: int
+    ctr_samples: dict         # rows per split
+    table_versions: dict
+
+
+@dataclass(kw_only=True)
+class ItemVisualWrite:
+    embedded_items: int
+    assigned_this_run: int
+    items_with_features: int  # items with a current row of the serving versions
+    merge: dict
+
+
+@dataclass(kw_only=True)
+class FeaturesResult(StageResult):
+    centroid_version: str
+    model_version: str
+    k: int
+    incremental: bool
+    item_visual: ItemVisualWrite
+    impression_visual: dict   # courier_spark.features.ImpressionVisualStats as a dict + merge counts
+
+
+@dataclass(kw_only=True)
+class ComparisonRun:
+    model_version: str
+    train_metrics: dict
+    embedded: int
+    not_embedded: dict
+    centroid_version: str
+    seconds: float
+
+
+@dataclass(kw_only=True)
+class ComparisonsResult(StageResult):
+    serving_method: str
+    methods: dict             # method -> ComparisonRun
+
+
+@dataclass(kw_only=True)
+class EvaluateResult(StageResult):
+    variants: list
+    n_train: int
+    n_test: int
+    predictions_table_version: int
+    feature_sources: dict
+    metrics_json: str
+    headline: dict
+
+
+@dataclass(kw_only=True)
+class ReportResult(StageResult):
+    report: str
+    sql_vs_python_max_abs_diff: float
+    sql_outputs: list
+
+
+@dataclass(kw_only=True)
+class PointInTimeResult(StageResult):
+    input: str
+    output: str
+    rows: int
+    with_item_features: int
+    history: bool
+    k: int
+
+
+@dataclass(kw_only=True)
+class OnlineResult(StageResult):
+    counts: dict              # courier_spark.online.materialise_item_visual's counts
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.counts, "seconds": self.seconds}
+
+
+@dataclass(kw_only=True)
+class StreamResult(StageResult):
+    trigger: str
+    serving: dict
+    catch_up: dict
+    batches: int
+    rows_in: int
+    new: int
+    changed: int
+    quarantined: int
+    embedded: int
+    re_embedded_existing: int
+    query_seconds: float
+    items_per_second: Optional[float]
+    online: list

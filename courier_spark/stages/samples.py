@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 from ..logs import say, step
+from ..samples import assemble_samples, window_accounting
 from ..tables import read_table, write_table
 from .context import StageContext
+from .results import SamplesResult
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> SamplesResult:
     """silver impressions -> silver/pretrain_samples, silver/ctr_samples."""
-    from ..samples import assemble_samples, window_accounting
-
     p = ctx.paths
     imps = read_table(ctx.spark, p.silver_impressions)
     items = read_table(ctx.spark, p.silver_items)
@@ -26,8 +26,8 @@ def run(ctx: StageContext) -> dict:
     # Where every clean impression went, including those outside all windows.
     accounting = window_accounting(imps, tables.windows)
     say("samples", f"clean impressions by window: {accounting}")
-    summary = {"windows": dataclasses.asdict(tables.windows), "impressions_by_window": accounting,
-               "pretrain_samples": pre.count(),
-               "ctr_samples": splits, "table_versions": {"pretrain_samples": v_pre, "ctr_samples": v_ctr}}
-    say("samples", f"pretrain_samples={summary['pretrain_samples']} ctr_samples={splits}")
-    return summary
+    result = SamplesResult(windows=dataclasses.asdict(tables.windows), impressions_by_window=accounting,
+                           pretrain_samples=pre.count(), ctr_samples=splits,
+                           table_versions={"pretrain_samples": v_pre, "ctr_samples": v_ctr})
+    say("samples", f"pretrain_samples={result.pretrain_samples} ctr_samples={splits}")
+    return result

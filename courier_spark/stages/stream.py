@@ -2,21 +2,21 @@
 gold/item_embeddings, feature_store/item_visual (Structured Streaming, foreachBatch)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
+from .. import fs
 from ..errors import CourierError, StreamError  # noqa: F401 (re-exported)
 from ..logs import say, step
+from ..online import RedisSettings, connect, materialise_item_visual
+from ..serving import load_serving
+from ..stream import catch_up, process_item_batch, read_ledger, record_batch, txn_app_id
 from .context import StageContext
+from .results import StreamResult
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> StreamResult:
     """New bronze/items rows -> silver, quarantine, embeddings, feature_store/item_visual (streaming)."""
-    import dataclasses
-
-    from .. import fs
-    from ..online import RedisSettings, connect, materialise_item_visual
-    from ..serving import load_serving
-    from ..stream import catch_up, process_item_batch, read_ledger, record_batch, txn_app_id
 
     cfg, spark, p = ctx.cfg.stream, ctx.spark, ctx.paths
 
@@ -86,16 +86,14 @@ def run(ctx: StageContext) -> dict:
     secs = time.perf_counter() - t0
     batches = [b for b in read_ledger(spark, p) if b["batch_id"] not in before]
     items = sum(b["new"] + b["changed"] for b in batches)
-    summary = {"trigger": cfg.trigger, "serving": dataclasses.asdict(state["serving"]),
-               "catch_up": dataclasses.asdict(first), "batches": len(batches),
-               "rows_in": sum(b["rows_in"] for b in batches), "new": sum(b["new"] for b in batches),
-               "changed": sum(b["changed"] for b in batches),
-               "quarantined": sum(b["quarantined"] for b in batches),
-               "embedded": sum(b["embedded"] for b in batches),
-               "re_embedded_existing": sum(b["re_embedded_existing"] for b in batches),
-               "query_seconds": round(secs, 2), "items_per_second": round(items / secs, 2) if secs > 0 else None,
-               "online": online_counts}
-    say("stream", f"{len(batches)} micro-batch(es): {summary['new']} new and {summary['changed']} changed item(s), "
-                  f"{summary['quarantined']} quarantined, {summary['embedded']} embedded "
-                  f"({summary['items_per_second']} items/s over {secs:.1f}s)")
-    return summary
+    result = StreamResult(
+        trigger=cfg.trigger, serving=dataclasses.asdict(state["serving"]), catch_up=dataclasses.asdict(first),
+        batches=len(batches), rows_in=sum(b["rows_in"] for b in batches), new=sum(b["new"] for b in batches),
+        changed=sum(b["changed"] for b in batches), quarantined=sum(b["quarantined"] for b in batches),
+        embedded=sum(b["embedded"] for b in batches),
+        re_embedded_existing=sum(b["re_embedded_existing"] for b in batches), query_seconds=round(secs, 2),
+        items_per_second=round(items / secs, 2) if secs > 0 else None, online=online_counts)
+    say("stream", f"{len(batches)} micro-batch(es): {result.new} new and {result.changed} changed item(s), "
+                  f"{result.quarantined} quarantined, {result.embedded} embedded "
+                  f"({result.items_per_second} items/s over {secs:.1f}s)")
+    return result

@@ -10,6 +10,16 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from training.artifact import save_artifact
+from training.checkpoints import checkpoint_dir, latest_checkpoint, load_checkpoint
+from training.launch import run_distributed
+from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame, split_heldout
+from training.objectives import build_model, initial_encoder
+from training.pretrain_rows import restrict_to_categories, shuffle_histories
+from training.similarity import co_click_similarity
+from training.train import PROGRESS_FILE, PROGRESS_PREFIX, train_worker, training_metrics
+from training.trunk import ensure_trunk
+
 from .. import fs
 from ..errors import ConfigError, DataError
 from ..logs import debug, say, step
@@ -26,7 +36,6 @@ if TYPE_CHECKING:
 
 def _relay(line: str) -> None:
     """A training step line from rank 0 -> the console, as our own log line."""
-    from training.train import PROGRESS_PREFIX
     say("train", line.removeprefix(PROGRESS_PREFIX))
 
 
@@ -38,17 +47,6 @@ def _forwarded(line: str) -> None:
 
 def run(ctx: StageContext) -> TrainResult:
     """pre-training samples -> encoder artifact (petastorm -> horovod/torch on Spark)."""
-    import numpy as np
-
-    from training.artifact import save_artifact
-    from training.checkpoints import checkpoint_dir, latest_checkpoint, load_checkpoint
-    from training.launch import run_distributed
-    from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame, split_heldout
-    from training.objectives import build_model
-    from training.pretrain_rows import shuffle_histories
-    from training.similarity import co_click_similarity
-    from training.train import PROGRESS_FILE, train_worker
-
     tcfg = ctx.cfg.train.resolved()
     p, spark, scfg = ctx.paths, ctx.spark, ctx.cfg.samples
     samples = read_table(spark, p.pretrain_samples)
@@ -97,15 +95,7 @@ def run(ctx: StageContext) -> TrainResult:
     state = load_checkpoint(final)
     model = build_model(tcfg)
     model.load_state_dict(state["model"])
-    hist = state["history"]
-    head = [h[1] for h in hist[:2]]
-    tail = [h[1] for h in hist[-3:]]
-    metrics = {"steps": r0["steps_done"], "initial_loss": float(np.mean(head)), "final_loss": float(np.mean(tail)),
-               "final_in_batch_accuracy": float(hist[-1][2]), "images_per_s": r0["images_per_s"],
-               "distinct_images_per_s": r0["distinct_images_per_s"], "loop_seconds": r0["seconds"],
-               "resumed_from_step": r0["resumed_from"], "history": hist,
-               "heldout_loss": [list(h) for h in state.get("heldout", [])],
-               "checkpoint_steps": state["checkpoint_steps"], "pretrain_rows": n_rows,
+    metrics = {**training_metrics(state, r0), "pretrain_rows": n_rows,
                "heldout_rows": len(loader.heldout["pv_labels"]) if loader.heldout else 0,
                "checkpoint_dir": ckpt_dir if tcfg.keep_checkpoints else None}
     with step("train", "measuring co-click vs random-pair embedding similarity"):
@@ -120,7 +110,7 @@ def run(ctx: StageContext) -> TrainResult:
                  + (f", held-out {held[0][1]:.3f} -> {held[-1][1]:.3f}" if held else "")
                  + f", {r0['images_per_s']:.0f} images/s ({r0['distinct_images_per_s']:.0f} distinct), "
                  + _co_click_line(metrics))
-    return TrainResult(complete=True, model_version=art.model_version, path=art.path,
+    return TrainResult(complete=True, model_version=art.model_version, version=art.version, path=art.path,
                        metrics={k: v for k, v in metrics.items() if k != "history"})
 
 
@@ -138,7 +128,6 @@ def _with_init(tcfg: TrainConfig, models_dir: str,
     if tcfg.weights_path:
         raise ConfigError(f"train.init is generic but train.weights_path is set ({tcfg.weights_path}): "
                           f"both choose the starting weights; unset one")
-    from training.trunk import ensure_trunk
     trunk, _ = ensure_trunk(models_dir, tcfg)
     data_versions["models/generic"] = trunk.model_version
     return dataclasses.replace(tcfg, weights_path=trunk.encoder_uri), trunk
@@ -148,7 +137,6 @@ def _chosen_rows(samples: DataFrame, items: DataFrame, categories: list[str]) ->
     """``train.categories``: only the page views of those categories (all when empty)."""
     if not categories:
         return samples
-    from training.pretrain_rows import restrict_to_categories
     known = {r["category"] for r in items.select("category").distinct().collect()}
     unknown = sorted(set(categories) - known)
     if unknown:
@@ -164,10 +152,6 @@ def _untrained(tcfg: TrainConfig, models_dir: str, samples: DataFrame, items: Da
                trunk: "ModelArtifact | None") -> TrainResult:
     """``random_init`` / ``generic`` (objective none): the encoder as initialised,
     no optimisation and no distributed launch; ``generic``'s artifact is the trunk itself."""
-    from training.artifact import save_artifact
-    from training.objectives import initial_encoder
-    from training.similarity import co_click_similarity
-
     if trunk is not None:   # generic
         art, encoder = trunk, trunk.load_encoder()
     else:
@@ -180,4 +164,5 @@ def _untrained(tcfg: TrainConfig, models_dir: str, samples: DataFrame, items: Da
                             config=dataclasses.asdict(tcfg), data_versions=data_versions, metrics=metrics)
     say("train", f"{tcfg.method}: {art.model_version}, not optimised (init "
                  f"{trunk.model_version if trunk else 'random, seed ' + str(tcfg.seed)}); " + _co_click_line(metrics))
-    return TrainResult(complete=True, model_version=art.model_version, path=art.path, metrics=metrics)
+    return TrainResult(complete=True, model_version=art.model_version, version=art.version, path=art.path,
+                       metrics=metrics)

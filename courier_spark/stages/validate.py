@@ -1,16 +1,15 @@
 """`courier validate`: bronze -> silver/items, silver/impressions + quarantine/*."""
 from __future__ import annotations
 
-import dataclasses
 from ..logs import say, step
 from ..tables import read_table, write_table
+from ..validate import summarize, validate_bronze
 from .context import StageContext
+from .results import ValidateResult
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> ValidateResult:
     """bronze -> silver/items, silver/impressions + quarantine/*."""
-    from ..validate import summarize, validate_bronze
-
     p = ctx.paths
     items = read_table(ctx.spark, p.bronze_items)
     imps = read_table(ctx.spark, p.bronze_impressions)
@@ -27,4 +26,4 @@ def run(ctx: StageContext) -> dict:
         say("validate", line)
     if not s.balanced():
         raise RuntimeError("validation lost rows: clean + quarantined != input (see summary above)")
-    return dataclasses.asdict(s)
+    return ValidateResult(counts=s)

@@ -32,7 +32,8 @@ def validated(spark, tmp_path_factory):
 
 
 def test_every_bad_row_quarantined_with_reason_and_accounted(spark, validated, reliability):
-    ctx, summary = validated
+    ctx, result = validated
+    summary = result.summary()
     p = ctx.paths
     bronze_imps = read_table(spark, p.bronze_impressions)
     clean = read_table(spark, p.silver_impressions)
@@ -79,7 +80,7 @@ def test_rerun_validate_gives_identical_tables(spark, validated, reliability):
               for t in (p.silver_items, p.silver_impressions, p.quarantine_impressions)}
     again = run_stage("validate", ctx)
     for k in ("items_in", "items_clean", "impressions_clean", "impressions_quarantined", "impression_reasons"):
-        assert again[k] == first[k], k
+        assert getattr(again.counts, k) == getattr(first.counts, k), k
     after = {t: rows_of(read_table(spark, t).drop("image")) for t in before}
     assert after == before  # atomic overwrite: same rows, nothing appended twice
     assert read_table(spark, p.silver_impressions).groupBy("event_id").count().filter("count > 1").count() == 0
@@ -167,7 +168,7 @@ def test_empty_and_all_bad_datasets(spark, tmp_path, reliability):
         paths = TablePaths.for_root(str(tmp_path / name.replace(" ", "_")))
         write_bronze(paths, it, im)
         ctx = StageContext(spark, tiny_config(), paths)
-        s = run_stage("validate", ctx)
+        s = run_stage("validate", ctx).summary()
         assert s["impressions_clean"] == 0 and s["items_clean"] == 0
         assert s["impressions_in"] == s["impressions_quarantined"] == im.count()
         assert read_table(spark, paths.silver_impressions).count() == 0  # an empty, readable table

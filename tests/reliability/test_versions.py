@@ -96,7 +96,7 @@ def test_older_versions_stay_readable(spark, two_versions, reliability):
     old_imps = read_features(spark, paths.impression_visual_features, version=ev_v1)
     assert old_imps.count() == 24 and old_imps.filter(F.col("model_version") != "courier/v0001").count() == 0
     # The second run really changed the rows (so time travel is not trivially equal).
-    assert runs["v0002"]["features"]["item_visual"]["merge"]["closed"] == 16
+    assert runs["v0002"]["features"].item_visual.merge["closed"] == 16
     assert read_embeddings(spark, paths.item_embeddings, "courier/v0001").count() == 16
     cv, mv, cents = load_centroids(spark, paths.centroids, "c0001")
     assert (cv, mv, cents.shape) == ("c0001", "courier/v0001", (2, 8))

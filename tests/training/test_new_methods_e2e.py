@@ -41,10 +41,10 @@ def test_comparisons_with_the_new_methods(spark, root, monkeypatch):
     cfg = tiny_config(**TRAIN, **{"evaluate.methods": "[courier, random_init, generic, courier_shuffled]"})
     ctx = StageContext(spark, cfg, TablePaths.for_root(root))
     out = run_stage("comparisons", ctx)
-    assert list(out["methods"]) == ["random_init", "generic", "courier_shuffled"]
+    assert list(out.methods) == ["random_init", "generic", "courier_shuffled"]
     assert launched == ["courier_shuffled"]            # random_init and generic: no distributed launch
     models = ctx.paths.models
-    versions = {m: r["model_version"] for m, r in out["methods"].items()}
+    versions = {m: r.model_version for m, r in out.methods.items()}
     assert versions == {"random_init": "random_init/v0001", "generic": "generic/v0001",
                         "courier_shuffled": "courier_shuffled/v0001"}
     assert load_artifact(models, "random_init").metrics["steps"] == 0
@@ -54,8 +54,8 @@ def test_comparisons_with_the_new_methods(spark, root, monkeypatch):
     assert shuffled.config["shuffle_histories"] and shuffled.metrics["steps"] == 4
     n_items = read_table(spark, ctx.paths.silver_items).filter("image is not null").count()
     emb = read_table(spark, ctx.paths.item_embeddings)
-    for method, r in out["methods"].items():
-        assert r["embedded"] == n_items, method
+    for method, r in out.methods.items():
+        assert r.embedded == n_items, method
         assert emb.filter(emb.model_version == versions[method]).count() == n_items
         assert r["centroid_version"]
 
