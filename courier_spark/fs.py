@@ -69,10 +69,11 @@ _PACKAGES: dict[str, str] = {"s3": "s3fs", "abfs": "adlfs", "gcs": "gcsfs", "hdf
 _APPENDABLE = frozenset({"hdfs", "webhdfs"})
 # (connect, read) seconds for every HTTP call to a WebHDFS NameNode/DataNode:
 # an unreachable host must fail in seconds, not hang a job (requests has no
-# default timeout). COURIER_FS_TIMEOUT_S overrides the connect part. The read
+# default timeout). storage.connect_timeout_s sets the connect part (configure()). The read
 # part bounds silence between bytes: long for data transfers, short while
 # check_root asks a server that answered nothing yet whether the root is usable.
 _HTTP_READ_TIMEOUT_S = {"read": 300.0}
+_HTTP_CONNECT_TIMEOUT_S = {"connect": 5.0}
 _CHECK_READ_TIMEOUT_S = 15.0
 # No rename, but a PUT is all-or-nothing: write the target directly.
 _OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
@@ -172,7 +173,7 @@ def _bound_http_calls(fs: fsspec.AbstractFileSystem) -> None:
         return
     from requests.adapters import HTTPAdapter
 
-    connect = float(os.environ.get("COURIER_FS_TIMEOUT_S", "5"))
+    connect = _HTTP_CONNECT_TIMEOUT_S["connect"]
 
     class _Bounded(HTTPAdapter):
         def send(self, request, **kw):  # type: ignore[override]
@@ -183,6 +184,12 @@ def _bound_http_calls(fs: fsspec.AbstractFileSystem) -> None:
     for prefix in ("http://", "https://"):
         session.mount(prefix, _Bounded())
     session._courier_timeout = True
+
+
+def configure(connect_timeout_s: float) -> None:
+    """Process-wide storage settings (the CLI applies the config's ``storage``
+    section before it first touches the root). Filesystems made after this use them."""
+    _HTTP_CONNECT_TIMEOUT_S["connect"] = float(connect_timeout_s)
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -520,7 +527,8 @@ def check_root(root: str, write: bool = True) -> None:
     """Fail early, in one line, when ``root`` cannot hold a dataset: it is a
     file, a parent of it is a file, its filesystem cannot be reached or listed
     or (with ``write``) this user may not write there. A missing root is
-    created (object stores: the bucket is listed). On a remote root the write
+    created (object stores: the bucket is listed); without ``write`` (a reader,
+    ``courier sql``) it is an error and nothing is created. On a remote root the write
     check puts and removes one small probe object, so a permission problem is
     found before any Spark job starts, not half way through a stage."""
     fs, path, proto = _resolve(root)
@@ -545,8 +553,10 @@ def check_root(root: str, write: bool = True) -> None:
                 p = _parent(p)
             if proto in _OBJECT_STORES:
                 fs.ls(path.split("/", 1)[0], detail=False)   # bucket/container reachable
-            else:
+            elif write:
                 fs.makedirs(path, exist_ok=True)
+            if not write:
+                raise FilesystemError(f"dataset root {root} does not exist")
         if write and proto != "file":
             probe = f"{path.rstrip('/')}/.courier-write-probe-{uuid.uuid4().hex}"
             fs.pipe_file(probe, b"")

@@ -135,8 +135,20 @@ class SparkConfig(Section):
     # Jars to use instead of resolving delta_package (machines without Maven
     # Central access); comma-separated paths.
     jars: str = ""
+    # The list of resolved Delta jars scripts/bootstrap.sh writes; empty: the
+    # running environment's own (<python prefix>/courier-delta-jars.txt).
+    delta_jars_file: str = ""
     log_level: str = choice("WARN", ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"))
     extra: dict = field(default_factory=dict)  # any other spark.* setting
+
+
+@dataclass
+class StorageConfig(Section):
+    """How the Python side reaches the dataset root (fsspec); Spark's own settings are in spark.extra."""
+    SECTION: ClassVar[str] = "storage"
+    # Seconds to wait for a storage server (WebHDFS NameNode/DataNode) to accept a
+    # connection: an unreachable host fails in seconds instead of hanging a job.
+    connect_timeout_s: float = num(5.0, 0.0, 3600.0, lo_open=True)
 
 
 # --------------------------------------------------------------------------- data sections
@@ -257,12 +269,34 @@ BACKBONE_IMAGE_SIZE = {"swin_t": 224, "resnet18": 64, "small_cnn": 48}
 BACKENDS = ("horovod", "torch_distributor", "local")
 
 
+# `train` is one section to users (train.lr, train.backend, ...), declared here
+# by concern: the recipe (what is trained on what), the model, its loss, the
+# optimiser and the launch (how it runs, which does not change the result).
+# TrainConfig joins them; training code reads the part it needs (the losses
+# take TrainLoss), so no setting is declared twice.
 @dataclass
-class TrainConfig(Section):
+class TrainRecipe(Section):
+    """What is trained, on which page views."""
     SECTION: ClassVar[str] = "train"
     method: str = choice("courier", METHODS)
     # Set by the method preset; none: no optimisation, the encoder as initialised (random_init, generic).
     objective: str = choice("courier", ("courier", "simclr", "supervised", "none"))
+    # Pre-train only on page views whose category (the one most of its shown
+    # items have; ties: alphabetical) is listed (paper: women's clothing); empty = all.
+    categories: list = items(list, item=str, min_len=0)
+    # Control: every page view keeps its shown items and labels but gets another
+    # page view's click history (a fixed permutation seeded by train.seed).
+    shuffle_histories: bool = False
+    # Page views held out of training (a seeded hash of request_id): each
+    # method's own loss on them at every checkpoint is its learning curve.
+    heldout_share: float = num(0.05, 0.0, 0.5)
+    seed: int = num(0, 0, 2 ** 31 - 1)
+
+
+@dataclass
+class TrainModel(Section):
+    """The encoder and the COURIER model around it."""
+    SECTION: ClassVar[str] = "train"
     backbone: str = choice("small_cnn", tuple(BACKBONE_IMAGE_SIZE))
     embed_dim: int = num(256, 1, 65_536)
     image_size: int = num(0, 0, 2048)   # 0 = the backbone's default (swin_t 224, resnet18 64, small_cnn 48)
@@ -279,14 +313,16 @@ class TrainConfig(Section):
     generic_steps: int = num(500, 1, BIG)
     generic_batch_size: int = num(64, 2, 1_000_000)     # images per step (two views each)
     generic_lr: float = num(1e-3, 0.0, 10.0, lo_open=True)
-    # Pre-train only on page views whose category (the one most of its shown
-    # items have; ties: alphabetical) is listed (paper: women's clothing); empty = all.
-    categories: list = items(list, item=str, min_len=0)
-    # Control: every page view keeps its shown items and labels but gets another
-    # page view's click history (a fixed permutation seeded by train.seed).
-    shuffle_histories: bool = False
     attention: str = choice("plain", ("plain", "multihead", "self"))  # self = w/o reconstruction
     projection_head: bool = False
+
+
+@dataclass
+class TrainLoss(Section):
+    """Loss settings and the paper's ablations: use_ucs false is "w/o UCS",
+    contrast false "w/o Contrast" (pull only), use_negative_pv false "w/o Neg PV",
+    loss_type hinge instead of InfoNCE ("w/o Reconstruction" is attention self)."""
+    SECTION: ClassVar[str] = "train"
     tau_pv: float = num(0.05, 0.0, 100.0, lo_open=True)
     tau_ucs: float = num(0.05, 0.0, 100.0, lo_open=True)
     # Temperatures from bench/bench_temperature_screen.py (equal budgets, validation
@@ -298,9 +334,12 @@ class TrainConfig(Section):
     use_negative_pv: bool = True
     loss_type: str = choice("infonce", ("infonce", "hinge"))
     hinge_margin: float = num(0.2, 0.0, 100.0)
-    # Page views held out of training (a seeded hash of request_id): each
-    # method's own loss on them at every checkpoint is its learning curve.
-    heldout_share: float = num(0.05, 0.0, 0.5)
+
+
+@dataclass
+class TrainOptimiser(Section):
+    """Batch, budget and optimiser."""
+    SECTION: ClassVar[str] = "train"
     # Pages per worker (x10 image slots); the global batch is batch_size x num_proc.
     batch_size: int = num(64, 1, 1_000_000)
     # The budget, from the pre-registered rule (docs/budget-rule.md): every trained
@@ -313,12 +352,24 @@ class TrainConfig(Section):
     weight_decay: float = num(1e-6, 0.0, 10.0)
     amp: bool = False                   # mixed precision (bf16 on CPU, fp16 on GPU)
     grad_checkpointing: bool = False
+
+
+@dataclass
+class TrainLaunch(Section):
+    """How training runs: backend, workers, threads, checkpoints, limits (none changes what is learnt)."""
+    SECTION: ClassVar[str] = "train"
     backend: str = choice("horovod", BACKENDS)
     num_proc: int = num(2, 1, 10_000)
     # Horovod's background cycle (HOROVOD_CYCLE_TIME, ms). Its thread wakes every
     # cycle; on 2 cores Horovod's own default cost a quarter of the step rate
     # (bench/bench_training_speed.py: 1,471 image slots/s; 2 ms: 1,885; 5 ms: 1,808).
     horovod_cycle_time_ms: float = num(2.0, 0.0, 1000.0, lo_open=True)
+    # Network interfaces Horovod's ranks may use (e.g. [eth1]); empty: loopback for a
+    # local or loopback-bound master, else Horovod's own choice.
+    horovod_nics: list = items(list, item=str, min_len=0)
+    # torch intra-op threads per training worker (and for the generic trunk): Spark
+    # already runs one worker per core, so more threads oversubscribe the CPU.
+    torch_threads: int = num(1, 1, 1024)
     loader_workers: int = num(2, 0, 256)      # petastorm reader threads per worker (0: tests' in-memory loaders)
     checkpoint_every: int = num(100, 1, BIG)
     # Keep the checkpoints (models/_checkpoints/<method>-<hash>/) after the
@@ -326,11 +377,16 @@ class TrainConfig(Section):
     # reads the encoder at each one. Default: removed, the artifact has the weights.
     keep_checkpoints: bool = False
     log_every: int = num(10, 1, BIG)
-    seed: int = num(0, 0, 2 ** 31 - 1)
     max_steps_this_run: int | None = num(None, 1, BIG)   # stop early (tests simulate a kill with it)
-    # Cancel a distributed run that takes longer than this (seconds; None =
-    # COURIER_DISTRIBUTED_TIMEOUT_S or no limit): a hung worker must not hang the job.
+    # Cancel a distributed run that takes longer than this (seconds; None = no
+    # limit): a hung worker must not hang the job.
     timeout_s: float | None = num(None, 0.0, 30 * 24 * 3600.0, lo_open=True)
+
+
+@dataclass
+class TrainConfig(TrainLaunch, TrainOptimiser, TrainLoss, TrainModel, TrainRecipe):
+    """`courier train`: the recipe, model, loss, optimiser and launch settings, one `train` section."""
+    SECTION: ClassVar[str] = "train"
 
     def resolved(self) -> "TrainConfig":
         """The method preset applied and the backbone's default image size filled in."""
@@ -407,6 +463,10 @@ class StreamConfig(Section):
     run_seconds: float = num(0.0, 0.0, 1e9)
     # Also push the changed item_visual rows to the online store after every micro-batch.
     online: bool = False
+    # Fault injection for the exactly-once tests: kill this process (SIGKILL) at a
+    # named point (after_silver, after_embeddings, after_features), optionally
+    # only in one micro-batch (<name>@<batch_id>). Empty: never.
+    failpoint: str = ""
 
 
 @dataclass
@@ -574,6 +634,7 @@ class EvaluateConfig(Section):
 @dataclass
 class CourierConfig(Section):
     spark: SparkConfig = field(default_factory=SparkConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     windows: WindowsConfig = field(default_factory=WindowsConfig)

@@ -51,7 +51,6 @@ LEDGER_SCHEMA = T.StructType([
 
 # Test hook: SIGKILL this process at a named point of a micro-batch (a real
 # crash, to prove that a replay loses and duplicates nothing).
-FAILPOINT_ENV = "COURIER_STREAM_FAILPOINT"
 
 
 @dataclass
@@ -86,9 +85,9 @@ def txn_app_id(paths: TablePaths) -> str:
     return "courier-stream-items-" + hashlib.sha1(paths.root.encode()).hexdigest()[:16]
 
 
-def _failpoint(name: str, batch_id: int | None = None) -> None:
-    """``COURIER_STREAM_FAILPOINT=<name>`` or ``<name>@<batch_id>``."""
-    want = os.environ.get(FAILPOINT_ENV, "")
+def _failpoint(cfg: CourierConfig, name: str, batch_id: int | None = None) -> None:
+    """``stream.failpoint``: ``<name>`` or ``<name>@<batch_id>`` kills this process there."""
+    want = cfg.stream.failpoint
     if want and want in (name, f"{name}@{batch_id}"):
         say("stream", f"failpoint {want}: killing this process (SIGKILL)")
         os.kill(os.getpid(), signal.SIGKILL)
@@ -161,7 +160,7 @@ def _features_for(spark: SparkSession, items: DataFrame, serving: ServingVersion
             if n_emb:
                 _merge_embeddings(spark, emb, paths.item_embeddings)
             lap("merge_embeddings")
-            _failpoint("after_embeddings", batch_id)
+            _failpoint(cfg, "after_embeddings", batch_id)
             vectors = emb.select("item_id", "embedding")
             if stored is not None:
                 vectors = vectors.unionByName(stored)
@@ -239,13 +238,13 @@ def process_item_batch(spark: SparkSession, batch: DataFrame, batch_id: int, pat
             if counts.quarantined:
                 _append_once(quarantine, paths.quarantine_items, app_id, batch_id)
             lap("quarantine")
-            _failpoint("after_silver", batch_id)
+            _failpoint(cfg, "after_silver", batch_id)
             pending = (clean.filter(F.col("_kind") != "stale")
                        .select("item_id", "image", "updated_at", (F.col("_kind") == "changed").alias("_existing")))
             _features_for(spark, pending, serving, art, centroids, paths, cfg, counts, batch_id=batch_id)
         finally:
             clean.unpersist()
-        _failpoint("after_features", batch_id)
+        _failpoint(cfg, "after_features", batch_id)
     finally:
         batch.unpersist()
     return counts

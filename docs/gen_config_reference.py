@@ -243,6 +243,17 @@ def _sections() -> list[tuple[str, type]]:
     return out
 
 
+def _declared_by(cls: type) -> list[tuple[type, set[str]]]:
+    """(class, names of the fields it declares) for ``cls`` and the section
+    classes it is built from, in field order."""
+    out: list[tuple[type, set[str]]] = []
+    for part in reversed(cls.__mro__):
+        names = set(part.__dict__.get("__annotations__", {})) - {"SECTION"}
+        if part is not schema.Section and dataclasses.is_dataclass(part) and names:
+            out.append((part, names))
+    return out
+
+
 def render() -> str:
     notes, docs = _field_notes(SCHEMA_FILE.read_text())
     sections = _sections()
@@ -254,15 +265,19 @@ def render() -> str:
         doc = docs.get(cls.__name__, "")
         if doc:
             parts.append("\n" + _docstring_md(doc))
-        parts.append("\n| key | type | default | allowed | what |\n| --- | --- | --- | --- | --- |")
-        own = notes.get(cls.__name__, {})
-        for f in dataclasses.fields(cls):
-            if _is_section(f):
-                sub = f"{key}.{f.name}"
-                parts.append(f"| `{sub}` | section | | | see [`{sub}`](#{sub.replace('.', '')}) |")
-                continue
-            what = _md_text(own.get(f.name, ""))
-            parts.append(f"| `{key}.{f.name}` | {_type(f)} | `{_value(_default(f))}` | {_allowed(f)} | {what} |")
+        groups = _declared_by(cls)
+        for part, names in groups:
+            if len(groups) > 1:   # a section declared by concern (train): one table per part
+                parts.append(f"\n### {key}: `{part.__name__}`\n\n{_docstring_md(docs.get(part.__name__, ''))}")
+            parts.append("\n| key | type | default | allowed | what |\n| --- | --- | --- | --- | --- |")
+            own = notes.get(part.__name__, {})
+            for f in (f for f in dataclasses.fields(cls) if f.name in names):
+                if _is_section(f):
+                    sub = f"{key}.{f.name}"
+                    parts.append(f"| `{sub}` | section | | | see [`{sub}`](#{sub.replace('.', '')}) |")
+                    continue
+                what = _md_text(own.get(f.name, ""))
+                parts.append(f"| `{key}.{f.name}` | {_type(f)} | `{_value(_default(f))}` | {_allowed(f)} | {what} |")
         parts.append("")
     return "\n".join(parts).rstrip("\n") + "\n"
 

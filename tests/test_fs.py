@@ -438,3 +438,33 @@ def test_webhdfs_user_is_hadoop_user_name_or_os_user(monkeypatch):
     monkeypatch.setenv("HADOOP_USER_NAME", "etl")
     assert fs.filesystem("webhdfs://nn:9870/x")[0].user == "etl"
     assert fs.filesystem("webhdfs://alice@nn:9870/x")[0].user == "alice"     # the URI names its user
+
+
+def test_storage_connect_timeout_reaches_every_http_call(monkeypatch):
+    """storage.connect_timeout_s (fs.configure, applied by the CLI) is the connect
+    part of the timeout every WebHDFS HTTP request gets."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    from courier_spark.config import load_config
+
+    seen = []
+
+    def send(self, request, **kw):
+        seen.append(kw["timeout"])
+        raise requests.ConnectionError("not sent")
+
+    monkeypatch.setattr(HTTPAdapter, "send", send)
+
+    class _WebHdfsLike:   # only its requests session matters here
+        session = requests.Session()
+
+    cfg = load_config(None, ["storage.connect_timeout_s=0.75"])
+    try:
+        fs.configure(connect_timeout_s=cfg.storage.connect_timeout_s)
+        fs._bound_http_calls(_WebHdfsLike)
+        with pytest.raises(requests.ConnectionError):
+            _WebHdfsLike.session.get("http://127.0.0.1:9/x")
+    finally:
+        fs.configure(connect_timeout_s=5.0)
+    assert seen == [(0.75, 300.0)]

@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 from courier_spark.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
 from courier_spark.feature_store import current_rows
 from courier_spark.paths import TablePaths
-from courier_spark.stream import FAILPOINT_ENV, read_ledger
+from courier_spark.stream import read_ledger
 
 pytestmark = pytest.mark.slow
 UPDATED = dt.datetime(2026, 5, 1)
@@ -100,8 +100,7 @@ def test_stream_appends_kill_restart_exactly_once(spark, stream_root, tmp_path):
     log1 = tmp_path / "stream1.log"
     # Continuous run; the second data micro-batch (batch 1) is killed after its embeddings are written.
     proc = start_stream(stream_root, log1, "--set", "stream.trigger=processing_time",
-                        "--set", "stream.interval_seconds=1",
-                        env_extra={FAILPOINT_ENV: "after_embeddings@1"})
+                        "--set", "stream.interval_seconds=1", "--set", "stream.failpoint=after_embeddings@1")
     try:
         wait_for(lambda: "query on bronze/items" in log1.read_text(), "the query to start", proc, log1)
         # The catch-up gave the 40 existing items features from their stored embeddings (none re-embedded).

@@ -12,11 +12,12 @@ from torch import nn
 
 from courier_spark import fs
 from courier_spark.errors import CheckpointError, CourierError  # noqa: F401 (re-exported)
-from courier_spark.schema import TrainConfig
+from courier_spark.schema import TrainConfig, TrainLaunch
 
 # Settings that do not change what is trained: a resumed run may change them.
-_NOT_HASHED = ("log_every", "checkpoint_every", "max_steps_this_run", "loader_workers", "timeout_s",
-               "keep_checkpoints", "horovod_cycle_time_ms")
+# How a run is launched does not change what it learns, except the backend and the
+# worker count (the global batch): resuming with other launch settings is fine.
+_NOT_HASHED = frozenset(f.name for f in dataclasses.fields(TrainLaunch)) - {"backend", "num_proc"}
 
 
 def config_hash(cfg: TrainConfig) -> str:

@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from courier_spark import fs
 from courier_spark.errors import CourierError, DistributedTrainingError  # noqa: F401 (re-exported)
@@ -76,13 +76,13 @@ def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int, *,
                     timeout_s: float | None = None, progress_file: str | None = None,
                     progress_emit: Callable[[str], None] | None = None,
                     forward_to: Callable[[str], None] | None = None,
-                    horovod_cycle_time_ms: float | None = None) -> list:
+                    horovod_cycle_time_ms: float | None = None, horovod_nics: Sequence[str] = ()) -> list:
     """Run ``fn(*args, backend)`` on ``num_proc`` workers; results in rank order.
 
     With ``horovod``, a worker that raises, crashes or is killed fails the
     whole job with a ``DistributedTrainingError`` naming the rank and its
     error (Horovod itself only says "a process exited with non-zero status").
-    ``timeout_s`` (default: ``COURIER_DISTRIBUTED_TIMEOUT_S`` when set) bounds
+    ``timeout_s`` (``train.timeout_s``; None: no limit) bounds
     the whole run, so a worker that hangs - not dead, but never reaching the
     next collective - cancels the job instead of blocking it forever.
     ``progress_file``: with ``horovod``, handed line by line to
@@ -90,19 +90,18 @@ def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int, *,
     ``forward_to``: where Horovod's forwarded worker output goes, one line at
     a time (default: the driver's stdout/stderr). ``horovod_cycle_time_ms``:
     Horovod's background cycle (``HOROVOD_CYCLE_TIME``; None: Horovod's own).
+    ``horovod_nics``: the interfaces its ranks may use (see ``horovod_nics``).
     """
     if num_proc < 1:
         raise ValueError(f"train.num_proc must be >= 1, got {num_proc}")
-    if timeout_s is None and os.environ.get("COURIER_DISTRIBUTED_TIMEOUT_S"):
-        timeout_s = float(os.environ["COURIER_DISTRIBUTED_TIMEOUT_S"])
     if backend == "horovod":
         env = dict(os.environ)
         if horovod_cycle_time_ms is not None:
             env["HOROVOD_CYCLE_TIME"] = f"{horovod_cycle_time_ms:g}"
         if progress_file is None:
-            return _run_horovod(fn, args, num_proc, timeout_s, forward_to, env)
+            return _run_horovod(fn, args, num_proc, timeout_s, forward_to, env, horovod_nics)
         with ProgressTail(progress_file, emit=progress_emit):
-            return _run_horovod(fn, args, num_proc, timeout_s, forward_to, env)
+            return _run_horovod(fn, args, num_proc, timeout_s, forward_to, env, horovod_nics)
     if backend == "torch_distributor":
         from pyspark.ml.torch.distributor import TorchDistributor
         out = TorchDistributor(num_processes=num_proc, local_mode=True, use_gpu=False).run(
@@ -189,21 +188,21 @@ def explain_worker_failure(lines: list[str], exc: BaseException | None, *, gener
     return f"{type(exc).__name__}: {first[0]}" if generic and first else "no worker reported an error"
 
 
-def horovod_nics(master: str | None) -> set[str] | None:
-    """Network interfaces Horovod's ranks may use: ``COURIER_HOROVOD_NICS``
-    (comma-separated) if set; the loopback interface for a local master or a
+def horovod_nics(master: str | None, configured: Sequence[str] = ()) -> set[str] | None:
+    """Network interfaces Horovod's ranks may use: ``configured``
+    (``train.horovod_nics``) if any; the loopback interface for a local master or a
     loopback-bound Spark (all ranks are on this machine, and Horovod would
     otherwise offer every interface it finds); else Horovod's own choice."""
-    env = os.environ.get("COURIER_HOROVOD_NICS", "").strip()
-    if env:
-        return {n.strip() for n in env.split(",") if n.strip()}
+    if any(n.strip() for n in configured):
+        return {n.strip() for n in configured if n.strip()}
     if (master or "").startswith("local") or os.environ.get("SPARK_LOCAL_IP", "").startswith("127."):
         return {"lo"}
     return None
 
 
 def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | None,
-                 forward_to: Callable[[str], None] | None = None, env: dict | None = None) -> list:
+                 forward_to: Callable[[str], None] | None = None, env: dict | None = None,
+                 nics: Sequence[str] = ()) -> list:
     import horovod.spark
     from horovod.spark.driver import job_id
     from pyspark import SparkContext
@@ -239,7 +238,7 @@ def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | No
     t0 = time.perf_counter()
     try:
         return horovod.spark.run(fn, args=(*args, "horovod"), num_proc=num_proc, verbose=0,
-                                 stdout=out, stderr=err, nics=horovod_nics(sc.master), env=env)
+                                 stdout=out, stderr=err, nics=horovod_nics(sc.master, nics), env=env)
     except Exception as e:  # noqa: BLE001 - re-raised with the failed rank and cause named
         why = explain_worker_failure(list(err.lines) + list(out.lines), e, generic=not timed_out.is_set(),
                                      num_proc=num_proc)

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from courier_spark.schema import TrainLoss
+
 LOSS_TYPES = ("infonce", "hinge")
 
 
@@ -273,28 +275,9 @@ def ucs_loss(
     )
 
 
-@dataclass
-class LossConfig:
-    """Loss settings and the paper's ablations.
-
-    use_ucs=False: "w/o UCS"; contrast=False: "w/o Contrast" (pull only);
-    use_negative_pv=False: "w/o Neg PV"; loss_type="hinge": hinge instead of InfoNCE.
-    ("w/o Reconstruction" is ``CourierModel(attention="self")``.)
-    """
-
-    tau_pv: float = 0.05
-    tau_ucs: float = 0.05
-    use_ucs: bool = True
-    contrast: bool = True
-    use_negative_pv: bool = True
-    loss_type: str = "infonce"
-    hinge_margin: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.tau_pv <= 0 or self.tau_ucs <= 0:
-            raise ValueError("temperatures must be positive")
+# The loss settings are the schema's `train` loss part (one declaration, checked
+# like every config section); any TrainConfig is one too.
+LossConfig = TrainLoss
 
 
 def _get(obj: Any, key: str) -> Any:

@@ -48,11 +48,8 @@ def encoder_of(model: nn.Module) -> nn.Module:
 def compute_loss(model: nn.Module, batch: dict, cfg: TrainConfig, collective,
                  step: int) -> tuple[torch.Tensor, dict]:
     if cfg.objective == "courier":
-        from .losses import LossConfig, courier_loss
+        from .losses import courier_loss
         out = model(*model_inputs(batch))
-        lc = LossConfig(tau_pv=cfg.tau_pv, tau_ucs=cfg.tau_ucs, use_ucs=cfg.use_ucs, contrast=cfg.contrast,
-                        use_negative_pv=cfg.use_negative_pv, loss_type=cfg.loss_type,
-                        hinge_margin=cfg.hinge_margin)
-        return courier_loss(out, batch, lc, collective)
+        return courier_loss(out, batch, cfg, collective)   # a TrainConfig is a TrainLoss
     from . import baselines
     return baselines.baseline_loss(cfg.objective, model, batch, cfg, collective, step)

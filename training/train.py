@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
     """Runs inside each worker (Spark task / torchrun process / this process)."""
     from courier_spark.noise import silence_third_party_warnings
     silence_third_party_warnings()  # a Horovod rank's warnings would be forwarded to the driver's console
-    torch.set_num_threads(max(1, int(os.environ.get("COURIER_TORCH_THREADS", "1"))))
+    torch.set_num_threads(cfg.torch_threads)
     collective, rank, world, hvd = _init_backend(backend)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)

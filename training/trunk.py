@@ -13,7 +13,6 @@ method is the trunk itself.
 """
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -136,10 +135,10 @@ def ensure_trunk(models_dir: str, cfg: TrainConfig) -> tuple[ModelArtifact, bool
         return art, False
     say("train", f"generic trunk: SimCLR on {config['n_images']} generated images, {config['steps']} steps of "
                  f"{config['batch_size']}, {config['backbone']}@{config['image_size']}px, in this process")
-    # One thread, like the workers (COURIER_TORCH_THREADS to change): measured on this
+    # As many threads as each worker (train.torch_threads, default 1): measured on this
     # 2-core machine with another job running, 47 s with 1 thread vs 54-63 s with 2
     # (2 win only on idle cores, ~30 s); and one thread gives the same trunk on any machine.
-    threads = max(1, int(os.environ.get("COURIER_TORCH_THREADS", "1")))
+    threads = cfg.torch_threads
     t0 = time.perf_counter()
     with _torch_threads(threads):
         model, metrics = train_trunk(config)

@@ -83,7 +83,8 @@ def run(ctx: StageContext) -> TrainResult:
         results = run_distributed(train_worker, (tcfg, loader, ckpt_dir), tcfg.backend, tcfg.num_proc,
                                   timeout_s=tcfg.timeout_s, progress_file=fs.join(ckpt_dir, PROGRESS_FILE),
                                   progress_emit=_relay, forward_to=_forwarded,
-                                  horovod_cycle_time_ms=tcfg.horovod_cycle_time_ms)
+                                  horovod_cycle_time_ms=tcfg.horovod_cycle_time_ms,
+                                  horovod_nics=tcfg.horovod_nics)
     finally:
         if not ctx.keep_loader_cache:
             loader.delete()

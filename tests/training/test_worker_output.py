@@ -52,11 +52,9 @@ def test_progress_goes_to_stderr_without_horovod(tmp_path, capsys):
 
 def test_horovod_stays_on_loopback_for_local_masters(monkeypatch):
     from training.launch import horovod_nics
-    monkeypatch.delenv("COURIER_HOROVOD_NICS", raising=False)
     monkeypatch.delenv("SPARK_LOCAL_IP", raising=False)
     assert horovod_nics("local[2]") == {"lo"}
     assert horovod_nics("spark://10.1.2.3:7077") is None
     monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
     assert horovod_nics("spark://127.0.0.1:7077") == {"lo"}
-    monkeypatch.setenv("COURIER_HOROVOD_NICS", "eth1, ib0")
-    assert horovod_nics("local[2]") == {"eth1", "ib0"}
+    assert horovod_nics("local[2]", ["eth1", " ib0"]) == {"eth1", "ib0"}   # train.horovod_nics
