@@ -19,6 +19,7 @@ standard-library base callers may catch (``ValueError``, ``LookupError``,
     +-- CorruptArtifactError        a model or checkpoint file is truncated or not ours
     |   +-- ArtifactCorruptError    a model artifact
     |   +-- CheckpointError         a training checkpoint
+    |   +-- TamperedCacheError      a training-loader cache file that would run code
     +-- ServiceError                a system the platform runs on failed or refused
         +-- FilesystemError         a root or URI that cannot be used
         +-- OnlineStoreError        the online store (Redis)
@@ -84,6 +85,10 @@ class ArtifactCorruptError(CorruptArtifactError):
 
 class CheckpointError(CorruptArtifactError):
     """A checkpoint file is truncated, tampered with or not a courier checkpoint."""
+
+
+class TamperedCacheError(CorruptArtifactError):
+    """A file in the training loader's cache (petastorm metadata) names code, not data; nothing was unpickled."""
 
 
 class ServiceError(CourierError, RuntimeError):

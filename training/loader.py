@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from courier_spark import fs
+from courier_spark.errors import TamperedCacheError
 
 from .images import decode_pixels, normalise
 
@@ -166,6 +167,7 @@ def load_decoded_items(url: str, size: int) -> DecodedItems:
     once per process (9,000 items at 48 px: about 2.5 s on one core)."""
     key = (url, size)
     if key not in _DECODED:
+        guard_petastorm_unpickling()   # the table's footers too are read as data only
         import pyarrow as pa
         import pyarrow.parquet as pq
         parts = []
@@ -222,6 +224,102 @@ def guard_petastorm_end_of_read() -> None:
 
     ThreadPool.all_workers_done = all_workers_done
     ThreadPool._courier_end_of_read_guard = True
+
+
+# The globals a genuine petastorm pickle names: a ``Unischema`` (fields,
+# codecs, numpy / Spark / Decimal types) or a row-group index. Python 2 names
+# (``__builtin__``, ``copy_reg``) are checked as their Python 3 names. Only
+# data types and constructors of plain values: no function that reaches the
+# interpreter, the filesystem or an import (eval, exec, getattr, open,
+# os.system, collections.namedtuple, ...).
+_PICKLE_GLOBALS = frozenset({
+    ("petastorm.unischema", "Unischema"), ("petastorm.unischema", "UnischemaField"),
+    ("petastorm.codecs", "ScalarCodec"), ("petastorm.codecs", "NdarrayCodec"),
+    ("petastorm.codecs", "CompressedNdarrayCodec"), ("petastorm.codecs", "CompressedImageCodec"),
+    ("petastorm.etl.rowgroup_indexers", "SingleFieldIndexer"),
+    ("petastorm.etl.rowgroup_indexers", "FieldNotNullIndexer"),
+    ("collections", "OrderedDict"), ("collections", "defaultdict"), ("decimal", "Decimal"),
+    ("copyreg", "_reconstructor"),
+    ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),   # protocol 5 arrays
+    *(("builtins", t) for t in ("object", "tuple", "list", "dict", "set", "frozenset", "bytes",
+                                "bytearray", "str", "int", "float", "complex", "bool")),
+})
+
+
+def _python3_global(module: str, name: str) -> tuple[str, str]:
+    """A pickle's global as Python 3 names it (protocols 0-2 write Python 2 names)."""
+    import _compat_pickle
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def _pickle_global_allowed(module: str, name: str) -> bool:
+    """Whether a petastorm metadata pickle may name ``module.name`` (Python 3
+    names): the exact list above, a numpy scalar or dtype class, or a Spark
+    SQL data type. The module is looked in only when it is numpy's or
+    Spark's own, already imported."""
+    if (module, name) in _PICKLE_GLOBALS:
+        return True
+    if not name.isidentifier():     # protocol 4 allows dotted names: an attribute walk
+        return False
+    if module in ("numpy", "numpy.dtypes"):
+        import numpy
+        cls = vars(numpy if module == "numpy" else numpy.dtypes).get(name)   # no lazy submodule imports
+        return isinstance(cls, type) and issubclass(cls, (numpy.generic, numpy.dtype))
+    if module == "pyspark.sql.types":
+        from pyspark.sql import types
+        cls = vars(types).get(name)
+        return isinstance(cls, type) and issubclass(cls, (types.DataType, types.StructField))
+    return False
+
+
+def guard_petastorm_unpickling() -> None:
+    """Make every pickle petastorm reads from a dataset data, never code.
+
+    petastorm 0.13.1 unpickles what a dataset's ``_common_metadata`` holds
+    (the Unischema, row-group indexes) with ``RestrictedUnpickler``, which
+    lets through all of ``builtins`` (``exec``, ``eval``, ``getattr``,
+    ``open``) and ``collections``: a ``_common_metadata`` planted in
+    ``<root>/_cache/petastorm`` on a shared store would run code in the
+    training job. (``SampleLoader`` hands petastorm the converter's file
+    list, for which pyarrow opens no ``_common_metadata``, unless that list
+    is one path and the path is a directory, a rule of pyarrow's; the
+    guard makes it not matter what path petastorm is given.)
+
+    Why this mechanism: the cache must sit on a store every executor reads
+    (on a cluster the ranks run there), so a private, driver-local 0700
+    scratch directory does not work; hashing the files into a manifest
+    costs every worker a second full read and still leaves petastorm's
+    unpickler open to whatever it reads beside them. Here the one place
+    petastorm unpickles (``RestrictedUnpickler.find_class``, used by
+    ``depickle_legacy_package_name_compatible`` for schemas and indexes) is
+    narrowed to the globals a genuine schema names (``_PICKLE_GLOBALS``),
+    checked before any import, so a genuine petastorm dataset still loads
+    and anything else is a ``TamperedCacheError`` before it can run. The
+    other pickle a Parquet footer can carry, a ``pyarrow.PyExtensionType``,
+    is kept undeserialised (pyarrow's default since 14.0.1, enforced here).
+    The guard is idempotent; every process that reads calls it."""
+    import pyarrow as pa
+    from petastorm.etl import legacy
+
+    pa.PyExtensionType.set_auto_load(False)
+    if getattr(legacy.RestrictedUnpickler, "_courier_strict_globals", False):
+        return
+    names = legacy.RestrictedUnpickler.find_class
+
+    def find_class(self, module: str, name: str):
+        if not _pickle_global_allowed(*_python3_global(module, name)):
+            shown = ".".join(_python3_global(module, name))
+            raise TamperedCacheError(f"petastorm metadata names {shown}, which no petastorm schema "
+                                     f"holds: not unpickled (the cache was written by something other than "
+                                     f"this job; delete it and re-run)")
+        return names(self, module, name)   # petastorm's own check too: a genuine schema passes both
+
+    legacy.RestrictedUnpickler.find_class = find_class
+    legacy.RestrictedUnpickler._courier_strict_globals = True
 
 
 @dataclass
@@ -308,17 +406,21 @@ class SampleLoader:
         """Full batches only (every worker must see equal shapes for the
         global-negative gather); infinite when ``num_epochs`` is None."""
         bs = self.spec.batch_size
+        guard_petastorm_unpickling()
         items = load_decoded_items(self.images_url, self.spec.image_size)
         guard_petastorm_end_of_read()
-        with self.converter.make_torch_dataloader(
-                batch_size=bs, num_epochs=num_epochs, cur_shard=shard, shard_count=num_shards,
-                workers_count=max(1, workers), transform_spec=self._transform_spec(),
-                shuffling_queue_capacity=4 * bs, seed=seed, results_queue_size=self.RESULTS_QUEUE_SIZE,
-                **self._reader_options()) as dl:
-            for b in dl:
-                if b["pv_labels"].shape[0] != bs:
-                    continue
-                yield items.batch(b["pv_ids"].numpy(), b["hist_ids"].numpy(), b["pv_labels"].numpy())
+        try:
+            with self.converter.make_torch_dataloader(
+                    batch_size=bs, num_epochs=num_epochs, cur_shard=shard, shard_count=num_shards,
+                    workers_count=max(1, workers), transform_spec=self._transform_spec(),
+                    shuffling_queue_capacity=4 * bs, seed=seed, results_queue_size=self.RESULTS_QUEUE_SIZE,
+                    **self._reader_options()) as dl:
+                for b in dl:
+                    if b["pv_labels"].shape[0] != bs:
+                        continue
+                    yield items.batch(b["pv_ids"].numpy(), b["hist_ids"].numpy(), b["pv_labels"].numpy())
+        except TamperedCacheError as e:   # raised where petastorm opens the dataset: name it
+            raise TamperedCacheError(f"{self.converter.cache_dir_url}: {e}") from None
 
     def heldout_batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:
         """The held-out page views (``heldout``) as indexed batches of
