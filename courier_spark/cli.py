@@ -1,6 +1,8 @@
 """``courier STAGE --root DIR [--config FILE] [--set key=value ...]``,
 ``courier pipeline --root DIR [--from STAGE] [--until STAGE]`` and
-``courier sql FILE --root DIR [--limit N] [--out CSV]`` (analyst SQL over the Delta tables).
+``courier sql FILE --root DIR [--limit N] [--out CSV] [--log-dir DIR]`` (analyst
+SQL over the Delta tables; it only reads the root, so an analyst with read-only
+access may run it: its log goes to a local directory, never to the root).
 
 Order of work: parse flags, build and check the *whole* config (every
 section, whatever the command), check the root, and only then start Spark and
@@ -10,15 +12,21 @@ exit status 2; anything else is a bug and keeps its traceback (in the log too).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import fs
 from .config import load_config
-from .errors import CourierError
+from .errors import CourierError, FilesystemError
 from .logs import RunLog, configure_logging, debug
 from .paths import TablePaths
 from .pipeline import STAGES, StageContext, pipeline_stages, run_stage, stage_help
+
+if TYPE_CHECKING:   # the SQL runner imports pandas and pyspark: only `courier sql` loads it
+    from pyspark.sql import SparkSession
+
+    from .evaluate.sql_runner import SqlQuery
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="courier", description="COURIER feature platform on Spark + Delta")
@@ -39,27 +47,57 @@ def build_parser() -> argparse.ArgumentParser:
     common(pp)
     pp.add_argument("--from", dest="start", default=None, help="first stage")
     pp.add_argument("--until", dest="until", default=None, help="last stage (inclusive)")
-    sp = sub.add_parser("sql", help="run one sql/*.sql file (${root} substituted) and print the result")
+    sp = sub.add_parser("sql", help="run one SQL file (${root} substituted) read-only and print the result")
     common(sp)
-    sp.add_argument("file", help="SQL file (a name in sql/ also works, e.g. per_category_auc_lift.sql)")
+    sp.add_argument("file", help="SQL file, or the name of a shipped query (e.g. per_category_auc_lift)")
     sp.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
     sp.add_argument("--out", default=None, help="also write the full result as CSV here")
+    sp.add_argument("--log-dir", default=None,
+                    help=f"local directory for this run's log (default {default_sql_log_dir()}); "
+                         "never the root, which `sql` only reads")
     return ap
+
+
+def default_sql_log_dir() -> str:
+    """Where ``courier sql`` logs by default: the user's cache (XDG), not the
+    root, which an analyst may only be allowed to read."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "courier", "logs")
 
 
 def stage_names(command: str, start: str | None, until: str | None) -> list[str]:
     return [] if command == "sql" else [command] if command != "pipeline" else pipeline_stages(start, until)
 
 
-def run_sql_command(spark, root: str, file: str, limit: int, out: str | None) -> int:
+def check_sql_command(args: argparse.Namespace, paths: TablePaths) -> "SqlQuery":
+    """Everything ``courier sql`` can get wrong, checked before Spark starts
+    and without writing anywhere: the root exists and is readable, the SQL
+    file is one statement, every table it reads exists, ``--limit`` and
+    ``--out`` make sense, and the local log directory can be written.
+    Returns the prepared query."""
+    from .evaluate.sql_runner import check_tables_exist, prepare_sql
+    if args.limit < 0:
+        raise CourierError(f"sql: --limit must be 0 or more, got {args.limit}")
+    fs.check_root(paths.root, write=False)     # read-only: a missing root is an error, not created
+    query = prepare_sql(args.file, paths.root)
+    check_tables_exist(query, paths.root)
+    if args.out:
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(out_dir):
+            raise CourierError(f"sql: --out {args.out}: directory {out_dir} does not exist")
+    try:
+        os.makedirs(args.log_dir, exist_ok=True)
+    except OSError as exc:
+        raise FilesystemError(f"sql: cannot write the run log to {args.log_dir} ({exc.strerror}); "
+                              "pass --log-dir DIR") from None
+    return query
+
+
+def run_sql_command(spark: "SparkSession", query: "SqlQuery", limit: int, out: str | None) -> int:
+    """Run a query checked by ``check_sql_command``; print and save its result."""
     import pandas as pd
 
-    from .evaluate.sql_runner import run_sql_file
-    try:
-        df = run_sql_file(spark, file, root)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CourierError(f"sql: {exc}") from None
-    pdf = df.toPandas()
+    pdf = spark.sql(query.statement).toPandas()
     with pd.option_context("display.max_columns", None, "display.width", 200):
         print(pdf.head(limit).to_string(index=False))
     print(f"({len(pdf)} rows{'' if len(pdf) <= limit else f', first {limit} shown'})")
@@ -82,18 +120,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         names = stage_names(args.command, getattr(args, "start", None), getattr(args, "until", None))
         paths = TablePaths.for_root(args.root)
-        # `sql` only reads: an analyst with read-only access may run it.
-        fs.check_root(paths.root, write=args.command != "sql")
+        query = None
+        if args.command == "sql":
+            # `sql` only reads: an analyst with read-only access may run it.
+            args.log_dir = os.path.abspath(os.path.expanduser(args.log_dir or default_sql_log_dir()))
+            query = check_sql_command(args, paths)
+        else:
+            fs.check_root(paths.root, write=True)
     except CourierError as exc:
         return _error(str(exc))
-    with RunLog(paths.run_logs, args.command) as run_log:
+    with RunLog(args.log_dir if query is not None else paths.run_logs, args.command) as run_log:
         debug("run", f"{args.command}: full log in {run_log.final_path}")
         from .spark import get_spark
         name = "spark"
         try:
             ctx = StageContext(get_spark(cfg.spark), cfg, paths)
-            if args.command == "sql":
-                return run_sql_command(ctx.spark, paths.root, args.file, args.limit, args.out)
+            if query is not None:
+                debug("sql", f"{query.path}: reads {', '.join(query.tables) or 'no Delta table'}")
+                return run_sql_command(ctx.spark, query, args.limit, args.out)
             for name in names:
                 run_stage(name, ctx)
                 run_log.sync()

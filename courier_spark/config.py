@@ -21,11 +21,12 @@ from typing import Any, Iterable, Mapping, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .resources import data_dir
 from .schema import (ClusterConfig, CourierConfig, DnnConfig, EmbedConfig, EvaluateConfig,  # noqa: F401 (re-exported)
                      FeaturesConfig, LgbmConfig, SamplesConfig, SparkConfig, SyntheticConfig, TrainConfig,
                      ValidateConfig, WindowsConfig)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = data_dir("conf")   # the checkout's conf/ or the wheel's copy (courier_spark.resources)
 DEFAULT_CONFIG = CONF_DIR / "local.yaml"
 
 

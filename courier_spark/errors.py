@@ -7,6 +7,7 @@ standard-library base callers may catch (``ValueError``, ``LookupError``,
 
     CourierError
     +-- ConfigError                 a config key or value
+    +-- SqlFileError                an analyst SQL file: missing, not one statement, unknown placeholder
     +-- DataError                   the data cannot support what is asked
     |   +-- ContractError           a bronze table's schema breaks the contract
     |   +-- FeatureTableSchemaError a feature table's columns are not this release's
@@ -36,6 +37,11 @@ class CourierError(Exception):
 
 class ConfigError(CourierError, ValueError):
     """A configuration key or value is invalid; the message names it."""
+
+
+class SqlFileError(CourierError, ValueError):
+    """An analyst SQL file (``courier sql``, the report) is missing, holds not
+    exactly one statement, or uses a placeholder other than ``${root}``."""
 
 
 class DataError(CourierError, ValueError):

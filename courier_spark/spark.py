@@ -29,6 +29,7 @@ from pyspark.sql import SparkSession
 
 from .config import SparkConfig
 from .noise import silence_third_party_warnings
+from .resources import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ DELTA_JARS_FILE_ENV = "COURIER_DELTA_JARS_FILE"
 DELTA_JARS_FILE_NAME = "courier-delta-jars.txt"
 # The list's header line naming the package its jars were resolved for.
 DELTA_JARS_HEADER = "# package: "
-LOG4J2_PROPERTIES = Path(__file__).resolve().parent.parent / "conf" / "log4j2.properties"
+LOG4J2_PROPERTIES = data_dir("conf") / "log4j2.properties"   # checkout or wheel (courier_spark.resources)
 NETTY_OPTS = "-Dio.netty.tryReflectionSetAccessible=true"
 
 
