@@ -22,6 +22,7 @@ from .errors import CourierError, FilesystemError
 from .logs import RunLog, configure_logging, debug
 from .paths import TablePaths
 from .pipeline import STAGES, StageContext, pipeline_stages, run_stage, stage_help
+from .redact import mask_text
 
 if TYPE_CHECKING:   # the SQL runner imports pandas and pyspark: only `courier sql` loads it
     from pyspark.sql import SparkSession
@@ -108,7 +109,9 @@ def run_sql_command(spark: "SparkSession", query: "SqlQuery", limit: int, out: s
 
 
 def _error(msg: str) -> int:
-    one_line = " ".join(msg.split())   # one line, whatever the message holds
+    # One line, whatever the message holds, with secrets masked (a key or a
+    # URI password the message echoes, or a value the config brought).
+    one_line = " ".join(mask_text(msg).split())
     print(f"courier: error: {one_line}", file=sys.stderr, flush=True)
     return 2
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .redact import redact_config, remember_secrets, secret_values, user_rule, widen_rule
 from .resources import data_dir
 from .schema import (ClusterConfig, CourierConfig, DnnConfig, EmbedConfig, EvaluateConfig,  # noqa: F401 (re-exported)
                      FeaturesConfig, LgbmConfig, SamplesConfig, SparkConfig, SyntheticConfig, TrainConfig,
@@ -189,7 +190,26 @@ def load_config(config_file: str | Path | None = None,
                 node[k] = nxt
             node = nxt
         node[keys[-1]] = value
-    return build_section(CourierConfig, data, "")
+    # From here on every log line and error of this process masks the secrets
+    # this config brings (its values at secret keys, the Redis password from
+    # the environment): see courier_spark/redact.py. The raw values first, so
+    # an error in building the config cannot echo them either.
+    rule = user_rule(data)
+    if rule:
+        try:
+            widen_rule(rule)
+        except re.error as exc:
+            raise ConfigError(f"spark.extra.spark.redaction.regex: not a regular expression ({exc})") from None
+    remember_secrets(secret_values(data))
+    cfg = build_section(CourierConfig, data, "")
+    remember_secrets(secret_values(cfg.to_dict()))
+    return cfg
+
+
+def redacted_dict(cfg: CourierConfig) -> dict:
+    """The config as a dict for dumps (run summaries, logs): secrets replaced by
+    Spark's ``*********(redacted)``. The running job keeps using ``cfg`` itself."""
+    return redact_config(cfg.to_dict())
 
 
 def with_section_values(cfg: CourierConfig, **sections: Mapping[str, Any]) -> CourierConfig:

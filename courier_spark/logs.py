@@ -6,7 +6,9 @@ Every ``say`` goes through stdlib ``logging`` (logger ``courier.STAGE``).
 INFO, ``--verbose`` DEBUG) and adds the run's log file; third-party Python
 loggers and captured ``warnings`` reach the console only at ERROR (they are
 all in the file). Without ``configure_logging`` (library use, tests), the
-``courier`` logger prints INFO lines to stderr by itself. Standard library only.
+``courier`` logger prints INFO lines to stderr by itself. Every handler
+(console and file) masks secrets (``courier_spark.redact``), and so does the
+traceback of an unexpected error. Standard library only.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from contextlib import contextmanager
 from typing import Iterator
 
 from . import fs
+from .redact import mask_text
 
 ROOT_LOGGER = "courier"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -45,7 +49,7 @@ class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
         if record.exc_info and record.levelno >= logging.ERROR:
-            msg += "\n" + self.formatException(record.exc_info)
+            msg += "\n" + (record.exc_text or self.formatException(record.exc_info))
         if record.name.startswith(ROOT_LOGGER + "."):
             stage = record.name[len(ROOT_LOGGER) + 1:]
             prefix = "" if record.levelno < logging.WARNING else f"{record.levelname}: "
@@ -62,6 +66,36 @@ class _ConsoleFilter(logging.Filter):
         return record.levelno >= logging.ERROR
 
 
+class MaskSecrets(logging.Filter):
+    """On every handler: the message, the traceback and the stack of a record
+    with secrets masked (``redact.mask_text``), so a secret echoed inside any
+    message (a Hadoop exception, a URI with ``user:password@``) never reaches
+    the console or a log file. Masking is idempotent, so a record that passes
+    two handlers is fine."""
+
+    _plain = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:   # a bad format string: shown as it is, masked too (logging's own report would not be)
+            message = f"{record.msg!s} (arguments: {record.args!r})"
+        record.msg, record.args = mask_text(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._plain.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_text(record.stack_info)
+        return True
+
+
+def _masked_excepthook(kind, value, tb) -> None:
+    """An unexpected error's traceback (printed by Python, not by logging) masked too."""
+    sys.stderr.write(mask_text("".join(traceback.format_exception(kind, value, tb))))
+    sys.stderr.flush()
+
+
 _console: logging.Handler | None = None
 _file: logging.Handler | None = None
 
@@ -74,6 +108,7 @@ def _default_console() -> None:
         _console = _StderrHandler()
         _console.setFormatter(ConsoleFormatter())
         _console.addFilter(_ConsoleFilter())
+        _console.addFilter(MaskSecrets())
         _console.setLevel(logging.INFO)
         logging.getLogger().addHandler(_console)
         logging.getLogger(ROOT_LOGGER).setLevel(logging.DEBUG)
@@ -86,6 +121,7 @@ def configure_logging(verbosity: int = 0, log_file: str | None = None) -> None:
     assert _console is not None
     _console.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
     logging.captureWarnings(True)  # warnings -> logger py.warnings -> the file (console: ERROR only)
+    sys.excepthook = _masked_excepthook
     for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "fsspec", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.INFO)  # their DEBUG chatter is not worth the file
     if log_file:
@@ -104,6 +140,7 @@ def add_log_file(log_file: str) -> None:
         _file = logging.FileHandler(log_file, encoding="utf-8")
         _file.setLevel(logging.DEBUG)
         _file.setFormatter(logging.Formatter(FILE_FORMAT))
+        _file.addFilter(MaskSecrets())
         root.addHandler(_file)
 
 

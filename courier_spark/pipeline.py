@@ -15,6 +15,7 @@ from typing import Callable
 from . import fs
 from .errors import CourierError
 from .logs import say
+from .redact import redact_config, redact_tree
 from .stages import (cluster, comparisons, embed, evaluate, features, generate, online, point_in_time, report,
                      samples, stream, train, validate)
 from .stages.context import StageContext
@@ -45,9 +46,11 @@ PIPELINE = [n for n in STAGES if n not in ("stream", "online", "point_in_time")]
 
 
 def write_summary(directory: str, name: str, summary: dict) -> str:
-    """``<directory>/<name>.json`` through the filesystem layer (any root URI)."""
+    """``<directory>/<name>.json`` through the filesystem layer (any root URI),
+    secrets redacted (``courier_spark.redact``: a secret key's value, a
+    remembered secret or a URI password in any string)."""
     path = fs.join(directory, f"{name}.json")
-    fs.write_json(path, summary)
+    fs.write_json(path, redact_tree(summary))
     return path
 
 
@@ -68,7 +71,7 @@ def run_stage(name: str, ctx: StageContext) -> "StageResult | dict":
     else:                                 # a stage not typed yet: its summary dict
         summary = result
         summary["seconds"] = seconds
-    write_summary(ctx.paths.run_summaries, label, {**summary, "config": ctx.cfg.to_dict()})
+    write_summary(ctx.paths.run_summaries, label, {**summary, "config": redact_config(ctx.cfg.to_dict())})
     say(name, f"finished in {seconds:.1f}s")
     return result
 
