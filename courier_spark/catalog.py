@@ -17,11 +17,23 @@ from dataclasses import dataclass
 from typing import Optional
 
 
+# How a table may be written. Each writer names its mode and asks the catalog
+# (check_write) before it writes, so a table is never written in a way its
+# entry does not declare (e.g. appended to where every reader assumes overwrite).
+OVERWRITE = "overwrite"                          # atomic replace of the whole table
+REPLACE_VERSION = "replace rows of a version"    # replaceWhere one model/centroid version
+MERGE_UPSERT = "merge upsert"                    # MERGE on the keys
+MERGE_HISTORY = "merge history"                  # MERGE closing validity intervals
+MERGE_NEWER = "merge newer rows"                 # MERGE keeping the newer row per key (stream)
+APPEND_ONCE = "append once per batch"            # idempotent append (txnAppId/txnVersion)
+WRITE_MODES = (OVERWRITE, REPLACE_VERSION, MERGE_UPSERT, MERGE_HISTORY, MERGE_NEWER, APPEND_ONCE)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     name: str                # "layer/table": its path under the root
     made_by: str             # the stage (CLI command) that writes it
-    write_mode: str          # overwrite | replace rows of a version | merge upsert | merge history | append once
+    write_modes: tuple       # how it may be written: its making stage's mode first, then `stream`'s
     description: str
     schema: Optional[str] = None   # "module:ATTRIBUTE" of its StructType, when declared
 
@@ -29,36 +41,42 @@ class TableSpec:
     def layer(self) -> str:
         return self.name.split("/", 1)[0]
 
+    @property
+    def write_mode(self) -> str:
+        """The write modes as one phrase (docs, SQL checks)."""
+        first, *more = self.write_modes
+        return first + (f" ({', '.join(more)} from `stream`)" if more else "")
+
 
 _SPECS = (
-    TableSpec("bronze/items", "generate (or land bronze/items)", "overwrite",
+    TableSpec("bronze/items", "generate (or land bronze/items)", (OVERWRITE,),
               "raw items: the data contract's input", "courier_spark.contract:ITEMS_SCHEMA"),
-    TableSpec("bronze/impressions", "generate (or land bronze/impressions)", "overwrite",
+    TableSpec("bronze/impressions", "generate (or land bronze/impressions)", (OVERWRITE,),
               "raw page-view impressions and clicks: the data contract's input",
               "courier_spark.contract:IMPRESSIONS_SCHEMA"),
-    TableSpec("quarantine/items", "validate", "overwrite (append once per batch from `stream`)",
+    TableSpec("quarantine/items", "validate", (OVERWRITE, APPEND_ONCE),
               "bad bronze item rows with their reason"),
-    TableSpec("quarantine/impressions", "validate", "overwrite", "bad bronze impression rows with their reason"),
-    TableSpec("silver/items", "validate", "overwrite (merge from `stream`)", "validated items"),
-    TableSpec("silver/impressions", "validate", "overwrite", "validated impressions"),
-    TableSpec("silver/pretrain_samples", "samples", "overwrite",
+    TableSpec("quarantine/impressions", "validate", (OVERWRITE,), "bad bronze impression rows with their reason"),
+    TableSpec("silver/items", "validate", (OVERWRITE, MERGE_NEWER), "validated items"),
+    TableSpec("silver/impressions", "validate", (OVERWRITE,), "validated impressions"),
+    TableSpec("silver/pretrain_samples", "samples", (OVERWRITE,),
               "COURIER pre-training page views (shown items clicked first, history clicks before)"),
-    TableSpec("silver/ctr_samples", "samples", "overwrite", "CTR rows with the user's history, split train/test"),
-    TableSpec("gold/item_embeddings", "embed", "replace rows of a model version (merge from `stream`)",
+    TableSpec("silver/ctr_samples", "samples", (OVERWRITE,), "CTR rows with the user's history, split train/test"),
+    TableSpec("gold/item_embeddings", "embed", (REPLACE_VERSION, MERGE_UPSERT),
               "one embedding per item and model version", "courier_spark.embed:EMBEDDINGS_SCHEMA"),
-    TableSpec("gold/centroids", "cluster", "replace rows of a centroid version",
+    TableSpec("gold/centroids", "cluster", (REPLACE_VERSION,),
               "k-means centres per centroid version", "courier_spark.cluster:CENTROIDS_SCHEMA"),
-    TableSpec("gold/predictions", "evaluate", "overwrite",
+    TableSpec("gold/predictions", "evaluate", (OVERWRITE,),
               "CTR scores of every variant on the test split", "courier_spark.evaluate.sql_runner:PREDICTIONS_SCHEMA"),
-    TableSpec("feature_store/item_visual", "features", "merge history (validity intervals)",
-              "cluster ID and distance per item, model and centroid version"),
-    TableSpec("feature_store/impression_visual", "features", "merge upsert",
+    TableSpec("feature_store/item_visual", "features", (MERGE_HISTORY,),
+              "cluster ID and distance per item, model and centroid version (validity intervals)"),
+    TableSpec("feature_store/impression_visual", "features", (MERGE_UPSERT,),
               "SimScores and history cluster IDs per CTR event"),
-    TableSpec("_stream/item_batches", "stream", "append once per micro-batch",
+    TableSpec("_stream/item_batches", "stream", (APPEND_ONCE,),
               "the streaming stage's ledger of finished micro-batches", "courier_spark.stream:LEDGER_SCHEMA"),
-    TableSpec("_synthetic_truth/item_factors", "generate", "overwrite",
+    TableSpec("_synthetic_truth/item_factors", "generate", (OVERWRITE,),
               "hidden look factors of the synthetic items (evaluation only)"),
-    TableSpec("_synthetic_truth/user_tastes", "generate", "overwrite",
+    TableSpec("_synthetic_truth/user_tastes", "generate", (OVERWRITE,),
               "hidden tastes of the synthetic users (evaluation only)"),
 )
 CATALOG: dict[str, TableSpec] = {s.name: s for s in _SPECS}
@@ -76,6 +94,17 @@ def spec_for_path(path: str) -> Optional[TableSpec]:
     """The entry whose ``layer/table`` the path ends with, or None."""
     tail = "/".join(path.rstrip("/").split("/")[-2:])
     return CATALOG.get(tail)
+
+
+def check_write(path: str, mode: str) -> None:
+    """Refuse to write a catalogued table in a mode its entry does not declare
+    (a bug in the writer, caught before anything is written). Paths outside the
+    catalog (a consumer's own output) may be written any way."""
+    if mode not in WRITE_MODES:
+        raise ValueError(f"unknown write mode {mode!r}; modes: {', '.join(WRITE_MODES)}")
+    table = spec_for_path(path)
+    if table is not None and mode not in table.write_modes:
+        raise ValueError(f"{table.name} is written by {table.write_mode}, not {mode} ({path})")
 
 
 def schema_of(table: TableSpec):

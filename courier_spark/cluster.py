@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from .catalog import REPLACE_VERSION, check_write
 from .errors import DataError, VersionNotFoundError
 from .schema import ClusterConfig  # noqa: F401 (re-exported for callers)
 
@@ -235,6 +236,7 @@ def replace_rows(df: DataFrame, path: str, column: str, value: str) -> int:
     table partitioned by ``column`` on first write). Returns the table version."""
     from .tables import table_exists, table_version
 
+    check_write(path, REPLACE_VERSION)
     spark = df.sparkSession
     w = df.write.format("delta")
     if table_exists(spark, path):

@@ -33,6 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .errors import ConcurrentWriteError, CourierError, DataError, FeatureTableSchemaError, FeatureVersionError  # noqa: F401 (re-exported)
+from .catalog import MERGE_HISTORY, MERGE_UPSERT, check_write
 from .logs import say
 from .tables import table_exists
 
@@ -137,6 +138,7 @@ def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[s
     keys stay unique because every attempt re-matches against committed rows.
     """
     from delta.tables import DeltaTable
+    check_write(path, MERGE_UPSERT)
 
     keys = list(keys)
     df = _checked_input(df, path, keys, lineage, check_unique)
@@ -199,6 +201,7 @@ def merge_history(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[
     "unchanged", "retries"}``; a re-run with the same values commits nothing.
     """
     from delta.tables import DeltaTable
+    check_write(path, MERGE_HISTORY)
 
     keys = list(keys)
     df = _checked_input(df, path, keys, lineage, check_unique)

@@ -35,6 +35,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from .catalog import APPEND_ONCE, MERGE_NEWER, MERGE_UPSERT, check_write
 from .logs import say
 from .paths import TablePaths
 from .schema import CourierConfig
@@ -94,12 +95,14 @@ def _failpoint(cfg: CourierConfig, name: str, batch_id: int | None = None) -> No
 
 
 def _append_once(df: DataFrame, path: str, app_id: str, batch_id: int) -> None:
+    check_write(path, APPEND_ONCE)
     (df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(batch_id))
      .save(path))
 
 
 def _merge_silver(spark: SparkSession, fresh: DataFrame, path: str) -> None:
     from delta.tables import DeltaTable
+    check_write(path, MERGE_NEWER)
     if not table_exists(spark, path):
         fresh.write.format("delta").save(path)
         return
@@ -110,6 +113,7 @@ def _merge_silver(spark: SparkSession, fresh: DataFrame, path: str) -> None:
 
 def _merge_embeddings(spark: SparkSession, emb: DataFrame, path: str) -> None:
     from delta.tables import DeltaTable
+    check_write(path, MERGE_UPSERT)
     if not table_exists(spark, path):
         emb.write.format("delta").partitionBy("model_version").save(path)
         return

@@ -5,7 +5,7 @@ from typing import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from .catalog import spec_for_path
+from .catalog import OVERWRITE, check_write, spec_for_path
 from .errors import CourierError, MissingTableError, TableVersionError  # noqa: F401 (re-exported)
 
 
@@ -66,6 +66,7 @@ def write_table(df: DataFrame, path: str, partition_by: Sequence[str] = (),
     """Write ``df`` as a Delta table (atomic overwrite by default: re-running a
     job replaces the table in one commit, never appends duplicates).
     Returns the new table version."""
+    check_write(path, OVERWRITE if mode == "overwrite" else mode)
     w = df.write.format("delta").mode(mode)
     if mode == "overwrite":
         w = w.option("overwriteSchema", "true")

@@ -3,12 +3,13 @@ SQL runner's table checks all come from it."""
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import pytest
 from pyspark.sql import types as T
 
-from courier_spark.catalog import CATALOG, schema_of, spec, spec_for_path
+from courier_spark.catalog import CATALOG, WRITE_MODES, schema_of, spec, spec_for_path
 from courier_spark.errors import MissingTableError
 from courier_spark.paths import TablePaths
 from courier_spark.pipeline import STAGES
@@ -39,7 +40,7 @@ def test_every_table_path_comes_from_the_catalog_and_every_entry_has_a_path():
 def test_entries_name_real_stages_and_resolvable_schemas():
     for s in CATALOG.values():
         assert s.made_by.split()[0] in STAGES, s
-        assert s.write_mode and s.description
+        assert s.write_modes and set(s.write_modes) <= set(WRITE_MODES) and s.write_mode and s.description
         if s.schema is not None:
             assert isinstance(schema_of(s), T.StructType), s
     assert spec("gold/centroids").made_by == "cluster"
@@ -58,3 +59,21 @@ def test_missing_table_error_names_the_making_stage(spark, tmp_path):
         read_table(spark, p.centroids)
     with pytest.raises(MissingTableError, match=r"run `courier samples` first"):
         read_table(spark, p.ctr_samples)
+
+
+def test_writers_refuse_a_mode_the_catalog_does_not_declare(spark, tmp_path):
+    from courier_spark.catalog import APPEND_ONCE, MERGE_UPSERT, OVERWRITE, check_write
+    from courier_spark.feature_store import merge_upsert
+    from courier_spark.paths import TablePaths
+    from courier_spark.tables import write_table
+    p = TablePaths.for_root(str(tmp_path / "ds"))
+    check_write(p.silver_items, OVERWRITE)                      # declared: fine
+    check_write(str(tmp_path / "my_output"), APPEND_ONCE)       # not catalogued: any mode
+    with pytest.raises(ValueError, match="feature_store/item_visual is written by merge history, not overwrite"):
+        write_table(spark.range(2), p.item_visual_features)
+    with pytest.raises(ValueError, match="not merge upsert"):
+        merge_upsert(spark, spark.range(2).withColumnRenamed("id", "item_id"), p.centroids, ["item_id"])
+    with pytest.raises(ValueError, match="unknown write mode"):
+        check_write(p.silver_items, "append")
+    assert not os.path.exists(p.item_visual_features) and not os.path.exists(p.centroids)   # nothing written
+    assert MERGE_UPSERT in spec("gold/item_embeddings").write_modes
