@@ -9,40 +9,67 @@ clusters -> features -> comparison methods -> CTR evaluation -> report.
 """
 from __future__ import annotations
 
+import importlib
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from . import fs
 from .errors import CourierError
 from .logs import say
 from .redact import redact_config, redact_tree
-from .stages import (cluster, comparisons, embed, evaluate, features, generate, online, point_in_time, report,
-                     samples, stream, train, validate)
 from .stages.context import StageContext
 from .stages.results import StageResult
 
-__all__ = ["PIPELINE", "STAGES", "StageContext", "pipeline_stages", "run_stage", "stage_help", "write_summary"]
+__all__ = ["PIPELINE", "STAGES", "StageContext", "StageSpec", "pipeline_stages", "run_stage", "stage_help",
+           "write_summary"]
 
-StageFn = Callable[[StageContext], dict]
+StageFn = Callable[[StageContext], StageResult]
 
-STAGES: dict[str, StageFn] = {
-    "generate": generate.run,
-    "validate": validate.run,
-    "samples": samples.run,
-    "train": train.run,
-    "embed": embed.run,
-    "cluster": cluster.run,
-    "features": features.run,
-    "comparisons": comparisons.run,
-    "evaluate": evaluate.run,
-    "report": report.run,
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: its CLI help line and whether ``courier pipeline`` runs it.
+    Its code, ``courier_spark.stages.<name>.run``, is imported only when the
+    stage runs, so building the CLI loads no stage (nor torch, pandas, PIL)
+    and a stage module imports its library at the top like any module."""
+
+    name: str
+    help: str
+    in_pipeline: bool = True
+
+    @property
+    def module(self) -> str:
+        return f"{__package__}.stages.{self.name}"
+
+    def load(self) -> StageFn:
+        return importlib.import_module(self.module).run
+
+
+_SPECS = (
+    StageSpec("generate", "Write the synthetic marketplace as bronze tables (+ hidden truth)."),
+    StageSpec("validate", "bronze -> silver/items, silver/impressions + quarantine/*."),
+    StageSpec("samples", "silver impressions -> silver/pretrain_samples, silver/ctr_samples."),
+    StageSpec("train", "pre-training samples -> encoder artifact (petastorm -> horovod/torch on Spark)."),
+    StageSpec("embed", "silver/items + artifact -> gold/item_embeddings (that model version's rows replaced)."),
+    StageSpec("cluster", "gold/item_embeddings -> gold/centroids (faiss k-means)."),
+    StageSpec("features", "centroids + embeddings + ctr_samples -> feature_store/item_visual, "
+                          "impression_visual (MERGE)."),
+    StageSpec("comparisons", "Train, embed and cluster every comparison method of evaluate.methods."),
+    StageSpec("evaluate", "CTR frames per method -> DNN / LightGBM over seeds -> predictions + metrics.json."),
+    StageSpec("report", "results.json + sql/*.sql over the Delta tables -> report.md with PNG plots."),
     # Not part of `courier pipeline`: fresh features and serving, run on their own schedule.
-    "stream": stream.run,
-    "online": online.run,
-    "point_in_time": point_in_time.run,
-}
+    StageSpec("stream", "New bronze/items rows -> silver, quarantine, embeddings, feature_store/item_visual "
+                        "(streaming).", in_pipeline=False),
+    StageSpec("online", "feature_store/item_visual current rows -> the online store (Redis), changed rows only.",
+              in_pipeline=False),
+    StageSpec("point_in_time", "retrieval.input events -> retrieval.output with features as of each event_ts.",
+              in_pipeline=False),
+)
+# Every stage by name, in the order of the flow of data.
+STAGES: dict[str, StageSpec] = {s.name: s for s in _SPECS}
 # The batch pipeline, in order (`courier pipeline`, --from/--until).
-PIPELINE = [n for n in STAGES if n not in ("stream", "online", "point_in_time")]
+PIPELINE = [s.name for s in _SPECS if s.in_pipeline]
 
 
 def write_summary(directory: str, name: str, summary: dict) -> str:
@@ -54,7 +81,7 @@ def write_summary(directory: str, name: str, summary: dict) -> str:
     return path
 
 
-def run_stage(name: str, ctx: StageContext) -> "StageResult | dict":
+def run_stage(name: str, ctx: StageContext) -> StageResult:
     if name not in STAGES:
         raise CourierError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     if ctx.runner is None:
@@ -63,14 +90,12 @@ def run_stage(name: str, ctx: StageContext) -> "StageResult | dict":
     t0 = time.perf_counter()
     say(name, f"start{' (' + ctx.summary_prefix.rstrip('/') + ')' if ctx.summary_prefix else ''} "
               f"(root={ctx.paths.root})")
-    result = STAGES[name](ctx)
+    result = STAGES[name].load()(ctx)
     seconds = round(time.perf_counter() - t0, 2)
-    if isinstance(result, StageResult):   # typed (stages/results.py)
-        result.seconds = seconds
-        summary = result.summary()
-    else:                                 # a stage not typed yet: its summary dict
-        summary = result
-        summary["seconds"] = seconds
+    if not isinstance(result, StageResult):
+        raise TypeError(f"stage {name} returned {type(result).__name__}, not a StageResult (stages/results.py)")
+    result.seconds = seconds
+    summary = result.summary()
     write_summary(ctx.paths.run_summaries, label, {**summary, "config": redact_config(ctx.cfg.to_dict())})
     say(name, f"finished in {seconds:.1f}s")
     return result
@@ -89,4 +114,4 @@ def pipeline_stages(start: str | None = None, until: str | None = None) -> list[
 
 
 def stage_help(name: str) -> str:
-    return (STAGES[name].__doc__ or "").strip().splitlines()[0]
+    return STAGES[name].help

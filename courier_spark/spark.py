@@ -38,8 +38,7 @@ DELTA_SQL_CONF = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 
-# Written by scripts/bootstrap.sh; COURIER_DELTA_JARS_FILE points elsewhere.
-DELTA_JARS_FILE_ENV = "COURIER_DELTA_JARS_FILE"
+# Written by scripts/bootstrap.sh; spark.delta_jars_file points elsewhere.
 DELTA_JARS_FILE_NAME = "courier-delta-jars.txt"
 # The list's header line naming the package its jars were resolved for.
 DELTA_JARS_HEADER = "# package: "
@@ -53,9 +52,10 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def delta_jars_file() -> Path:
-    """Where bootstrap.sh lists the resolved Delta jars (in the running venv)."""
-    return Path(os.environ.get(DELTA_JARS_FILE_ENV) or Path(sys.prefix) / DELTA_JARS_FILE_NAME)
+def delta_jars_file(configured: str = "") -> Path:
+    """Where bootstrap.sh lists the resolved Delta jars: ``spark.delta_jars_file``,
+    else the running environment's own list."""
+    return Path(configured) if configured else Path(sys.prefix) / DELTA_JARS_FILE_NAME
 
 
 def read_delta_jars(list_file: str | os.PathLike, package: str) -> list[str] | None:
@@ -77,10 +77,11 @@ def read_delta_jars(list_file: str | os.PathLike, package: str) -> list[str] | N
 
 def jar_settings(cfg: SparkConfig, list_file: str | os.PathLike | None = None) -> dict[str, str]:
     """``spark.jars`` or ``spark.jars.packages`` for Delta (see the module doc).
-    Pure: reads only ``list_file`` (default ``delta_jars_file()``)."""
+    Pure: reads only ``list_file`` (default ``delta_jars_file(cfg.delta_jars_file)``)."""
     if cfg.jars:
         return {"spark.jars": cfg.jars}
-    jars = read_delta_jars(delta_jars_file() if list_file is None else list_file, cfg.delta_package)
+    jars = read_delta_jars(delta_jars_file(cfg.delta_jars_file) if list_file is None else list_file,
+                           cfg.delta_package)
     if jars:
         return {"spark.jars": ",".join(jars)}
     return {"spark.jars.packages": cfg.delta_package}
@@ -167,7 +168,7 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         jars = jar_settings(cfg)
         if "spark.jars.packages" in jars:
             log.debug("no resolved Delta jar list at %s: Spark resolves %s at start",
-                      delta_jars_file(), cfg.delta_package)
+                      delta_jars_file(cfg.delta_jars_file), cfg.delta_package)
         settings.update(jars)
         # JVM options only take effect here because pyspark launches the
         # driver JVM (spark-submit) with these settings after this point.

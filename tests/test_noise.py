@@ -168,11 +168,15 @@ def test_spark_falls_back_to_packages(tmp_path, case):
 
 
 def test_default_jar_list_location_and_override(tmp_path, monkeypatch):
-    from courier_spark.spark import DELTA_JARS_FILE_ENV, delta_jars_file
-    monkeypatch.delenv(DELTA_JARS_FILE_ENV, raising=False)
+    from courier_spark.config import SparkConfig
+    from courier_spark.spark import delta_jars_file, jar_settings
     assert delta_jars_file() == Path(sys.prefix) / "courier-delta-jars.txt"
-    monkeypatch.setenv(DELTA_JARS_FILE_ENV, str(tmp_path / "x.txt"))
-    assert delta_jars_file() == tmp_path / "x.txt"
+    assert delta_jars_file(str(tmp_path / "x.txt")) == tmp_path / "x.txt"
+    # spark.delta_jars_file is the list jar_settings reads
+    (tmp_path / "a.jar").write_bytes(b"")
+    cfg = SparkConfig(delta_jars_file=str(tmp_path / "x.txt"))
+    (tmp_path / "x.txt").write_text(f"# package: {cfg.delta_package}\n{tmp_path / 'a.jar'}\n")
+    assert jar_settings(cfg) == {"spark.jars": str(tmp_path / "a.jar")}
 
 
 def test_driver_java_options_name_the_log4j2_file(tmp_path):

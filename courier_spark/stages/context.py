@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from pyspark.sql import SparkSession
 
 from ..config import CourierConfig
 from ..errors import CourierError
 from ..paths import TablePaths
+
+if TYPE_CHECKING:
+    from .results import StageResult
 
 
 @dataclass(frozen=True)
@@ -25,12 +28,12 @@ class StageContext:
     paths: TablePaths
     summary_prefix: str = ""
     keep_loader_cache: bool = False
-    runner: Optional[Callable[[str, "StageContext"], dict]] = None
+    runner: Optional[Callable[[str, "StageContext"], "StageResult"]] = None
 
     def derive(self, **changes) -> "StageContext":
         return dataclasses.replace(self, **changes)
 
-    def run_stage(self, name: str):   # -> StageResult (stages/results.py) or a summary dict
+    def run_stage(self, name: str) -> "StageResult":
         """Run another stage through the pipeline's runner (summary under this context's prefix)."""
         if self.runner is None:
             raise CourierError(f"cannot run stage {name}: this context was not made by the pipeline runner")
