@@ -1,12 +1,15 @@
-"""Online lookup: the current ``feature_store/item_visual`` rows in Redis, for
-serving systems that need the cluster-ID features at request time.
+"""Online store, write side: the current ``feature_store/item_visual`` rows
+copied into Redis (Spark), for serving systems that need the cluster-ID
+features at request time.
 
 Layout: one Redis hash per item, ``<prefix>item_visual:<item_id>``, with the
 feature values and their versions (``courier_cluster_id``, ``distance``,
 ``model_version``, ``centroid_version``, ``item_updated_at``, ``valid_from``);
 a missing value is a missing field, never an empty string. The hash
 ``<prefix>item_visual:_meta`` records which table and which Delta version the
-store holds.
+store holds. The layout, the encoding and the read side (``lookup``) live in
+``courier_spark.online_client``, which serving imports without Spark; they
+are re-exported here.
 
 Incremental: the next materialisation reads Delta's change data feed of
 item_visual from the recorded version to the newest, and rewrites only the
@@ -23,123 +26,18 @@ message or ``repr`` of the settings.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .errors import CourierError, OnlineStoreError  # noqa: F401 (re-exported)
-from .feature_store import VALID_FROM, current_rows
+from .feature_store import current_rows
 from .logs import say
-from .schema import OnlineConfig
-
-VALUE_FIELDS = ("courier_cluster_id", "distance", "model_version", "centroid_version", "item_updated_at", VALID_FROM)
-_INT, _FLOAT, _TS = ("courier_cluster_id",), ("distance",), ("item_updated_at", VALID_FROM)
-
-
-@dataclass(frozen=True)
-class RedisSettings:
-    host: str
-    port: int
-    db: int = 0
-    username: str = ""
-    password: str = field(default="", repr=False)
-    password_env: str = ""
-    key_prefix: str = "courier:"
-    timeout_seconds: float = 5.0
-
-    @classmethod
-    def from_config(cls, cfg: OnlineConfig) -> "RedisSettings":
-        return cls(cfg.host, cfg.port, cfg.db, cfg.username, os.environ.get(cfg.password_env, ""),
-                   cfg.password_env, cfg.key_prefix, cfg.timeout_seconds)
-
-    def describe(self) -> str:
-        """Where the store is, for messages (the password never appears)."""
-        return f"redis://{self.username + '@' if self.username else ''}{self.host}:{self.port}/{self.db}"
-
-    def item_key(self, item_id: int) -> str:
-        return f"{self.key_prefix}item_visual:{int(item_id)}"
-
-    @property
-    def meta_key(self) -> str:
-        return f"{self.key_prefix}item_visual:_meta"
-
-
-def connect(settings: RedisSettings):
-    """A checked client (PING answered) or an ``OnlineStoreError`` saying why not."""
-    import redis
-
-    client = redis.Redis(host=settings.host, port=settings.port, db=settings.db,
-                         username=settings.username or None, password=settings.password or None,
-                         socket_timeout=settings.timeout_seconds, socket_connect_timeout=settings.timeout_seconds,
-                         decode_responses=True)
-    where = settings.describe()
-    pw = (f"the password in ${settings.password_env}" if settings.password
-          else f"no password (${settings.password_env} is not set)")
-    try:
-        client.ping()
-    except redis.exceptions.AuthenticationError:
-        raise OnlineStoreError(f"online store {where}: authentication failed with {pw}") from None
-    except redis.exceptions.ResponseError as e:
-        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
-            raise OnlineStoreError(f"online store {where}: authentication failed with {pw}") from None
-        raise OnlineStoreError(f"online store {where}: {e}") from None
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
-        raise OnlineStoreError(f"online store {where} cannot be reached: {type(e).__name__}: "
-                               f"{str(e).replace(settings.password or chr(0), '***')[:200]}") from None
-    return client
-
-
-def encode(row: dict) -> dict[str, str]:
-    """A feature row -> Redis hash fields (strings; None -> no field). Floats
-    are written with ``repr`` of the float32 value, which reads back exactly."""
-    out = {}
-    for f in VALUE_FIELDS:
-        v = row.get(f)
-        if v is None:
-            continue
-        if f in _INT:
-            out[f] = str(int(v))
-        elif f in _FLOAT:
-            out[f] = repr(float(v))
-        elif f in _TS:
-            out[f] = v.isoformat(sep=" ")
-        else:
-            out[f] = str(v)
-    return out
-
-
-def decode(fields: dict[str, str]) -> dict[str, Any] | None:
-    """Redis hash fields -> typed values (the inverse of ``encode``); None for no key."""
-    if not fields:
-        return None
-    out: dict[str, Any] = {}
-    for f in VALUE_FIELDS:
-        v = fields.get(f)
-        if v is None:
-            out[f] = None
-        elif f in _INT:
-            out[f] = int(v)
-        elif f in _FLOAT:
-            out[f] = float(v)
-        elif f in _TS:
-            out[f] = dt.datetime.fromisoformat(v)
-        else:
-            out[f] = v
-    return out
-
-
-def lookup(client, settings: RedisSettings, item_ids: Iterable[int]) -> dict[int, dict[str, Any] | None]:
-    """Serving's read helper: item_id -> its feature values (None when the store has no row)."""
-    ids = [int(i) for i in item_ids]
-    pipe = client.pipeline(transaction=False)
-    for i in ids:
-        pipe.hgetall(settings.item_key(i))
-    return {i: decode(h) for i, h in zip(ids, pipe.execute())}
+# The key layout and encoding live in the serving client (no Spark there); re-exported here.
+from .online_client import VALUE_FIELDS, RedisSettings, connect, decode, encode, lookup  # noqa: F401
 
 
 def _write_rows(settings: RedisSettings, rows: Iterator, batch_size: int) -> tuple[int, int]:
