@@ -658,7 +658,3 @@ class CourierConfig(Section):
         import dataclasses
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        import json
-        return json.dumps(self.to_dict(), sort_keys=True, default=str)
-

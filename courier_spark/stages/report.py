@@ -9,13 +9,16 @@ import pandas as pd
 from .. import fs
 from ..evaluate.probes import embedding_map_sample, look_probe_table
 from ..evaluate.report import load_results, write_report
-from ..evaluate.sql_runner import SQL_DIR, run_sql_file
-from ..logs import say, step
+from ..evaluate.sql_runner import SQL_DIR, delta_table_exists, prepare_sql, run_sql_file
+from ..logs import say, step, warn
 from ..tables import table_exists
 from .context import StageContext
 from .results import ReportResult
 
 SQL_FILES = ("per_category_auc_lift.sql", "ctr_by_cluster.sql", "cluster_category_purity.sql")
+# The report needs the first (its per-category table); the cluster queries read the
+# feature store, which a root evaluated from computed features (a bench root) lacks.
+REQUIRED_SQL = "per_category_auc_lift.sql"
 
 
 def run(ctx: StageContext) -> ReportResult:
@@ -24,6 +27,10 @@ def run(ctx: StageContext) -> ReportResult:
     res = load_results(p.report_file("results.json"))
     sql_tables, sql_out = {}, p.report_file("sql")
     for name in SQL_FILES:
+        missing = [t for t in prepare_sql(SQL_DIR / name, p.root).tables if not delta_table_exists(t)]
+        if missing and name != REQUIRED_SQL:
+            warn("report", f"sql/{name} skipped: no table at {', '.join(missing)}")
+            continue
         with step("report", f"running sql/{name}"):
             pdf = run_sql_file(ctx.spark, SQL_DIR / name, p.root).toPandas()
         fs.write_text(fs.join(sql_out, name.replace(".sql", ".csv")), pdf.to_csv(index=False))
@@ -45,12 +52,14 @@ def run(ctx: StageContext) -> ReportResult:
         with step("report", "linear probes of the hidden look factors (synthetic data)"):
             probes = look_probe_table(ctx.spark, p.item_embeddings, p.truth_item_factors,
                                       {m: v["model_version"] for m, v in versions.items()})
-    purity = sql_tables["cluster_category_purity.sql"]
-    extra = {"Versions used": pd.DataFrame([{"method": m, **v} for m, v in versions.items()]),
-             "CTR by cluster (top 15 by impressions, sql/ctr_by_cluster.sql)":
-                 sql_tables["ctr_by_cluster.sql"].head(15),
-             "Cluster category purity (largest 15 clusters, sql/cluster_category_purity.sql)":
-                 purity.sort_values(purity.columns[1], ascending=False).head(15)}
+    extra = {"Versions used": pd.DataFrame([{"method": m, **v} for m, v in versions.items()])}
+    if "ctr_by_cluster.sql" in sql_tables:
+        extra["CTR by cluster (top 15 by impressions, sql/ctr_by_cluster.sql)"] = \
+            sql_tables["ctr_by_cluster.sql"].head(15)
+    if "cluster_category_purity.sql" in sql_tables:
+        purity = sql_tables["cluster_category_purity.sql"]
+        extra["Cluster category purity (largest 15 clusters, sql/cluster_category_purity.sql)"] = \
+            purity.sort_values(purity.columns[1], ascending=False).head(15)
     if probes is not None:
         extra["Hidden look factors (and the click-irrelevant backdrop) recovered by a linear probe "
               "(3-fold accuracy; synthetic data only)"] = probes
