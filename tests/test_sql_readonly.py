@@ -52,10 +52,17 @@ def toy_predictions(seed: int = 3) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def test_sql_on_read_only_root_changes_nothing_there(spark, tmp_path, monkeypatch, capsys):
-    root = tmp_path / "ds"
+@pytest.fixture(scope="module")
+def predictions_root(spark, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """A root holding only gold/predictions (what per_category_auc_lift reads)."""
+    root = tmp_path_factory.mktemp("readonly") / "ds"
     preds = toy_predictions()
     write_predictions(spark, preds, TablePaths.for_root(str(root)).predictions)
+    return root, preds
+
+
+def test_sql_on_read_only_root_changes_nothing_there(predictions_root, tmp_path, monkeypatch, capsys):
+    root, preds = predictions_root
     assert delta_table_exists(TablePaths.for_root(str(root)).predictions)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out_csv = tmp_path / "out" / "auc.csv"
@@ -86,9 +93,8 @@ def test_sql_on_read_only_root_changes_nothing_there(spark, tmp_path, monkeypatc
     np.testing.assert_allclose(m["lift_auc_pct_sql"], m["lift_auc_pct_py"], atol=1e-9, rtol=0)
 
 
-def test_sql_log_dir_flag(spark, tmp_path, capsys):
-    root = tmp_path / "ds"
-    write_predictions(spark, toy_predictions(), TablePaths.for_root(str(root)).predictions)
+def test_sql_log_dir_flag(predictions_root, tmp_path, capsys):
+    root, _ = predictions_root
     before = snapshot(root)
     rc = cli.main(["sql", "per_category_auc_lift.sql", "--root", str(root), "--limit", "2",
                    "--log-dir", str(tmp_path / "mylogs")])
