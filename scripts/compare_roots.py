@@ -1,6 +1,6 @@
 """Compare the Delta tables of two dataset roots row for row (a restructuring
 must not change what the pipeline writes). Columns that record when a row
-was written (updated_at, valid_from, valid_to) are left out; everything
+was written (updated_at, valid_from, valid_to, created_at) are left out; everything
 else, including model and centroid versions, must be equal.
 
     .venv/bin/python scripts/compare_roots.py ROOT_A ROOT_B [layer/table ...]
@@ -16,7 +16,7 @@ from courier_spark.fs import join
 from courier_spark.spark import get_spark
 from courier_spark.tables import table_exists
 
-WRITE_TIME_COLUMNS = {"updated_at", "valid_from", "valid_to"}
+WRITE_TIME_COLUMNS = {"updated_at", "valid_from", "valid_to", "created_at"}
 
 
 def main(argv: list[str]) -> int:

@@ -131,7 +131,7 @@ def test_wrong_password_fails_clearly_and_the_password_is_never_printed(spark, t
                              "online.key_prefix=stage:"])
     caplog.set_level(logging.DEBUG)
     out = run_stage("online", StageContext(spark, cfg, p))
-    assert out["written"] == 1
+    assert out.counts["written"] == 1
     text = (tmp_path / "ds" / "_runs" / "online.json").read_text()
     assert json.loads(text)["store"] == f"redis://127.0.0.1:{redis_server}/0"
     assert PASSWORD not in text and PASSWORD not in caplog.text
