@@ -74,6 +74,10 @@ _SPECS = (
               "SimScores and history cluster IDs per CTR event"),
     TableSpec("_stream/item_batches", "stream", (APPEND_ONCE,),
               "the streaming stage's ledger of finished micro-batches", "courier_spark.stream:LEDGER_SCHEMA"),
+    TableSpec("_health/item_visual", "features", (MERGE_UPSERT,),
+              "health of each feature_store/item_visual version (by `features` and `stream`): "
+              "statistics, drift, freshness",
+              "courier_spark.health:HEALTH_SCHEMA"),
     TableSpec("_synthetic_truth/item_factors", "generate", (OVERWRITE,),
               "hidden look factors of the synthetic items (evaluation only)"),
     TableSpec("_synthetic_truth/user_tastes", "generate", (OVERWRITE,),

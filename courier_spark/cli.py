@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import fs
 from .config import load_config
-from .errors import CourierError, FilesystemError
+from .errors import CourierError, FilesystemError, MissingTableError
 from .logs import RunLog, configure_logging, debug
 from .paths import TablePaths
 from .pipeline import STAGES, StageContext, pipeline_stages, run_stage, stage_help
 from .redact import mask_text
+from .stages.results import HealthResult
 
 if TYPE_CHECKING:   # the SQL runner imports pandas and pyspark: only `courier sql` loads it
     from pyspark.sql import SparkSession
@@ -94,6 +95,13 @@ def check_sql_command(args: argparse.Namespace, paths: TablePaths) -> "SqlQuery"
     return query
 
 
+def check_health_command(paths: TablePaths) -> None:
+    """``courier health`` before Spark starts: the health records exist."""
+    if not fs.exists(fs.join(paths.health_item_visual, "_delta_log")):
+        raise MissingTableError(f"health: no health records at {paths.health_item_visual}; they are written "
+                                "by `courier features` and `courier stream`")
+
+
 def run_sql_command(spark: "SparkSession", query: "SqlQuery", limit: int, out: str | None) -> int:
     """Run a query checked by ``check_sql_command``; print and save its result."""
     import pandas as pd
@@ -131,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             query = check_sql_command(args, paths)
         else:
             fs.check_root(paths.root, write=True)
+        if args.command == "health":
+            check_health_command(paths)
     except CourierError as exc:
         return _error(str(exc))
     with RunLog(args.log_dir if query is not None else paths.run_logs, args.command) as run_log:
@@ -143,8 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 debug("sql", f"{query.path}: reads {', '.join(query.tables) or 'no Delta table'}")
                 return run_sql_command(ctx.spark, query, args.limit, args.out)
             for name in names:
-                run_stage(name, ctx)
+                result = run_stage(name, ctx)
                 run_log.sync()
+                if isinstance(result, HealthResult) and result.breaches:
+                    # Past a threshold: one line naming it, exit 2 (what an operator alerts on).
+                    more = f" (+{len(result.breaches) - 1} more)" if len(result.breaches) > 1 else ""
+                    return _error(f"health: {result.breaches[0]}{more}")
         except CourierError as exc:
             # Expected failures (bad input, missing table or version, a dead
             # worker) get one clear line, not a traceback; anything else is a bug.

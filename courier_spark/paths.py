@@ -79,6 +79,9 @@ class TablePaths:
     @property
     def stream_ledger(self) -> str: return self.table("_stream", "item_batches")
 
+    @property
+    def health_item_visual(self) -> str: return self.table("_health", "item_visual")
+
     # hidden truth of the synthetic generator: evaluation only, never read by the pipeline
     @property
     def truth_item_factors(self) -> str: return self.table("_synthetic_truth", "item_factors")

@@ -501,6 +501,21 @@ class RetrievalConfig(Section):
     k: int = num(5, 1, 1000)
 
 
+@dataclass
+class HealthConfig(Section):
+    """`courier health`: thresholds past which it exits 2 (each checked as value > threshold)."""
+    SECTION: ClassVar[str] = "health"
+    # Newest item_visual write: share of its rows with a null cluster id or distance.
+    max_null_share: float = num(0.0, 0.0, 1.0)
+    # Newest centroid/model version change: population stability index of the
+    # (matched) cluster shares; 0.25 is the usual "significant shift" line.
+    max_psi: float = num(0.25, 0.0, 1e9)
+    # Newest version change: share of the items present in both versions whose cluster changed.
+    max_changed_share: float = num(0.5, 0.0, 1.0)
+    # Newest stream micro-batch: p95 seconds from an item's bronze landing to its feature row.
+    max_freshness_p95_s: float = num(3600.0, 0.0, 1e9)
+
+
 # --------------------------------------------------------------------------- CTR evaluation
 IMAGE_FEATURES = ("none", "vector", "simscore", "cluster_id")
 MODEL_KINDS = ("dnn", "lgbm")
@@ -647,6 +662,7 @@ class CourierConfig(Section):
     stream: StreamConfig = field(default_factory=StreamConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def check(self) -> None:
         bad = [m for m in self.evaluate.all_ways_methods if m not in self.evaluate.methods]

@@ -36,6 +36,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .catalog import APPEND_ONCE, MERGE_NEWER, MERGE_UPSERT, check_write
+from .health import record_write
 from .logs import say
 from .paths import TablePaths
 from .schema import CourierConfig
@@ -198,6 +199,7 @@ def catch_up(spark: SparkSession, paths: TablePaths, cfg: CourierConfig, serving
     silver = (spark.read.format("delta").load(paths.silver_items)
               .select("item_id", "image", "updated_at", F.lit(True).alias("_existing")))
     _features_for(spark, silver, serving, art, centroids, paths, cfg, counts, reuse_embeddings=True)
+    record_write(spark, paths, "stream")   # a new serving version's statistics and drift (once per version)
     return counts
 
 
@@ -246,6 +248,10 @@ def process_item_batch(spark: SparkSession, batch: DataFrame, batch_id: int, pat
             pending = (clean.filter(F.col("_kind") != "stale")
                        .select("item_id", "image", "updated_at", (F.col("_kind") == "changed").alias("_existing")))
             _features_for(spark, pending, serving, art, centroids, paths, cfg, counts, batch_id=batch_id)
+            # Statistics and freshness of the item_visual version this batch wrote (a replay whose
+            # version is already recorded, or a batch that wrote nothing, records nothing).
+            record_write(spark, paths, "stream", batch_id, freshness=True)
+            lap("health")
         finally:
             clean.unpersist()
         _failpoint(cfg, "after_features", batch_id)

@@ -206,6 +206,53 @@ def _plot_embedding_map(xy: np.ndarray, category: Sequence, hidden: Sequence | N
     _save_png(fig, path)
 
 
+def _plot_health(health: pd.DataFrame, path: str) -> None:
+    """Feature health per item_visual version (courier_spark.health records):
+    distance quantiles and null share, drift of each version change, stream
+    freshness p50/p95."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    h = health.sort_values("item_visual_version")
+    x = h["item_visual_version"].to_numpy()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ax = axes[0]
+    for q in ("distance_p50", "distance_p90", "distance_p99"):
+        ax.plot(x, h[q].to_numpy(dtype=float), marker="o", label=q)
+    nulls = (h[["null_cluster_id", "null_distance"]].max(axis=1) / h["rows"].where(h["rows"] > 0)).to_numpy(float)
+    ax.plot(x, nulls, marker="x", linestyle="--", label="null share")
+    ax.set(title="statistics per write", xlabel="item_visual version")
+    ax.legend(fontsize=8)
+    d = h[h["drift_psi"].notna()]
+    ax = axes[1]
+    if len(d):
+        labels = [f"{p}->{c}" for p, c in zip(d["prev_centroid_version"], d["centroid_version"])]
+        pos = np.arange(len(d))
+        ax.bar(pos - 0.2, d["drift_psi"].to_numpy(float), 0.4, label="PSI of cluster shares")
+        ax.bar(pos + 0.2, d["drift_changed_share"].to_numpy(float), 0.4, label="share of items changed")
+        ax.set_xticks(pos, labels, rotation=30, ha="right", fontsize=8)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no version change yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="drift per centroid/model version change")
+    f = h[h["freshness_p95_s"].notna()]
+    ax = axes[2]
+    if len(f):
+        ax.plot(f["item_visual_version"], f["freshness_p50_s"].to_numpy(float), marker="o", label="p50")
+        ax.plot(f["item_visual_version"], f["freshness_p95_s"].to_numpy(float), marker="o", label="p95")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no stream micro-batch yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="stream freshness (s, bronze -> feature row)", xlabel="item_visual version")
+    fig.tight_layout()
+    _save_png(fig, path)
+
+
+HEALTH_TABLE_COLUMNS = ["item_visual_version", "source", "centroid_version", "rows", "n_clusters", "distance_p50",
+                        "prev_centroid_version", "drift_psi", "drift_changed_share", "freshness_p50_s",
+                        "freshness_p95_s"]
+
+
 def _save_png(fig, path: str) -> None:
     """A matplotlib figure -> PNG at ``path`` (any filesystem URI), atomically."""
     import io
@@ -220,13 +267,14 @@ def _save_png(fig, path: str) -> None:
 def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.DataFrame | None = None,
                  extra_tables: Mapping[str, pd.DataFrame] | None = None,
                  embedding_map: tuple | None = None,
-                 title: str = "COURIER evaluation") -> str:
+                 title: str = "COURIER evaluation", health: pd.DataFrame | None = None) -> str:
     """Write ``<reports_dir>/report.md`` (+ PNGs next to it); returns the path.
 
     ``results``: ``runner.evaluate_variants`` results. ``per_category_df``:
     ``runner.per_category_results`` (or the per_category_auc_lift.sql output).
     ``embedding_map``: (vectors [n, d] or xy [n, 2], category [n], hidden
     factor [n] or None[, its name]); vectors are reduced to 2-D with PCA.
+    ``health``: ``courier_spark.health.read_health`` records (plotted when given).
     """
     fs.makedirs(reports_dir)
     main = _main_kind(results)
@@ -273,6 +321,11 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
         _plot_embedding_map(np.asarray(xy), cats, hidden, fs.join(reports_dir, "embedding_map.png"),
                             hidden_name)
         md += ["## Embedding map (PCA)\n", "![embedding map](embedding_map.png)\n"]
+    if health is not None and len(health):
+        _plot_health(health, fs.join(reports_dir, "feature_health.png"))
+        md += ["## Feature health (feature_store/item_visual, `courier health`)\n",
+               "![feature health](feature_health.png)\n",
+               md_table(health[[c for c in HEALTH_TABLE_COLUMNS if c in health.columns]])]
     for name, table in (extra_tables or {}).items():
         md += [f"## {name}\n", md_table(table)]
     path = fs.join(reports_dir, "report.md")

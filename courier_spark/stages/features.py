@@ -13,6 +13,7 @@ from ..feature_store import (IMPRESSION_VISUAL_COMMENTS, IMPRESSION_VISUAL_KEYS,
                              ITEM_VISUAL_KEYS, current_rows, merge_history, merge_upsert)
 from ..features import (assign_cluster_ids, impression_visual_rows, impression_visual_stats, item_visual_rows,
                         similarity_features)
+from ..health import record_write
 from ..logs import say, step
 from ..serving import assign_new_items, serving_versions
 from ..tables import read_table
@@ -50,6 +51,8 @@ def run(ctx: StageContext) -> FeaturesResult:
                                        ITEM_VISUAL_COMMENTS)
     finally:
         items_src.unpersist()
+    # Statistics (and drift, after a version change) of the version just written; once per version.
+    health = record_write(spark, p, "features")
     item_visual = (current_rows(read_table(spark, p.item_visual_features))
                    .filter((F.col("centroid_version") == cv) & (F.col("model_version") == mv)))
     n_items_cv = item_visual.count()
@@ -74,10 +77,20 @@ def run(ctx: StageContext) -> FeaturesResult:
         centroid_version=cv, model_version=mv, k=cfg.k, incremental=cfg.incremental,
         item_visual=ItemVisualWrite(embedded_items=n_emb, assigned_this_run=n_assigned,
                                     items_with_features=n_items_cv, merge=item_merge),
-        impression_visual={**dataclasses.asdict(st), "embeddings_broadcast": broadcast, "merge": imp_merge})
+        impression_visual={**dataclasses.asdict(st), "embeddings_broadcast": broadcast, "merge": imp_merge},
+        health=_health_summary(health))
     say("features", f"item_visual: assigned {n_assigned} item(s) this run; {n_items_cv}/{n_emb} embedded items "
                     f"have {cv} features; merge {item_merge}")
     say("features", f"impression_visual: {st.events} events, target cluster coverage "
                     f"{st.target_cluster_coverage:.3f}, slot-0 SimScore coverage "
                     f"{st.slot0_sim_coverage:.3f}; merge {imp_merge}")
     return result
+
+
+def _health_summary(row: dict | None) -> dict | None:
+    """The health record's headline figures for the run summary (None: no new version)."""
+    if row is None:
+        return None
+    keys = ("item_visual_version", "rows", "null_cluster_id", "n_clusters", "distance_p50", "prev_centroid_version",
+            "drift_psi", "drift_changed_share")
+    return {k: row[k] for k in keys}

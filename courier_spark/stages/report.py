@@ -10,6 +10,7 @@ from .. import fs
 from ..evaluate.probes import embedding_map_sample, look_probe_table
 from ..evaluate.report import load_results, write_report
 from ..evaluate.sql_runner import SQL_DIR, delta_table_exists, prepare_sql, run_sql_file
+from ..health import read_health
 from ..logs import say, step, warn
 from ..tables import table_exists
 from .context import StageContext
@@ -63,7 +64,8 @@ def run(ctx: StageContext) -> ReportResult:
     if probes is not None:
         extra["Hidden look factors (and the click-irrelevant backdrop) recovered by a linear probe "
               "(3-fold accuracy; synthetic data only)"] = probes
+    health = read_health(ctx.spark, p) if table_exists(ctx.spark, p.health_item_visual) else None
     path = write_report(p.reports, res, per_cat_sql, extra_tables=extra, embedding_map=emb_map,
-                        title=f"COURIER evaluation ({p.root})")
+                        title=f"COURIER evaluation ({p.root})", health=health)
     say("report", f"wrote {path}")
     return ReportResult(report=path, sql_vs_python_max_abs_diff=diff, sql_outputs=fs.ls(sql_out))

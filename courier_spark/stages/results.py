@@ -99,6 +99,7 @@ class FeaturesResult(StageResult):
     incremental: bool
     item_visual: ItemVisualWrite
     impression_visual: dict   # courier_spark.features.ImpressionVisualStats as a dict + merge counts
+    health: Optional[dict] = None   # the new item_visual version's health record (headline figures)
 
 
 @dataclass(kw_only=True)
@@ -133,6 +134,15 @@ class ReportResult(StageResult):
     report: str
     sql_vs_python_max_abs_diff: float
     sql_outputs: list
+
+
+@dataclass(kw_only=True)
+class HealthResult(StageResult):
+    records: int               # item_visual versions with a health record
+    latest: Optional[dict]     # the newest record
+    drift: Optional[dict]      # the newest version change's drift
+    freshness: Optional[dict]  # the newest stream micro-batch's freshness
+    breaches: list             # one line per threshold broken (`courier health` exits 2 when any)
 
 
 @dataclass(kw_only=True)
