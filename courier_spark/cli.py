@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(-1 if args.quiet else 1 if args.verbose else 0)
     try:
         cfg = load_config(args.config, args.overrides)
-        fs.configure(connect_timeout_s=cfg.storage.connect_timeout_s)
+        fs.configure(connect_timeout_s=cfg.storage.connect_timeout_s, spark_extra=cfg.spark.extra)
         names = stage_names(args.command, getattr(args, "start", None), getattr(args, "until", None))
         paths = TablePaths.for_root(args.root)
         query = None

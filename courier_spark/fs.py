@@ -15,6 +15,13 @@ WebHDFS over ``requests`` here), so a root spelled that way needs nothing on
 the hosts but this package. Both authenticate as ``HADOOP_USER_NAME`` or the
 OS user, like Hadoop's simple auth.
 
+S3-compatible stores (``s3a://``, any endpoint) are configured once, for Spark:
+the ``fs.s3a.*`` settings in ``spark.extra`` (endpoint, path-style access,
+keys, region). ``configure`` derives the s3fs options from those same keys and
+exports them as the standard AWS environment variables, so every s3fs client
+in this process and its children -- petastorm's own, Spark's Python workers,
+training ranks -- reaches the same store with the same identity.
+
 Writes are atomic: a reader sees the old file or the new one, never half of
 one. On filesystems that can rename (local, hdfs, memory) the bytes go to a
 temporary sibling ``.<name>.tmp-<uuid>`` that is then moved over the target; on
@@ -77,6 +84,11 @@ _HTTP_CONNECT_TIMEOUT_S = {"connect": 5.0}
 _CHECK_READ_TIMEOUT_S = 15.0
 # No rename, but a PUT is all-or-nothing: write the target directly.
 _OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
+# fs.s3a.* settings (as Spark's S3A gets them) behind the s3fs options; set by configure().
+_S3A: dict[str, str] = {}
+# What configure() exports for s3fs/botocore clients it does not build itself.
+_S3A_ENV = {"access.key": "AWS_ACCESS_KEY_ID", "secret.key": "AWS_SECRET_ACCESS_KEY",
+            "session.token": "AWS_SESSION_TOKEN", "endpoint.region": "AWS_DEFAULT_REGION"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _TMP_MARK = ".tmp-"
@@ -162,7 +174,67 @@ def _options(proto: str, url: str) -> dict[str, Any]:
     if proto == "webhdfs" and "@" not in url.split("://", 1)[1].split("/", 1)[0]:
         # Hadoop's simple auth: the same user Spark's WebHdfsFileSystem sends.
         return {"user": os.environ.get("HADOOP_USER_NAME") or getpass.getuser()}
+    if proto == "s3":
+        return s3_options(_S3A)
     return {}
+
+
+def _s3a_endpoint_url(settings: dict[str, str]) -> str | None:
+    """``fs.s3a.endpoint`` as a URL: S3A takes ``host:port`` too, its scheme then
+    from ``fs.s3a.connection.ssl.enabled`` (default true)."""
+    endpoint = settings.get("endpoint", "").strip()
+    if not endpoint or "://" in endpoint:
+        return endpoint or None
+    ssl = settings.get("connection.ssl.enabled", "true").strip().lower() != "false"
+    return f"{'https' if ssl else 'http'}://{endpoint}"
+
+
+def s3_options(settings: dict[str, str]) -> dict[str, Any]:
+    """s3fs options for the ``fs.s3a.*`` settings ``settings`` (keys without the
+    ``fs.s3a.`` prefix): the same endpoint, addressing style, keys and region
+    Spark's S3A uses. Settings S3A has and s3fs needs not are ignored."""
+    opts: dict[str, Any] = {}
+    for s3a_key, opt in (("access.key", "key"), ("secret.key", "secret"), ("session.token", "token")):
+        if settings.get(s3a_key):
+            opts[opt] = settings[s3a_key]
+    client: dict[str, Any] = {}
+    url = _s3a_endpoint_url(settings)
+    if url:
+        client["endpoint_url"] = url
+    region = settings.get("endpoint.region") or settings.get("region")
+    if region:
+        client["region_name"] = region
+    if client:
+        opts["client_kwargs"] = client
+    # Bounded like WebHDFS: a silent endpoint fails a job in seconds.
+    config: dict[str, Any] = {"connect_timeout": _HTTP_CONNECT_TIMEOUT_S["connect"]}
+    if settings.get("path.style.access", "").strip().lower() == "true":
+        config["s3"] = {"addressing_style": "path"}
+    opts["config_kwargs"] = config
+    return opts
+
+
+def s3a_settings(spark_extra: dict | None) -> dict[str, str]:
+    """The ``fs.s3a.*`` settings of ``spark.extra`` (spelled ``spark.hadoop.fs.s3a.x``,
+    flat or nested as YAML and ``--set`` give them), keyed without ``fs.s3a.``.
+    Per-bucket settings (``fs.s3a.bucket.<name>.*``) are left to Spark."""
+    flat: dict[str, str] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                flat[key] = str(v).lower() if isinstance(v, bool) else str(v)
+
+    walk(spark_extra or {}, "")
+    out: dict[str, str] = {}
+    for key, value in flat.items():
+        for prefix in ("spark.hadoop.fs.s3a.", "fs.s3a."):
+            if key.startswith(prefix) and not key.startswith(prefix + "bucket."):
+                out[key[len(prefix):]] = value
+    return out
 
 
 def _bound_http_calls(fs: fsspec.AbstractFileSystem) -> None:
@@ -186,10 +258,25 @@ def _bound_http_calls(fs: fsspec.AbstractFileSystem) -> None:
     session._courier_timeout = True
 
 
-def configure(connect_timeout_s: float) -> None:
+def configure(connect_timeout_s: float, spark_extra: dict | None = None) -> None:
     """Process-wide storage settings (the CLI applies the config's ``storage``
-    section before it first touches the root). Filesystems made after this use them."""
+    section and ``spark.extra`` before it first touches the root). Filesystems
+    made after this use them. ``spark.extra``'s ``fs.s3a.*`` settings configure
+    s3fs here and, through the AWS environment variables (endpoint, keys,
+    region; set before Spark starts, so inherited), every s3fs/botocore client
+    of the child processes."""
     _HTTP_CONNECT_TIMEOUT_S["connect"] = float(connect_timeout_s)
+    settings = s3a_settings(spark_extra)
+    if not settings:
+        return
+    _S3A.clear()
+    _S3A.update(settings)
+    for s3a_key, var in _S3A_ENV.items():
+        if settings.get(s3a_key):
+            os.environ[var] = settings[s3a_key]
+    url = _s3a_endpoint_url(settings)
+    if url:
+        os.environ["AWS_ENDPOINT_URL_S3"] = url   # botocore's per-service endpoint variable
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -537,6 +624,10 @@ def check_root(root: str, write: bool = True) -> None:
     try:
         _fresh(fs, proto, path)
         _raise_if_unreachable(fs, proto)
+        if proto == "s3":
+            # The bucket's own listing raises the real error (no such bucket,
+            # a refused key); fsspec's exists() would call both "missing".
+            fs.ls(path.split("/", 1)[0], detail=False)
         if fs.exists(path):
             if not fs.isdir(path):
                 raise FilesystemError(f"dataset root {root} is a file, not a directory")
@@ -581,6 +672,11 @@ def _root_problem(e: Exception, proto: str, root: str) -> str:
     who = ""
     if proto == "webhdfs":
         who = f" for user {_options(proto, to_fsspec(root)[1]).get('user', '(from the URI)')!r}"
+    if proto == "s3" and isinstance(e, PermissionError):
+        return (f"is not usable: the S3 store refused the credentials or access "
+                f"(spark.extra fs.s3a.access.key / secret.key): {_one_line(e)}")
+    if proto == "s3" and isinstance(e, FileNotFoundError):
+        return f"is not usable: no such bucket: {_one_line(e)}"
     if isinstance(e, PermissionError) or status in (401, 403):
         detail = _one_line(e) if isinstance(e, PermissionError) else f"HTTP {status}"
         return f"is not writable: Permission denied{who}: {detail}"

@@ -122,7 +122,7 @@ def configure_logging(verbosity: int = 0, log_file: str | None = None) -> None:
     _console.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
     logging.captureWarnings(True)  # warnings -> logger py.warnings -> the file (console: ERROR only)
     sys.excepthook = _masked_excepthook
-    for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "fsspec", "asyncio"):
+    for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "fsspec", "asyncio", "botocore", "aiobotocore", "s3fs"):
         logging.getLogger(noisy).setLevel(logging.INFO)  # their DEBUG chatter is not worth the file
     if log_file:
         add_log_file(log_file)

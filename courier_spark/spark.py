@@ -9,6 +9,12 @@ its resolution report). When the driver was launched by ``spark-submit`` (the
 JVM already exists and owns master/jars/logging), only the session-level
 settings are applied.
 
+A local driver also gets hadoop-aws (Spark's ``s3a://`` connector) and its AWS
+SDK bundle on its classpath when ``scripts/s3_jars.sh`` listed them for the
+running PySpark's Hadoop version (``<venv>/courier-s3a-jars.txt``): on the
+classpath, not in ``spark.jars``, so the ~560 MB bundle is not copied to the
+executor's scratch at every start. Clusters bring their own connector.
+
 Local starts also get ``conf/log4j2.properties`` (console at WARN, known-noisy
 loggers at ERROR) through the driver's JVM options, and
 ``courier_spark.noise.silence_third_party_warnings()`` runs before the JVM and
@@ -85,6 +91,29 @@ def jar_settings(cfg: SparkConfig, list_file: str | os.PathLike | None = None) -
     if jars:
         return {"spark.jars": ",".join(jars)}
     return {"spark.jars.packages": cfg.delta_package}
+
+
+# Written by scripts/s3_jars.sh: hadoop-aws + AWS SDK bundle for s3a:// roots.
+S3A_JARS_FILE_NAME = "courier-s3a-jars.txt"
+
+
+def pyspark_hadoop_version() -> str | None:
+    """The Hadoop version PySpark bundles (its ``hadoop-client-api-<v>.jar``)."""
+    import pyspark
+    found = sorted(Path(pyspark.__file__).parent.joinpath("jars").glob("hadoop-client-api-*.jar"))
+    return found[0].name[len("hadoop-client-api-"):-len(".jar")] if found else None
+
+
+def s3a_jar_settings(list_file: str | os.PathLike | None = None) -> dict[str, str]:
+    """``spark.driver.extraClassPath`` with hadoop-aws and its SDK bundle when
+    ``scripts/s3_jars.sh`` resolved them for this PySpark's Hadoop; else nothing
+    (``s3a://`` then fails in Spark with ClassNotFoundException S3AFileSystem)."""
+    version = pyspark_hadoop_version()
+    if version is None:
+        return {}
+    jars = read_delta_jars(Path(sys.prefix) / S3A_JARS_FILE_NAME if list_file is None else list_file,
+                           f"org.apache.hadoop:hadoop-aws:{version}")
+    return {"spark.driver.extraClassPath": os.pathsep.join(jars)} if jars else {}
 
 
 def driver_java_options(log4j2_file: str | os.PathLike | None = LOG4J2_PROPERTIES) -> str:
@@ -170,6 +199,8 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
             log.debug("no resolved Delta jar list at %s: Spark resolves %s at start",
                       delta_jars_file(cfg.delta_jars_file), cfg.delta_package)
         settings.update(jars)
+        if (cfg.master or "local").startswith("local"):
+            settings.update(s3a_jar_settings())
         # JVM options only take effect here because pyspark launches the
         # driver JVM (spark-submit) with these settings after this point.
         settings["spark.driver.extraJavaOptions"] = driver_java_options()

@@ -1,0 +1,112 @@
+"""The whole pipeline with its dataset root on a real S3-compatible store
+(s3proxy on loopback, see ``s3proxy.py``), reached by Spark as ``s3a://``
+(hadoop-aws) and by the Python side through s3fs, both configured by the same
+``spark.extra`` fs.s3a.* settings: every artefact lands in the bucket and
+nothing stays on local disk; a wrong key or a missing bucket fails in seconds,
+naming the root."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from courier_spark import fs
+
+from . import s3proxy
+from .test_hdfs_root import STAGES, TABLES, TINY, courier, leftovers
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "courier-data"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = s3proxy.start(tmp_path_factory.mktemp("s3proxy"))
+    try:
+        server.client().call_s3("create_bucket", Bucket=BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+def _config(settings: dict[str, str], d: Path) -> list[str]:
+    """``--config`` with the store's settings in ``spark.extra`` as flat Hadoop
+    keys: YAML carries ``fs.s3a.endpoint`` beside ``fs.s3a.endpoint.region``,
+    which ``--set`` cannot (a key cannot be both a value and a section)."""
+    path = d / "s3.yaml"
+    path.write_text(json.dumps({"extends": str(s3proxy.REPO / "conf" / "local.yaml"),
+                                "spark": {"extra": settings}}))   # JSON is YAML
+    return ["--config", str(path)]
+
+
+def test_pipeline_on_s3a_root(s3, tmp_path):
+    root = f"s3a://{BUCKET}/courier/ds"
+    scratch, cwd = tmp_path / "scratch", tmp_path / "cwd"
+    cwd.mkdir()
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")] + _config(s3.s3a_settings(), tmp_path)
+    t0 = time.monotonic()
+    out = courier(["pipeline", "--root", root, *sets], scratch, cwd, timeout=1800)
+    assert out.returncode == 0, f"pipeline on {root} failed:\n{out.stderr[-4000:]}\n{s3.tail()}"
+    print(f"pipeline on s3a root: {time.monotonic() - t0:.0f}s")
+
+    store = s3.client()        # the test's own client: what is really in the bucket
+    prefix = f"{BUCKET}/courier/ds/"
+    rel = {f[len(prefix):] for f in store.find(prefix)}
+    for t in TABLES:
+        assert f"{t}/_delta_log/00000000000000000000.json" in rel, t
+        assert any(r.startswith(f"{t}/") and r.endswith(".parquet") for r in rel), t
+    for m in ("courier", "simclr"):
+        for f in ("encoder.pt", "model.pt", "artifact.json"):
+            assert f"models/{m}/v0001/{f}" in rel, (m, f)
+    # checkpoints went to the bucket and came back: the metrics name them
+    fs.configure(5.0, s3.s3a_settings())
+    train = json.loads(fs.read_text(fs.join(root, "_runs", "train.json")))
+    assert train["metrics"]["checkpoint_steps"] == [5, 10], train["metrics"]
+    assert train["path"] == fs.join(root, "models", "courier", "v0001")
+    # petastorm's cache was under the root and is gone after training
+    assert not any(r.startswith("_cache/petastorm/") and r.endswith(".parquet") for r in rel), \
+        sorted(r for r in rel if r.startswith("_cache/"))[:10]
+    for r in ("report.md", "metrics.json", "results.json", "per_category.csv", "embedding_map.png",
+              "sql/per_category_auc_lift.csv"):
+        assert f"reports/{r}" in rel, r
+    for s in STAGES:
+        assert f"_runs/{s}.json" in rel, s
+    logs = [r for r in rel if r.startswith("_runs/logs/") and r.endswith("-pipeline.log")]
+    assert len(logs) == 1 and "report" in fs.read_text(fs.join(root, logs[0]))
+    metrics = json.loads(fs.read_text(fs.join(root, "reports", "metrics.json")))
+    assert {"baseline", "courier_cluster_id", "simclr_cluster_id"} <= set(metrics["variants"])
+    # the secret key reached the store as a signature only, never as bytes at rest
+    secret = s3proxy.SECRET_KEY.encode()
+    small = [r for r in rel if r.endswith((".json", ".log", ".md", ".csv"))]
+    assert small and not [r for r in small if secret in store.cat_file(prefix + r)]
+    # nothing on local disk: the working directory stays empty, scratch is cleaned up
+    assert [p.name for p in cwd.iterdir()] == []
+    assert leftovers(scratch) == [], leftovers(scratch)[:20]
+
+
+def _fails_fast(root: str, settings: dict[str, str], tmp_path: Path, limit_s: float = 30.0) -> str:
+    scratch, cwd = tmp_path / "scratch", tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    t0 = time.monotonic()
+    out = courier(["validate", "--root", root, *_config(settings, tmp_path)], scratch, cwd, timeout=120)
+    took = time.monotonic() - t0
+    assert out.returncode == 2, out.stderr[-2000:]
+    err = out.stderr.strip().splitlines()
+    assert err and err[-1].startswith("courier: error: dataset root ") and root in err[-1], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert took < limit_s, f"took {took:.1f}s to fail"
+    return err[-1]
+
+
+def test_wrong_key_fails_in_seconds(s3, tmp_path):
+    msg = _fails_fast(f"s3a://{BUCKET}/courier/other", s3.s3a_settings(secret_key="not-the-secret"), tmp_path)
+    assert "refused the credentials" in msg and "signature" in msg, msg
+    assert "not-the-secret" not in msg
+
+
+def test_missing_bucket_fails_in_seconds(s3, tmp_path):
+    msg = _fails_fast("s3a://no-such-bucket/courier/ds", s3.s3a_settings(), tmp_path)
+    assert "no such bucket" in msg, msg
