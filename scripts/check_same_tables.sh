@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Behaviour unchanged by a restructuring: two commits write the same tables.
-#   bash scripts/check_same_tables.sh OLD_REV [NEW_REV (default HEAD)] [--set k=v ...]
+#   bash scripts/check_same_tables.sh OLD_REV [NEW_REV (default HEAD)] [--demo] [--set k=v ...]
 # Both commits run generate -> samples on the same seed and settings (sample
 # tables compared); the new commit trains one model, and each commit then runs
 # embed -> cluster -> features from that same model (training on 2 processes
 # need not be bit-identical between runs; the feature code is what changed).
-# Default settings: conf/local.yaml with a tiny world and 20 training steps.
+# Default settings: conf/local.yaml with a tiny world and 20 training steps;
+# --demo: the main command's own world (conf/local.yaml as is), 20 training steps.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$REPO/.venv/bin/python"
 OLD="$1"; shift
 NEW="HEAD"; if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then NEW="$1"; shift; fi
+DEMO=0; if [ "${1:-}" = "--demo" ]; then DEMO=1; shift; fi
 SETS=(--set synthetic.n_users=60 --set synthetic.n_items=120 --set synthetic.n_days=5 --set synthetic.image_size=32
       --set synthetic.sessions_per_user_day=1.0 --set spark.shuffle_partitions=4 --set train.steps=20
       --set train.checkpoint_every=10 --set "train.categories=[]" --set train.init=random --set cluster.k=8 "$@")
+[ "$DEMO" = 1 ] && SETS=(--set train.steps=20 --set train.checkpoint_every=10 "$@")
 W="$(mktemp -d)"; trap 'git -C "$REPO" worktree remove --force "$W/old" >/dev/null 2>&1 || true;
                      git -C "$REPO" worktree remove --force "$W/new" >/dev/null 2>&1 || true' EXIT
 git -C "$REPO" worktree add -f --detach "$W/old" "$OLD" >/dev/null
