@@ -4,8 +4,9 @@
 # * Python deps from requirements/*.txt (pinned where environment.md says so).
 # * petastorm 0.13.1 installed --no-deps: it declares setuptools<70 while torch
 #   2.13 needs >=77; its real runtime deps are listed in requirements/base.txt.
-# * horovod 0.28.1 built once per machine with the C++17 fix and cached as a
-#   wheel under $COURIER_CACHE (default ~/.cache/courier-spark/wheels).
+# * horovod 0.28.1 is not installed here: scripts/horovod.sh builds it on
+#   first need (train.backend=horovod, the Horovod tests; COURIER_WITH_HOROVOD=1
+#   builds it here too).
 # * The Delta JVM package (DELTA_PACKAGE) is resolved once here by a one-off
 #   local Spark start (Ivy's report goes to $COURIER_CACHE/delta-jars.log); its
 #   jars are copied to $COURIER_CACHE/jars/ and listed, one absolute path a
@@ -117,37 +118,14 @@ log "installing pinned dependencies (torch is large: 1-2 minutes on a fresh mach
 "${PIP[@]}" install -q -r requirements/base.txt
 "${PIP[@]}" install -q --no-deps petastorm==0.13.1
 
-# --- horovod: build once, cache the wheel --------------------------------
-if ! "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null; then
-  mkdir -p "$WHEELS"
-  whl="$(ls "$WHEELS"/horovod-0.28.1-*.whl 2>/dev/null | head -1 || true)"
-  if [ -z "$whl" ]; then
-    log "building horovod 0.28.1 wheel (C++17 patch; about 7 minutes on 2 cores, once per machine)"
-    tmp="$(mktemp -d)"
-    "${PIP[@]}" download -q --no-deps --no-binary :all: horovod==0.28.1 -d "$tmp"
-    tar -xzf "$tmp"/horovod-0.28.1.tar.gz -C "$tmp"
-    src="$tmp/horovod-0.28.1"
-    sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' \
-      "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
-    grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt" \
-      || { log "C++17 patch did not apply"; exit 1; }
-    (cd "$src" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
-      HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-      MAKEFLAGS="-j$(nproc)" "${PIP[@]}" wheel --no-deps --no-build-isolation -w "$WHEELS" . \
-      > "$CACHE/horovod-build.log" 2>&1) \
-      || { log "horovod build failed; see $CACHE/horovod-build.log"; tail -30 "$CACHE/horovod-build.log"; exit 1; }
-    rm -rf "$tmp"
-    whl="$(ls "$WHEELS"/horovod-0.28.1-*.whl | head -1)"
-  fi
-  log "installing cached $whl"
-  # no [spark] extra: it pins pyarrow<11, which petastorm's pyarrow range excludes
-  "${PIP[@]}" install -q --no-deps "$whl"
-  "${PIP[@]}" install -q cloudpickle psutil pyyaml cffi
-fi
+# --- horovod: not here. Only train.backend=horovod needs it (the default is
+# TorchDistributor): scripts/horovod.sh builds it on first need (~7 min, once
+# per machine; scripts/test.sh runs it for the Horovod tests).
+if [ "${COURIER_WITH_HOROVOD:-0}" = 1 ]; then bash "$ROOT/scripts/horovod.sh"; fi
 
 log "installing courier-spark (editable)"
 "${PIP[@]}" install -q --no-deps -e .
 ensure_redis_server
 ensure_delta_jars
 echo "$HASH" > "$STAMP"
-log "done: $("$VENV/bin/python" -c 'import pyspark,delta,torch,petastorm,horovod,faiss,lightgbm;print("pyspark",pyspark.__version__,"torch",torch.__version__,"horovod",horovod.__version__,"faiss",faiss.__version__)')"
+log "done: $("$VENV/bin/python" -c 'import pyspark,delta,torch,petastorm,faiss,lightgbm;print("pyspark",pyspark.__version__,"torch",torch.__version__,"faiss",faiss.__version__)')"

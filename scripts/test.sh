@@ -11,4 +11,6 @@ cd "$ROOT_DIR"
 echo "[test] import contract kept: $(grep -c ' KEPT' "$ROOT_DIR/.venv/lint-imports.log") contracts (lint-imports)" >&2
 # Hadoop's HDFS test-cluster jars for tests/remote (once; cached like the Horovod wheel).
 bash "$ROOT_DIR/scripts/hdfs_jars.sh" > /dev/null
+# Horovod (built on first need, ~7 min once per machine): the Horovod tests need it.
+bash "$ROOT_DIR/scripts/horovod.sh"
 exec "$ROOT_DIR/.venv/bin/python" -m pytest "$@"

@@ -84,14 +84,17 @@ def worker_gradients(batch: dict, seed: int, backend: str) -> tuple[float, dict]
     return total / world, grads
 
 
-def distributed_gradients(batch: dict, backend: str, num_proc: int = 2, seed: int = 0) -> tuple[float, dict]:
-    """Run ``worker_gradients`` on Spark workers; returns rank 0's view."""
+def distributed_gradients(batch: dict, backend: str, num_proc: int = 2, seed: int = 0,
+                          torch_distributor_mode: str = "auto") -> tuple[float, dict]:
+    """Run ``worker_gradients`` on Spark workers; returns rank 0's view.
+    ``torch_distributor_mode``: as ``train.torch_distributor_mode`` (auto: the
+    driver machine for a local master, one executor task per rank on a cluster)."""
     if backend == "horovod":
         import horovod.spark
         return horovod.spark.run(worker_gradients, args=(batch, seed, backend), num_proc=num_proc)[0]
-    from pyspark.ml.torch.distributor import TorchDistributor
-    return TorchDistributor(num_processes=num_proc, local_mode=True, use_gpu=False).run(
-        worker_gradients, batch, seed, backend)
+    from .launch import run_distributed
+    return run_distributed(worker_gradients, (batch, seed), backend, num_proc,
+                           torch_distributor_mode=torch_distributor_mode)[0]
 
 
 def max_abs_diff(a: dict, b: dict) -> float:
@@ -99,11 +102,27 @@ def max_abs_diff(a: dict, b: dict) -> float:
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m training.gradcheck [--backends ...] [--torch-distributor-mode ...]``
+    (also under spark-submit, on the session's master): prints and returns
+    backend -> (loss, single-process loss, max |grad diff|)."""
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", default="horovod,torch_distributor")
+    ap.add_argument("--torch-distributor-mode", default="auto", choices=("auto", "driver", "executors"))
+    ap.add_argument("--num-proc", type=int, default=2)
+    a = ap.parse_args(argv)
     from courier_spark.spark import get_spark
     get_spark()
     batch = make_batch(8)
     ref_loss, ref = single_process_gradients(batch)
-    for backend in ("horovod", "torch_distributor"):
-        loss, g = distributed_gradients(batch, backend)
-        print(f"{backend}: loss {loss:.6f} vs {ref_loss:.6f}, max |grad diff| {max_abs_diff(g, ref):.2e}")
+    out = {}
+    for backend in a.backends.split(","):
+        loss, g = distributed_gradients(batch, backend, a.num_proc, torch_distributor_mode=a.torch_distributor_mode)
+        out[backend] = (loss, ref_loss, max_abs_diff(g, ref))
+        print(f"{backend}: loss {loss:.6f} vs {ref_loss:.6f}, max |grad diff| {out[backend][2]:.2e}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,11 @@
 """COURIER pre-training: the worker loop shared by every backend.
 
 Backends (``train.backend``; launched by ``training.launch.run_distributed``):
-* ``horovod`` (default): ``horovod.spark.run`` over Spark tasks; parameters
+* ``torch_distributor`` (default): Spark's ``TorchDistributor`` (torchrun,
+  gloo, DDP), on the driver machine or one rank per executor task.
+* ``horovod``: ``horovod.spark.run`` over Spark tasks; parameters
   broadcast from rank 0, ``hvd.DistributedOptimizer`` averages gradients,
   negatives are all-gathered with gradients (``HorovodCollective``).
-* ``torch_distributor``: Spark's ``TorchDistributor`` (torchrun, gloo, DDP).
 * ``local``: one process, no Spark tasks (debugging).
 
 The loss normalisation in ``training.losses`` makes the averaged gradient of
@@ -184,12 +185,12 @@ PROGRESS_PREFIX = "[courier train] "  # rank 0's lines carry it; the driver's lo
 
 
 def report_progress(line: str, ckpt_dir: str, backend: str) -> None:
-    """Rank 0's progress line. Under Horovod it is appended to
-    ``<ckpt_dir>/progress.log`` (the checkpoint dir is shared by all ranks
-    anyway) and the driver relays it as it comes (``launch.ProgressTail``);
-    in this process (``local``) it is a log line like every other (console and
-    run log); a torchrun process (``torch_distributor``) prints it to stderr."""
-    if backend == "horovod":
+    """Rank 0's progress line. Under Horovod and TorchDistributor (whose ranks
+    may run on executors) it is appended to ``<ckpt_dir>/progress.log`` (the
+    checkpoint dir is shared by all ranks anyway) and the driver relays it as
+    it comes (``launch.ProgressTail``); in this process (``local``) it is a
+    log line like every other (console and run log)."""
+    if backend in ("horovod", "torch_distributor"):
         fs.append_line(fs.join(ckpt_dir, PROGRESS_FILE), line)
     elif backend == "local":
         from courier_spark.logs import say

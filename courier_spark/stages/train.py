@@ -84,7 +84,8 @@ def run(ctx: StageContext) -> TrainResult:
                                   timeout_s=tcfg.timeout_s, progress_file=fs.join(ckpt_dir, PROGRESS_FILE),
                                   progress_emit=_relay, forward_to=_forwarded,
                                   horovod_cycle_time_ms=tcfg.horovod_cycle_time_ms,
-                                  horovod_nics=tcfg.horovod_nics)
+                                  horovod_nics=tcfg.horovod_nics,
+                                  torch_distributor_mode=tcfg.torch_distributor_mode)
     finally:
         if not ctx.keep_loader_cache:
             loader.delete()

@@ -16,6 +16,12 @@ and ``jobs/train.py`` (Horovod on Spark, one rank per worker) submitted with
     stage of the ``horovod.spark.run.*`` job group (the training ranks).
   For training, the two Horovod tasks ran one on each worker, and each
   worker's executor stderr shows its Horovod task (same TID) finishing.
+* TorchDistributor (``train.backend=torch_distributor``, mode auto: on the
+  executors for a ``spark://`` master) the same way: its barrier stage's two
+  tasks ran one on each worker, and each rank reported its working directory,
+  ``<work-dir>/<app-id>/<executor-id>``, one per worker; the first-step
+  gradients equal one process's; a rank that raises or is killed fails the run
+  in seconds with its rank named (tests/cluster/torch_distributor_job.py).
 """
 from __future__ import annotations
 
@@ -207,6 +213,91 @@ def test_horovod_training_one_rank_per_worker(standalone_cluster, cluster_root):
         w = owner[x]
         assert tid in finished_tids(standalone_cluster.workers[w].work_dir / sub.app_id / x), (
             f"worker{w}'s executor {x} stderr does not show its Horovod task (TID {tid}) finishing")
+
+
+STARTED = re.compile(r"rank (\d+) of (\d+) on \S+ \(pid \d+\) in (\S+)")
+
+
+def barrier_stages(events: list[dict]) -> set[int]:
+    """Stages that ran as Spark barrier stages (TorchDistributor's ranks)."""
+    return {e["Stage Info"]["Stage ID"] for e in events if e.get("Event") == "SparkListenerStageSubmitted"
+            and any(r.get("Barrier") for r in e["Stage Info"].get("RDD Info", []))}
+
+
+def assert_one_rank_per_worker(cluster: StandaloneCluster, sub: Submission, started: list[str]) -> None:
+    """Each rank's start-up line names its working directory: the executor
+    directory one worker made for this application; the two ranks, the two workers.
+    The event log agrees: the barrier stage's tasks ran one on each worker."""
+    owner = assert_both_workers_ran_tasks(cluster, sub)
+    where = {}
+    for line in started:
+        m = STARTED.search(line)
+        assert m, line
+        cwd = Path(m.group(3))
+        assert cwd.parent.name == sub.app_id, f"rank {m.group(1)} ran in {cwd}, not an executor dir of {sub.app_id}"
+        where[int(m.group(1))] = (owner[cwd.name], cwd.name)
+    assert sorted(where) == [0, 1] and {w for w, _ in where.values()} == {0, 1}, (
+        f"ranks -> (worker, executor): {where}")
+    events = sub.events()
+    stages = barrier_stages(events)
+    assert stages, f"{sub.name}: the event log has no barrier stage"
+    ranks = [e for e in successful_tasks(events) if e["Stage ID"] in stages]
+    per_worker = collections.Counter(owner[e["Task Info"]["Executor ID"]] for e in ranks)
+    # one rank per worker in every run that succeeded (a failed run's stage has no successful task)
+    assert set(per_worker) == {0, 1} and per_worker[0] == per_worker[1], f"barrier tasks per worker: {dict(per_worker)}"
+    for e in ranks:
+        x, tid = e["Task Info"]["Executor ID"], e["Task Info"]["Task ID"]
+        assert tid in finished_tids(cluster.workers[owner[x]].work_dir / sub.app_id / x), (
+            f"worker{owner[x]}'s executor {x} stderr does not show its rank's task (TID {tid}) finishing")
+    print(f"{sub.name}: ranks -> (worker, executor) {where}")
+
+
+def test_torch_distributor_gradients_and_dead_ranks_on_the_cluster(standalone_cluster, tmp_path):
+    """On the executors: 2 ranks' first-step gradients equal one process's on the
+    union batch; a rank that raises / is SIGKILLed fails the run in seconds,
+    naming rank 1 (the survivor's lost connection is not blamed)."""
+    out = tmp_path / "td.json"
+    sub = standalone_cluster.submit(str(Path(__file__).parent / "torch_distributor_job.py"), [str(out)],
+                                    name="td_job", conf=SUBMIT_CONF, timeout_s=900)
+    r = json.loads(out.read_text())
+    print(f"\ntorch_distributor on the cluster: {json.dumps({k: v for k, v in r.items() if k != 'gradcheck'})}\n"
+          f"gradcheck: {r['gradcheck']}")
+    assert r["master"] == standalone_cluster.master_url
+    g = r["gradcheck"]
+    assert abs(g["loss"] - g["ref_loss"]) < 1e-5 and g["max_abs_diff"] < 1e-5, g
+    assert r["half_batch_diff"] > 1e-4     # the comparison can fail
+    assert_one_rank_per_worker(standalone_cluster, sub, g["started"])
+    assert re.search(r"torch_distributor training \(executors\) failed after \d+s with 2 ranks: "
+                     r"rank 1 raised ValueError: corrupt shard on rank 1", r["raise"]["error"] or ""), r["raise"]
+    killed = r["kill"]["error"] or ""
+    assert re.search(r"rank 1 (was killed by signal 9|died) without a Python error", killed), r["kill"]
+    assert "rank 0" not in killed, r["kill"]
+    # in seconds after the ranks start (start-up itself: ~10-20 s of torch imports per rank)
+    assert r["raise"]["seconds"] < 120 and r["kill"]["seconds"] < 120, r
+    assert r["session_usable"]
+
+
+def test_torch_distributor_training_one_rank_per_worker(standalone_cluster, cluster_root):
+    """`courier train` with TorchDistributor on the cluster (mode auto -> executors):
+    one rank per worker, the model saved, rank 0's step lines relayed to the driver."""
+    root, _ = cluster_root
+    models = Path(root) / "models" / "courier"
+    before = set(models.glob("v*")) if models.is_dir() else set()
+    train = {**TRAIN, "train.backend": "torch_distributor"}
+    sub = standalone_cluster.submit("train.py", job_args(root, train), name="train_td", conf=SUBMIT_CONF,
+                                    timeout_s=1200)
+    new = sorted(set(models.glob("v*")) - before)
+    assert len(new) == 1 and (new[0] / "artifact.json").is_file(), f"no new model version; see {sub.log}"
+    meta = json.loads((new[0] / "artifact.json").read_text())
+    assert meta["config"]["backend"] == "torch_distributor" and meta["config"]["num_proc"] == 2
+    assert meta["config"]["torch_distributor_mode"] == "auto"
+    assert meta["metrics"]["steps"] == 20
+    log = sub.log.read_text(errors="replace")
+    # rank 0's step lines, relayed from the progress file as our own log lines
+    steps = re.findall(r"\[courier train\] courier step (\d+)/20 loss", log)
+    assert "20" in steps and len(steps) >= 3, f"step lines on the driver: {steps}; see {sub.log}"
+    started = [line for line in log.splitlines() if "[courier train]" in line and STARTED.search(line)]
+    assert_one_rank_per_worker(standalone_cluster, sub, started)
 
 
 def test_killing_a_worker_mid_stage_leaves_the_output_of_an_undisturbed_run(spark, standalone_cluster, tmp_path):

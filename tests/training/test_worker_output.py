@@ -58,3 +58,23 @@ def test_horovod_stays_on_loopback_for_local_masters(monkeypatch):
     monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
     assert horovod_nics("spark://127.0.0.1:7077") == {"lo"}
     assert horovod_nics("local[2]", ["eth1", " ib0"]) == {"eth1", "ib0"}   # train.horovod_nics
+
+
+def test_torch_distributor_progress_goes_to_the_shared_progress_file(tmp_path, capsys):
+    # its ranks may run on executors: the driver tails the file on the shared root
+    from training.train import report_progress
+    report_progress("[courier train] courier step 1/3", str(tmp_path), "torch_distributor")
+    assert (tmp_path / "progress.log").read_text() == "[courier train] courier step 1/3\n"
+    assert capsys.readouterr().err == ""
+
+
+def test_horovod_not_installed_is_one_clear_error(monkeypatch):
+    import sys
+
+    import pytest
+
+    from courier_spark.errors import CourierError
+    from training.launch import run_distributed
+    monkeypatch.setitem(sys.modules, "horovod.spark", None)   # as if scripts/horovod.sh never ran
+    with pytest.raises(CourierError, match=r"train.backend=horovod needs Horovod.*bash scripts/horovod.sh"):
+        run_distributed(lambda backend: None, (), "horovod", 2)
