@@ -16,7 +16,8 @@
 # in-memory "transient" store; tests/remote/s3proxy.py starts it on loopback.
 # 4.x, not 2.x: 2.6 rejects the checksum headers current botocore sends on
 # every PUT ("A header you provided implies functionality that is not implemented").
-# Resolution goes through the Ivy inside PySpark, like scripts/hdfs_jars.sh.
+# Resolution goes through the Ivy inside PySpark, like scripts/hdfs_jars.sh; the
+# retrieved jars are symlinks into the Ivy cache (the bundle is not stored twice).
 set -euo pipefail
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${COURIER_VENV:-$ROOT_DIR/.venv}"
@@ -42,7 +43,7 @@ resolve() {  # resolve NAME IVY_XML_DEPENDENCIES -> jars in $CACHE/NAME/lib
 XML
   log "resolving $1 once (log: $dir/ivy.log)"
   java -jar "$IVY_JAR" -ivy "$dir/ivy.xml" -confs default -types jar bundle \
-    -cache "$CACHE/ivy" -retrieve "$dir/lib/[artifact]-[revision](-[classifier]).[ext]" \
+    -cache "$CACHE/ivy" -symlink -retrieve "$dir/lib/[artifact]-[revision](-[classifier]).[ext]" \
     > "$dir/ivy.log" 2>&1 || { tail -20 "$dir/ivy.log" >&2; log "resolution of $1 failed"; exit 1; }
 }
 
@@ -68,7 +69,7 @@ if ! list_ok; then
     ls "$AWS_DIR"/lib/*.jar; } > "$LIST.tmp"
   mv "$LIST.tmp" "$LIST"
   echo "$want" > "$AWS_DIR/stamp"
-  log "$(grep -vc '^#' "$LIST") jars ($(du -sh "$AWS_DIR/lib" | cut -f1)) listed in $LIST"
+  log "$(grep -vc '^#' "$LIST") jars ($(du -shL "$AWS_DIR/lib" | cut -f1)) listed in $LIST"
 fi
 
 if [ "${1:-}" != server ]; then echo "$LIST"; exit 0; fi
