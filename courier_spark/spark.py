@@ -11,7 +11,8 @@ settings are applied.
 
 A local driver also gets hadoop-aws (Spark's ``s3a://`` connector) and its AWS
 SDK bundle on its classpath when ``scripts/s3_jars.sh`` listed them for the
-running PySpark's Hadoop version (``<venv>/courier-s3a-jars.txt``): on the
+running PySpark's Hadoop version (``<venv>/courier-s3a-jars.txt``) and
+``spark.extra`` names an ``fs.s3a.*`` setting: on the
 classpath, not in ``spark.jars``, so the ~560 MB bundle is not copied to the
 executor's scratch at every start. Clusters bring their own connector.
 
@@ -199,7 +200,11 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
             log.debug("no resolved Delta jar list at %s: Spark resolves %s at start",
                       delta_jars_file(cfg.delta_jars_file), cfg.delta_package)
         settings.update(jars)
-        if (cfg.master or "local").startswith("local"):
+        # Only for a config that names S3A settings: the SDK bundle carries an
+        # slf4j 1.x API that, first on the classpath, turns the driver's own
+        # slf4j logging into NOP ("SLF4J: Defaulting to no-operation logger").
+        if (cfg.master or "local").startswith("local") and any(
+                k.startswith("spark.hadoop.fs.s3a.") for k in flat_settings(cfg.extra or {})):
             settings.update(s3a_jar_settings())
         # JVM options only take effect here because pyspark launches the
         # driver JVM (spark-submit) with these settings after this point.
