@@ -78,7 +78,15 @@ def test_pipeline_on_hdfs_root(hdfs, tmp_path):
     # petastorm materialised its cache under the root and removed it after training
     assert fs.isdir(fs.join(root, "_cache", "petastorm"))
     assert fs.ls(fs.join(root, "_cache", "petastorm")) == []
-    # reports, SQL outputs, run summaries and the full log
+    assert_reports_and_run_records(root, rel)
+    # nothing on local disk: the working directory stays empty, scratch is cleaned up
+    assert leftovers(cwd) == [] and [p.name for p in cwd.iterdir()] == []
+    assert leftovers(scratch) == [], leftovers(scratch)[:20]
+
+
+def assert_reports_and_run_records(root: str, rel: list[str]) -> None:
+    """A remote root after `courier pipeline`: reports, SQL outputs, every
+    stage's run summary and the one full log, all under the root."""
     for r in ("report.md", "metrics.json", "results.json", "per_category.csv", "embedding_map.png",
               "sql/per_category_auc_lift.csv"):
         assert f"reports/{r}" in rel, r
@@ -88,9 +96,6 @@ def test_pipeline_on_hdfs_root(hdfs, tmp_path):
     assert len(logs) == 1 and "report" in fs.read_text(fs.join(root, logs[0]))
     metrics = json.loads(fs.read_text(fs.join(root, "reports", "metrics.json")))
     assert {"baseline", "courier_cluster_id", "simclr_cluster_id"} <= set(metrics["variants"])
-    # nothing on local disk: the working directory stays empty, scratch is cleaned up
-    assert leftovers(cwd) == [] and [p.name for p in cwd.iterdir()] == []
-    assert leftovers(scratch) == [], leftovers(scratch)[:20]
 
 
 def _fails_fast(args: list[str], root: str, tmp_path: Path, limit_s: float, **env: str) -> str:

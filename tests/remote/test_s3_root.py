@@ -15,7 +15,7 @@ import pytest
 from courier_spark import fs
 
 from . import s3proxy
-from .test_hdfs_root import STAGES, TABLES, TINY, courier, leftovers
+from .test_hdfs_root import TABLES, TINY, assert_reports_and_run_records, courier, leftovers
 
 pytestmark = pytest.mark.slow
 
@@ -69,15 +69,7 @@ def test_pipeline_on_s3a_root(s3, tmp_path):
     # petastorm's cache was under the root and is gone after training
     assert not any(r.startswith("_cache/petastorm/") and r.endswith(".parquet") for r in rel), \
         sorted(r for r in rel if r.startswith("_cache/"))[:10]
-    for r in ("report.md", "metrics.json", "results.json", "per_category.csv", "embedding_map.png",
-              "sql/per_category_auc_lift.csv"):
-        assert f"reports/{r}" in rel, r
-    for s in STAGES:
-        assert f"_runs/{s}.json" in rel, s
-    logs = [r for r in rel if r.startswith("_runs/logs/") and r.endswith("-pipeline.log")]
-    assert len(logs) == 1 and "report" in fs.read_text(fs.join(root, logs[0]))
-    metrics = json.loads(fs.read_text(fs.join(root, "reports", "metrics.json")))
-    assert {"baseline", "courier_cluster_id", "simclr_cluster_id"} <= set(metrics["variants"])
+    assert_reports_and_run_records(root, rel)
     # the secret key reached the store as a signature only, never as bytes at rest
     secret = s3proxy.SECRET_KEY.encode()
     small = [r for r in rel if r.endswith((".json", ".log", ".md", ".csv"))]
