@@ -76,7 +76,11 @@ def test_no_secret_given_by_any_route_is_written_printed_or_logged(tmp_path):
     error = [ln for ln in failed.stderr.splitlines() if ln.startswith("courier: error:")]
     assert len(error) == 1 and "point_in_time" in error[0] and f"hdfs://courier:{REDACTED}@" in error[0], error
     jvm = [ln for ln in failed.stderr.splitlines() if not ln.startswith(("courier:", "[courier"))]
-    assert any(f"hdfs://courier:{REDACTED}@" in ln for ln in jvm), failed.stderr[-3000:]   # Hadoop echoed it
+    # Hadoop echoes the URI on the JVM console when Spark's logging is on; with fs.s3a.* keys set,
+    # hadoop-aws's SDK bundle (unshaded slf4j 1.x) silences it on a local driver (courier_spark.spark),
+    # so the echo is not required here, only masked wherever it appears (and grepped for below).
+    echoed = [ln for ln in jvm if "hdfs://courier:" in ln]
+    assert all(f"hdfs://courier:{REDACTED}@" in ln for ln in echoed), echoed
 
     # 3. A command that fails before Spark: the root URI holds the YAML's access key and
     #    the Redis password; the access key is masked only because the config brought it.

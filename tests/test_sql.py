@@ -76,7 +76,9 @@ def test_cluster_queries_match_pandas(spark, root, toy):
                                        valid_to=pd.Timestamp("2026-01-01"))
     stored = pd.concat([visual.assign(valid_to=pd.Series(pd.NaT, index=visual.index, dtype="datetime64[ns]")),
                         old_rows], ignore_index=True)
-    write_table(spark.createDataFrame(stored[["item_id", "courier_cluster_id", "valid_to"]]), p.item_visual_features)
+    # Only the columns the query reads, written directly: item_visual's own writer is merge_history.
+    (spark.createDataFrame(stored[["item_id", "courier_cluster_id", "valid_to"]]).write.format("delta")
+     .save(p.item_visual_features))
     write_table(spark.createDataFrame(items[["item_id", "category"]]), p.silver_items)
 
     got = run_sql_file(spark, "ctr_by_cluster.sql", root).toPandas()
