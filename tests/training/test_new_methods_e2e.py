@@ -33,10 +33,10 @@ def root(tiny_dataset, tmp_path_factory):
 
 
 def test_comparisons_with_the_new_methods(spark, root, monkeypatch):
-    import training.launch
+    import courier_spark.stages.train as train_stage   # the stage's own binding of the launcher
     launched = []
-    real = training.launch.run_distributed
-    monkeypatch.setattr(training.launch, "run_distributed",
+    real = train_stage.run_distributed
+    monkeypatch.setattr(train_stage, "run_distributed",
                         lambda fn, args, *a, **k: launched.append(args[0].method) or real(fn, args, *a, **k))
     cfg = tiny_config(**TRAIN, **{"evaluate.methods": "[courier, random_init, generic, courier_shuffled]"})
     ctx = StageContext(spark, cfg, TablePaths.for_root(root))
@@ -57,7 +57,7 @@ def test_comparisons_with_the_new_methods(spark, root, monkeypatch):
     for method, r in out.methods.items():
         assert r.embedded == n_items, method
         assert emb.filter(emb.model_version == versions[method]).count() == n_items
-        assert r["centroid_version"]
+        assert r.centroid_version
 
 
 def test_courier_from_the_trunk_on_one_category(spark, root):
