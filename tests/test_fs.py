@@ -442,19 +442,25 @@ def test_webhdfs_user_is_hadoop_user_name_or_os_user(monkeypatch):
 
 def test_storage_connect_timeout_reaches_every_http_call(monkeypatch):
     """storage.connect_timeout_s (fs.configure, applied by the CLI) is the connect
-    part of the timeout every WebHDFS HTTP request gets."""
+    part of the timeout every WebHDFS HTTP request gets: a real request to a
+    real loopback HTTP server, its timeout recorded on the way (not replaced)."""
+    import http.server
+    import threading
+
     import requests
     from requests.adapters import HTTPAdapter
 
     from courier_spark.config import load_config
 
-    seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    seen, real_send = [], HTTPAdapter.send
 
-    def send(self, request, **kw):
+    def recording_send(self, request, **kw):
         seen.append(kw["timeout"])
-        raise requests.ConnectionError("not sent")
+        return real_send(self, request, **kw)
 
-    monkeypatch.setattr(HTTPAdapter, "send", send)
+    monkeypatch.setattr(HTTPAdapter, "send", recording_send)
 
     class _WebHdfsLike:   # only its requests session matters here
         session = requests.Session()
@@ -463,8 +469,8 @@ def test_storage_connect_timeout_reaches_every_http_call(monkeypatch):
     try:
         fs.configure(connect_timeout_s=cfg.storage.connect_timeout_s)
         fs._bound_http_calls(_WebHdfsLike)
-        with pytest.raises(requests.ConnectionError):
-            _WebHdfsLike.session.get("http://127.0.0.1:9/x")
+        assert _WebHdfsLike.session.get(f"http://127.0.0.1:{server.server_port}/nope").status_code == 404
     finally:
         fs.configure(connect_timeout_s=5.0)
+        server.shutdown()
     assert seen == [(0.75, 300.0)]
