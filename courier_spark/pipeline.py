@@ -67,6 +67,8 @@ _SPECS = (
               in_pipeline=False),
     StageSpec("health", "_health/item_visual -> statistics, drift and freshness of feature_store/item_visual; "
                         "exit 2 past the health thresholds.", in_pipeline=False),
+    StageSpec("feast", "feature_store/* -> a Feast feature repository (feast.repo): entities, feature views, "
+                       "Spark offline store, the online section's Redis.", in_pipeline=False),
 )
 # Every stage by name, in the order of the flow of data.
 STAGES: dict[str, StageSpec] = {s.name: s for s in _SPECS}

@@ -522,6 +522,19 @@ class HealthConfig(Section):
     max_freshness_p95_s: float = num(3600.0, 0.0, 1e9)
 
 
+@dataclass
+class FeastConfig(Section):
+    """`courier feast`: a Feast feature repository describing this root's feature
+    tables (Spark offline store over Delta, the ``online`` section's Redis)."""
+    SECTION: ClassVar[str] = "feast"
+    # Local directory the repository is written to (Feast reads its files locally).
+    repo: str = text("feast_repo")
+    # Feast project name (Feast allows letters, digits and underscores).
+    project: str = text("courier", r"[A-Za-z0-9_]{1,100}", "letters, digits and underscores")
+    # Master of the Feast process's Spark session (its offline store).
+    offline_master: str = text("local[2]")
+
+
 # --------------------------------------------------------------------------- CTR evaluation
 IMAGE_FEATURES = ("none", "vector", "simscore", "cluster_id")
 MODEL_KINDS = ("dnn", "lgbm")
@@ -669,6 +682,7 @@ class CourierConfig(Section):
     online: OnlineConfig = field(default_factory=OnlineConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    feast: FeastConfig = field(default_factory=FeastConfig)
 
     def check(self) -> None:
         bad = [m for m in self.evaluate.all_ways_methods if m not in self.evaluate.methods]

@@ -154,16 +154,10 @@ def _scratch_warehouse() -> str:
     return d
 
 
-def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
-    """Return the (possibly existing) SparkSession configured for Delta."""
-    cfg = cfg or SparkConfig()
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active
-    # Before the JVM and any Python worker start: they inherit PYTHONWARNINGS.
-    silence_third_party_warnings()
-    builder = SparkSession.builder.appName(cfg.app_name)
-    settings = {
+def session_settings(cfg: SparkConfig) -> dict[str, str]:
+    """The session-level settings every courier session gets, under spark-submit
+    too (Delta's SQL extension and catalog, UTC, Arrow, AQE); ``spark.extra`` not included."""
+    return {
         **DELTA_SQL_CONF,
         "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
         # One clock for every job: windows and days are UTC.
@@ -174,6 +168,47 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         # hundreds of tiny files on 2 cores.
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.adaptive.coalescePartitions.enabled": "true",
+    }
+
+
+def launch_settings(cfg: SparkConfig) -> dict[str, str]:
+    """What a driver JVM that Python launches itself (not spark-submit) needs on
+    top: Delta's jars, the s3a connector when configured, memory, JVM options.
+    Pure apart from reading the resolved jar lists. ``spark.master`` not included."""
+    settings = {"spark.driver.memory": cfg.driver_memory}
+    if (cfg.master or "").startswith("local"):
+        # Delta rebuilds a table's state with 50 partitions by default:
+        # measured as most of the CPU of a small MERGE (and ~60 s per
+        # small CLI job) on 2 cores. Clusters keep Delta's default.
+        settings["spark.databricks.delta.snapshotPartitions"] = "2"
+    jars = jar_settings(cfg)
+    if "spark.jars.packages" in jars:
+        log.debug("no resolved Delta jar list at %s: Spark resolves %s at start",
+                  delta_jars_file(cfg.delta_jars_file), cfg.delta_package)
+    settings.update(jars)
+    # Only for a config that names S3A settings: the SDK bundle carries an
+    # slf4j 1.x API that, first on the classpath, turns the driver's own
+    # slf4j logging into NOP ("SLF4J: Defaulting to no-operation logger").
+    if (cfg.master or "local").startswith("local") and any(
+            k.startswith("spark.hadoop.fs.s3a.") for k in flat_settings(cfg.extra or {})):
+        settings.update(s3a_jar_settings())
+    # JVM options only take effect here because pyspark launches the
+    # driver JVM (spark-submit) with these settings after this point.
+    settings["spark.driver.extraJavaOptions"] = driver_java_options()
+    return settings
+
+
+def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
+    """Return the (possibly existing) SparkSession configured for Delta."""
+    cfg = cfg or SparkConfig()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    # Before the JVM and any Python worker start: they inherit PYTHONWARNINGS.
+    silence_third_party_warnings()
+    builder = SparkSession.builder.appName(cfg.app_name)
+    settings = {
+        **session_settings(cfg),
         # Every table is addressed by path; the catalog's default warehouse
         # (./spark-warehouse, created on first catalog use) would only litter
         # the working directory, so it goes to scratch that is removed at exit.
@@ -185,30 +220,12 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         # "hostname resolves to a loopback address" warning on every start.
         if (cfg.master or "").startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-            # Delta rebuilds a table's state with 50 partitions by default:
-            # measured as most of the CPU of a small MERGE (and ~60 s per
-            # small CLI job) on 2 cores. Clusters keep Delta's default.
-            settings["spark.databricks.delta.snapshotPartitions"] = "2"
         if cfg.master:
             builder = builder.master(cfg.master)
-        settings["spark.driver.memory"] = cfg.driver_memory
         # Workers must run the same interpreter (the project .venv); PySpark
         # reads the worker interpreter from this variable, not from conf.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        jars = jar_settings(cfg)
-        if "spark.jars.packages" in jars:
-            log.debug("no resolved Delta jar list at %s: Spark resolves %s at start",
-                      delta_jars_file(cfg.delta_jars_file), cfg.delta_package)
-        settings.update(jars)
-        # Only for a config that names S3A settings: the SDK bundle carries an
-        # slf4j 1.x API that, first on the classpath, turns the driver's own
-        # slf4j logging into NOP ("SLF4J: Defaulting to no-operation logger").
-        if (cfg.master or "local").startswith("local") and any(
-                k.startswith("spark.hadoop.fs.s3a.") for k in flat_settings(cfg.extra or {})):
-            settings.update(s3a_jar_settings())
-        # JVM options only take effect here because pyspark launches the
-        # driver JVM (spark-submit) with these settings after this point.
-        settings["spark.driver.extraJavaOptions"] = driver_java_options()
+        settings.update(launch_settings(cfg))
     for k, v in {**settings, **flat_settings(cfg.extra or {})}.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

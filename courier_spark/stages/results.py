@@ -178,3 +178,11 @@ class StreamResult(StageResult):
     query_seconds: float
     items_per_second: Optional[float]
     online: list
+
+
+@dataclass(kw_only=True)
+class FeastResult(StageResult):
+    repo: str                 # the repository directory written
+    project: str
+    feature_views: list       # names; item_visual is the online one
+    env_vars: list            # variables the Feast process must have (secrets, the Redis password)
