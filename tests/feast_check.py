@@ -23,6 +23,10 @@ def plain(v):
     """JSON-able and comparable: NaN/NaT/None -> None, timestamps -> UTC ISO text, numpy -> Python."""
     if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT:
         return None
+    if hasattr(v, "tolist"):          # numpy arrays (array features)
+        return [plain(x) for x in v.tolist()]
+    if isinstance(v, list):
+        return [plain(x) for x in v]
     if isinstance(v, (pd.Timestamp, dt.datetime)):
         ts = pd.Timestamp(v)
         ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
@@ -41,7 +45,13 @@ def main(repo: str, events_path: str, ids_path: str, out_path: str) -> None:
                       end_date=dt.datetime.now(dt.timezone.utc))
     ids = json.loads(open(ids_path).read())
     online = store.get_online_features(features=refs, entity_rows=[{"item_id": i} for i in ids]).to_dict()
+    # The offline-only view, for events asked after their values were computed.
+    imp = pd.DataFrame({"event_id": ["e1", "e2", "e3"], "event_timestamp": [pd.Timestamp.now(tz="UTC")] * 3})
+    imp_refs = [f"impression_visual:{f}" for f in ("sim_scores", "hist_cluster_ids", "target_cluster_id")]
+    impressions = store.get_historical_features(entity_df=imp, features=imp_refs).to_df()
     out = {
+        "impressions": [{k: plain(v) for k, v in row.items() if k != "event_timestamp"}
+                        for row in impressions.to_dict("records")],
         "historical": [{k: plain(v) for k, v in row.items()} for row in hist.to_dict("records")],
         "online": {str(i): {f: plain(online[f][n]) for f in FEATURES} for n, i in enumerate(online["item_id"])},
     }

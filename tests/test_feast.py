@@ -27,7 +27,8 @@ from courier_spark.config import load_config
 from courier_spark.errors import ConfigError, MissingTableError
 from courier_spark.feast_repo import (DEFINITIONS, REPO_YAML, env_var_for, feast_type, feature_views,
                                       history_event_sql, offline_spark_conf, repo_files, write_repo)
-from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, merge_history
+from courier_spark.feature_store import (IMPRESSION_VISUAL_COMMENTS, ITEM_VISUAL_COMMENTS, merge_history,
+                                         merge_upsert)
 from courier_spark.online_client import VALUE_FIELDS
 from courier_spark.paths import TablePaths
 from courier_spark.pipeline import StageContext, run_stage
@@ -57,6 +58,16 @@ def _write_item_visual(spark, p: TablePaths) -> None:
     from delta.tables import DeltaTable
     DeltaTable.forPath(spark, p.item_visual_features).update(
         "item_id = 4 AND valid_to IS NULL", {"valid_to": F.lit(T2).cast("timestamp")})
+
+
+IMPRESSIONS = [("e1", [0.5, None, 0.25], [3, None, 7], 10), ("e2", [], [], None), ("e3", [1.0], [4], 20)]
+
+
+def _write_impression_visual(spark, p: TablePaths) -> None:
+    df = spark.createDataFrame([(*r, "courier/v0001", "c0002") for r in IMPRESSIONS],
+                               "event_id string, sim_scores array<float>, hist_cluster_ids array<int>, "
+                               "target_cluster_id int, model_version string, centroid_version string")
+    merge_upsert(spark, df, p.impression_visual_features, ["event_id"], IMPRESSION_VISUAL_COMMENTS)
 
 
 EVENTS = [(1, T0 - MINUTE), (1, T0), (2, T1 - MINUTE), (2, T1), (3, T1 + MINUTE), (5, T1 - MINUTE), (5, T1),
@@ -147,6 +158,7 @@ def test_feast_historical_and_online_equal_courier(spark, tmp_path, redis_server
                                                    monkeypatch):
     p = TablePaths.for_root(str(tmp_path / "ds"))
     _write_item_visual(spark, p)
+    _write_impression_visual(spark, p)
     monkeypatch.setenv("COURIER_REDIS_PASSWORD", PASSWORD)
     events = spark.createDataFrame([(i, ts, n) for n, (i, ts) in enumerate(EVENTS)],
                                    "item_id long, event_ts timestamp, event_no int")
@@ -156,7 +168,7 @@ def test_feast_historical_and_online_equal_courier(spark, tmp_path, redis_server
                              "retrieval.input_format=parquet", f"retrieval.output={tmp_path / 'pit'}"])
     ctx = StageContext(spark, cfg, p)
     result = run_stage("feast", ctx)
-    assert result.feature_views == ["item_visual"] and result.env_vars == ["COURIER_REDIS_PASSWORD"]
+    assert result.feature_views == ["item_visual", "impression_visual"] and result.env_vars == ["COURIER_REDIS_PASSWORD"]
     assert PASSWORD not in (tmp_path / "repo" / REPO_YAML).read_text()
     run_stage("online", ctx)
     run_stage("point_in_time", ctx)
@@ -199,3 +211,13 @@ def test_feast_historical_and_online_equal_courier(spark, tmp_path, redis_server
             want = _plain(mine[f])
             assert theirs[f] == (pytest.approx(want, rel=1e-6) if isinstance(want, float) else want), (i, f)
     assert {i for i in ids if courier_online[i] is not None} == {1, 2, 3, 5}
+
+    # The offline-only view: every event's values as the table holds them (asked after they were computed).
+    imp = {r["event_id"]: r for r in got["impressions"]}
+    assert sorted(imp) == ["e1", "e2", "e3"]
+    for event_id, sims, cids, target in IMPRESSIONS:
+        have = imp[event_id]["sim_scores"]
+        assert len(have) == len(sims) and all(
+            (h is None and w is None) or (h is not None and w is not None and abs(h - w) < 1e-6)
+            for h, w in zip(have, sims)), (event_id, have, sims)
+        assert (imp[event_id]["hist_cluster_ids"], imp[event_id]["target_cluster_id"]) == (cids, target)

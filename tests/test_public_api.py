@@ -189,9 +189,17 @@ def test_readme_consumer_script_runs_on_a_tiny_root(spark, tiny_dataset, tmp_pat
     os.environ["COURIER_REDIS_PASSWORD"] = PASSWORD  # read by the online stage and by the script's client
     try:
         ctx = StageContext(spark, tiny_config(**{"cluster.k": 4, "embed.batch_size": 16,
-                                                 "online.port": redis_server, "online.key_prefix": "readme:"}), p)
+                                                 "online.port": redis_server, "online.key_prefix": "readme:",
+                                                 "feast.repo": str(tmp_path / "feast_repo")}), p)
         for stage in ("embed", "cluster", "features", "online"):
             run_stage(stage, ctx)
+        # The Feast repository of a root the pipeline wrote: both views, types from the real
+        # tables (tests/test_feast.py runs Feast itself on such a repository).
+        feast = run_stage("feast", ctx)
+        assert feast.feature_views == ["item_visual", "impression_visual"]
+        definitions = (tmp_path / "feast_repo" / "courier_features.py").read_text()
+        compile(definitions, "courier_features.py", "exec")
+        assert "Field(name='sim_scores', dtype=Array(Float32))" in definitions
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
         env["PYTHONPATH"] = str(ROOT)
         script = tmp_path / "consumer.py"
