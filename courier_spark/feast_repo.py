@@ -4,8 +4,9 @@ Feast (0.67, its Spark offline store and Redis online store) then serves the
 root's feature tables without anyone re-describing them:
 
 * entities ``item`` (``item_id``) and ``impression`` (``event_id``), the keys
-  of the two feature tables (there is no user-keyed feature table: a user's
-  history features are per event, ``impression_visual``);
+  of the two feature tables, and ``user`` (``user_id``) for a team's own
+  views (no feature table here is user-keyed: a user's history features are
+  per event, ``impression_visual``, or computed by ``courier point_in_time``);
 * feature view ``item_visual`` over ``feature_store/item_visual``. Feast's
   point-in-time rule is "the latest row whose timestamp is at or before the
   event"; the table's rule is "the row whose ``[valid_from, valid_to)``
@@ -55,6 +56,9 @@ _FEAST_TYPES = {T.IntegerType: "Int32", T.LongType: "Int64", T.FloatType: "Float
                 T.StringType: "String", T.BooleanType: "Bool", T.TimestampType: "UnixTimestamp",
                 T.TimestampNTZType: "UnixTimestamp", T.ShortType: "Int32", T.ByteType: "Int32"}
 _VALUE_TYPES = {"Int32": "INT32", "Int64": "INT64", "String": "STRING"}
+# Entities no view of ours is keyed by, declared so a team's own views in the
+# same Feast project join on the data contract's keys (user_id: bronze/impressions).
+EXTRA_ENTITIES = {"user": ("user_id", "Int64")}
 
 
 @dataclass(frozen=True)
@@ -213,13 +217,11 @@ def repo_files(views: Sequence[FeastView], *, project: str, root: str, spark_con
         f"from feast.types import {', '.join(base_types)}",
         "",
     ]
-    seen_entities = set()
-    for v in views:
-        if v.entity in seen_entities:
-            continue
-        seen_entities.add(v.entity)
-        py += [f"{v.entity} = Entity(name={v.entity!r}, join_keys=[{v.join_key!r}], "
-               f"value_type=ValueType.{_VALUE_TYPES.get(v.key_type, 'STRING')})", ""]
+    entities = {v.entity: (v.join_key, v.key_type) for v in views}
+    entities.update(EXTRA_ENTITIES)
+    for name, (join_key, key_type) in entities.items():
+        py += [f"{name} = Entity(name={name!r}, join_keys=[{join_key!r}], "
+               f"value_type=ValueType.{_VALUE_TYPES.get(key_type, 'STRING')})", ""]
     for v in views:
         py += [
             f"{v.name}_source = SparkSource(",

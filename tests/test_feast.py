@@ -124,6 +124,7 @@ def test_repo_files_types_and_secrets(spark, tmp_path, monkeypatch):
     text = "\n".join(repo.files.values())
     assert "SECRETVALUE123" not in text and "password=${MY_REDIS_PW}" in repo.files[REPO_YAML]
     compile(repo.files[DEFINITIONS], DEFINITIONS, "exec")      # valid Python
+    assert "user = Entity(name='user', join_keys=['user_id'], value_type=ValueType.INT64)" in repo.files[DEFINITIONS]
     written = write_repo(repo, str(tmp_path / "repo"))
     assert sorted(Path(w).name for w in written) == sorted([REPO_YAML, DEFINITIONS])
     with pytest.raises(ConfigError, match="local directory"):
