@@ -23,7 +23,9 @@ TINY = {
     "synthetic.sessions_per_user_day": 1.0, "spark.shuffle_partitions": 4,
     "train.backbone": "small_cnn", "train.embed_dim": 64, "train.image_size": 32, "train.batch_size": 16,
     "train.loader_workers": 1, "train.steps": 10, "train.checkpoint_every": 5, "train.backend": "horovod",
-    "train.num_proc": 2, "cluster.k": 8, "evaluate.methods": "[courier,simclr]", "evaluate.seeds": "[0,1]",
+    "train.num_proc": 2, "cluster.k": 8, "evaluate.methods": "[courier,simclr]",
+    # one seed: these tests are about where artefacts land, not about the metrics' spread
+    "evaluate.seeds": "[0]",
     "evaluate.dnn.epochs": 1, "evaluate.lgbm.num_boost_round": 20,
     "train.init": "random", "train.categories": "[]",
 }
