@@ -42,7 +42,7 @@ from typing import Mapping, Sequence
 from pyspark.sql import types as T
 
 from .errors import ConfigError
-from .feature_store import UPDATED_AT, VALID_FROM, VALID_TO
+from .feature_store import UPDATED_AT, VALID_FROM, VALID_TO, quote_identifier
 from .redact import is_secret_key
 from .schema import OnlineConfig, SparkConfig
 from .spark import flat_settings, launch_settings, session_settings
@@ -97,11 +97,7 @@ def feast_type(dtype: T.DataType) -> str:
 
 
 def _delta(path: str) -> str:
-    return "delta.`" + path.replace("`", "``") + "`"
-
-
-def _q(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
+    return "delta." + quote_identifier(path)
 
 
 def history_event_sql(path: str, key: str, columns: Sequence[str], types: Mapping[str, str]) -> str:
@@ -110,15 +106,15 @@ def history_event_sql(path: str, key: str, columns: Sequence[str], types: Mappin
     ``valid_from``, plus a row of nulls at ``valid_to`` for each row closed
     without a successor (no row of the same key starting at that instant).
     ``types``: column -> Spark SQL type, for the null rows."""
-    cols = ", ".join(_q(c) for c in (key, *columns, VALID_FROM))
-    nulls = ", ".join([f"c.{_q(key)}", *[f"CAST(NULL AS {types[c]}) AS {_q(c)}" for c in columns],
-                       f"c.{_q(VALID_TO)} AS {_q(VALID_FROM)}"])
+    cols = ", ".join(quote_identifier(c) for c in (key, *columns, VALID_FROM))
+    nulls = ", ".join([f"c.{quote_identifier(key)}", *[f"CAST(NULL AS {types[c]}) AS {quote_identifier(c)}" for c in columns],
+                       f"c.{quote_identifier(VALID_TO)} AS {quote_identifier(VALID_FROM)}"])
     return (f"SELECT {cols} FROM {_delta(path)}\n"
             f"UNION ALL\n"
             f"SELECT {nulls}\n"
             f"FROM {_delta(path)} c LEFT ANTI JOIN {_delta(path)} n\n"
-            f"  ON n.{_q(key)} = c.{_q(key)} AND n.{_q(VALID_FROM)} = c.{_q(VALID_TO)}\n"
-            f"WHERE c.{_q(VALID_TO)} IS NOT NULL")
+            f"  ON n.{quote_identifier(key)} = c.{quote_identifier(key)} AND n.{quote_identifier(VALID_FROM)} = c.{quote_identifier(VALID_TO)}\n"
+            f"WHERE c.{quote_identifier(VALID_TO)} IS NOT NULL")
 
 
 def feature_views(item_visual_path: str, item_visual: T.StructType, impression_visual_path: str | None,
@@ -136,7 +132,7 @@ def feature_views(item_visual_path: str, item_visual: T.StructType, impression_v
         "(feature_store/item_visual; its validity intervals)")]
     if impression_visual is not None and impression_visual_path is not None:
         imp_cols = fields(impression_visual, {"event_id", UPDATED_AT})
-        select = ", ".join(_q(c) for c in ("event_id", *[c for c, _ in imp_cols], UPDATED_AT))
+        select = ", ".join(quote_identifier(c) for c in ("event_id", *[c for c, _ in imp_cols], UPDATED_AT))
         views.append(FeastView(
             "impression_visual", "impression", "event_id", feast_type(impression_visual["event_id"].dataType),
             UPDATED_AT, f"SELECT {select} FROM {_delta(impression_visual_path)}", imp_cols, False,

@@ -68,7 +68,8 @@ IMPRESSION_VISUAL_COMMENTS = {
 }
 
 
-def _q(name: str) -> str:
+def quote_identifier(name: str) -> str:
+    """A Spark SQL identifier in backticks (backticks inside doubled)."""
     return "`" + name.replace("`", "``") + "`"
 
 
@@ -144,8 +145,8 @@ def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[s
     df = _checked_input(df, path, keys, lineage, check_unique)
     values = [c for c in df.columns if c not in keys]
     src = df.withColumn(UPDATED_AT, F.current_timestamp())
-    on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in keys)
-    changed = " OR ".join(f"NOT (t.{_q(c)} <=> s.{_q(c)})" for c in values) or "false"
+    on = " AND ".join(f"t.{quote_identifier(k)} = s.{quote_identifier(k)}" for k in keys)
+    changed = " OR ".join(f"NOT (t.{quote_identifier(c)} <=> s.{quote_identifier(c)})" for c in values) or "false"
 
     def attempt() -> dict:
         if not table_exists(spark, path):
@@ -157,8 +158,8 @@ def merge_upsert(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[s
                              f"the table's {sorted(have)}")
         before = int(target.history(1).select("version").collect()[0][0])
         res = (target.alias("t").merge(src.alias("s"), on)
-               .whenMatchedUpdate(condition=changed, set={c: f"s.{_q(c)}" for c in values + [UPDATED_AT]})
-               .whenNotMatchedInsert(values={c: f"s.{_q(c)}" for c in src.columns})
+               .whenMatchedUpdate(condition=changed, set={c: f"s.{quote_identifier(c)}" for c in values + [UPDATED_AT]})
+               .whenNotMatchedInsert(values={c: f"s.{quote_identifier(c)}" for c in src.columns})
                .execute())
         last = target.history(1).collect()[0]
         if int(last["version"]) == before:  # nothing to merge (empty source): Delta made no commit
@@ -210,7 +211,7 @@ def merge_history(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[
     src = (df.withColumn(VALID_FROM, F.lit(as_of).cast("timestamp"))
            .withColumn(VALID_TO, F.lit(None).cast("timestamp")))
     mk = {k: f"_mk_{i}" for i, k in enumerate(keys)}
-    differs = " OR ".join(f"NOT (t.{_q(c)} <=> s.{_q(c)})" for c in values) or "false"
+    differs = " OR ".join(f"NOT (t.{quote_identifier(c)} <=> s.{quote_identifier(c)})" for c in values) or "false"
 
     def attempt() -> dict:
         if not table_exists(spark, path):
@@ -228,14 +229,14 @@ def merge_history(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[
             raise FeatureTableSchemaError(f"feature table {path}: columns {sorted(have)} differ from this "
                                           f"write's {sorted(src.columns)}{hint}")
         current = target.toDF().filter(F.col(VALID_TO).isNull())
-        match = [F.col(f"s.{_q(k)}") == F.col(f"t.{_q(k)}") for k in keys]
+        match = [F.col(f"s.{quote_identifier(k)}") == F.col(f"t.{quote_identifier(k)}") for k in keys]
         # One pass over source x current rows: the counts, and the newest
         # valid_from of the keys written (as_of must come after it, or their
         # intervals would overlap).
         st = (src.alias("s").join(current.alias("t"), match, "left")
               .agg(F.count("*").alias("n"),
-                   F.sum(F.col(f"t.{_q(keys[0])}").isNull().cast("int")).alias("new"),
-                   F.sum((F.col(f"t.{_q(keys[0])}").isNotNull() & F.expr(differs)).cast("int")).alias("changed"),
+                   F.sum(F.col(f"t.{quote_identifier(keys[0])}").isNull().cast("int")).alias("new"),
+                   F.sum((F.col(f"t.{quote_identifier(keys[0])}").isNotNull() & F.expr(differs)).cast("int")).alias("changed"),
                    F.max(f"t.{VALID_FROM}").alias("last"))
               .first())
         n_src, n_new, n_changed, last = int(st["n"]), int(st["new"] or 0), int(st["changed"] or 0), st["last"]
@@ -246,14 +247,14 @@ def merge_history(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[
         key_types = {f.name: f.dataType for f in src.schema.fields}
         staged = (src.select(*[F.col(k).alias(mk[k]) for k in keys], "*")
                   .unionByName(changed.select(*[F.lit(None).cast(key_types[k]).alias(mk[k]) for k in keys], "*")))
-        on = " AND ".join(f"t.{_q(k)} = s.{mk[k]}" for k in keys) + f" AND t.{VALID_TO} IS NULL"
+        on = " AND ".join(f"t.{quote_identifier(k)} = s.{mk[k]}" for k in keys) + f" AND t.{VALID_TO} IS NULL"
         before = int(target.history(1).select("version").collect()[0][0])
         if n_new == 0 and n_changed == 0:  # nothing to write: no commit at all (the online copy sees no change)
             return {"version": before, "source_rows": n_src, "inserted": 0, "closed": 0, "new_keys": 0,
                     "unchanged": n_src}
         (target.alias("t").merge(staged.alias("s"), on)
          .whenMatchedUpdate(condition=differs, set={VALID_TO: f"s.{VALID_FROM}"})
-         .whenNotMatchedInsert(values={c: f"s.{_q(c)}" for c in src.columns})
+         .whenNotMatchedInsert(values={c: f"s.{quote_identifier(c)}" for c in src.columns})
          .execute())
         return {"version": int(target.history(1).collect()[0]["version"]), "source_rows": n_src,
                 "inserted": n_new + n_changed, "closed": n_changed, "new_keys": n_new,
@@ -286,7 +287,7 @@ def _add_validity_intervals(spark: SparkSession, path: str, comments: Mapping[st
     spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
     for c, text in comments.items():
         if c in new.columns:
-            spark.sql(f"ALTER TABLE delta.`{path}` ALTER COLUMN {_q(c)} COMMENT '{text.replace(chr(39), chr(92) + chr(39))}'")
+            spark.sql(f"ALTER TABLE delta.`{path}` ALTER COLUMN {quote_identifier(c)} COMMENT '{text.replace(chr(39), chr(92) + chr(39))}'")
     say("merge", f"{path}: upgraded {n} row(s) to validity intervals (valid_from = their updated_at)")
 
 
