@@ -35,7 +35,8 @@ from pyspark.sql import types as T
 from .errors import ConcurrentWriteError, CourierError, DataError, FeatureTableSchemaError, FeatureVersionError  # noqa: F401 (re-exported)
 from .catalog import MERGE_HISTORY, MERGE_UPSERT, check_write
 from .logs import say
-from .tables import table_exists
+from . import fs
+from .tables import invalidate_table_cache, table_exists
 
 UPDATED_AT = "updated_at"
 VALID_FROM, VALID_TO = "valid_from", "valid_to"
@@ -85,7 +86,24 @@ def _create_table(spark: SparkSession, path: str, schema: T.StructType, keys: Se
         # (a later batch may carry nulls, e.g. an item without an embedding).
         builder = builder.addColumn(f.name, f.dataType, nullable=f.name not in keys,
                                     comment=comments.get(f.name))
-    builder.execute()
+    try:
+        builder.execute()
+    except Exception as e:  # noqa: BLE001 - re-raised unless another writer made the table
+        # Two first writes at once: the loser's CREATE can see the winner's
+        # half-made log (DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION) or a
+        # cached "no table" (DELTA_TABLE_NOT_FOUND) instead of a commit
+        # conflict. Either way the table is someone else's now: retry the write.
+        if not _CREATE_RACE.search(str(e)[:2000]) or not fs.exists(path.rstrip("/") + "/_delta_log"):
+            raise
+        invalidate_table_cache(spark, path)
+        raise TableCreationRace(f"{_CREATE_RACE.search(str(e)[:2000]).group(1)} while creating {path}") from e
+
+
+class TableCreationRace(Exception):
+    """Another writer created the table while this one was creating it (retried)."""
+
+
+_CREATE_RACE = re.compile(r"(DELTA_TABLE_NOT_FOUND|DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION)")
 
 
 def column_comments(spark: SparkSession, path: str) -> dict[str, str]:
@@ -306,7 +324,7 @@ _CONFLICT = re.compile(r"(Concurrent\w*Exception|MetadataChangedException|Protoc
 
 def is_commit_conflict(exc: BaseException) -> bool:
     """True when ``exc`` is Delta reporting a lost optimistic-concurrency race."""
-    return bool(_CONFLICT.search(f"{type(exc).__name__}: {exc}"[:4000]))
+    return isinstance(exc, TableCreationRace) or bool(_CONFLICT.search(f"{type(exc).__name__}: {exc}"[:4000]))
 
 
 def _with_commit_retries(fn: Callable[[], dict], path: str, max_attempts: int) -> tuple[dict, int]:
@@ -316,7 +334,8 @@ def _with_commit_retries(fn: Callable[[], dict], path: str, max_attempts: int) -
         except Exception as e:  # noqa: BLE001 - only Delta commit conflicts are retried
             if not is_commit_conflict(e):
                 raise
-            kind = _CONFLICT.search(f"{type(e).__name__}: {e}"[:4000]).group(1)
+            kind = (f"table created concurrently: {e.args[0].split()[0]}" if isinstance(e, TableCreationRace)
+                    else _CONFLICT.search(f"{type(e).__name__}: {e}"[:4000]).group(1))
             if attempt == max_attempts:
                 raise ConcurrentWriteError(
                     f"MERGE into {path} lost {max_attempts} times in a row to concurrent writers "

@@ -234,7 +234,7 @@ def test_two_writers_merge_into_one_feature_table(spark, tmp_path, reliability):
         t.start()
     for t in threads:
         t.join(300)
-    assert not errors, errors
+    assert not errors, {n: f"{type(e).__name__}: {str(e)[:600]}" for n, e in errors.items()}
     df = read_features(spark, path)
     rows = df.collect()
     assert len(rows) == 90 and df.select("item_id").distinct().count() == 90
