@@ -42,7 +42,7 @@ from typing import Mapping, Sequence
 from pyspark.sql import types as T
 
 from .errors import ConfigError
-from .feature_store import UPDATED_AT, VALID_FROM, VALID_TO, quote_identifier
+from .feature_store import UPDATED_AT, VALID_FROM, VALID_TO, delta_table_identifier, quote_identifier
 from .redact import is_secret_key
 from .schema import OnlineConfig, SparkConfig
 from .spark import flat_settings, launch_settings, session_settings
@@ -96,25 +96,23 @@ def feast_type(dtype: T.DataType) -> str:
     raise ConfigError(f"Feast has no type for Spark {dtype.simpleString()}")
 
 
-def _delta(path: str) -> str:
-    return "delta." + quote_identifier(path)
-
-
 def history_event_sql(path: str, key: str, columns: Sequence[str], types: Mapping[str, str]) -> str:
     """A validity-interval table (``[valid_from, valid_to)`` rows) as the event
     log Feast's "latest at or before" rule reads: every row at its
     ``valid_from``, plus a row of nulls at ``valid_to`` for each row closed
     without a successor (no row of the same key starting at that instant).
     ``types``: column -> Spark SQL type, for the null rows."""
-    cols = ", ".join(quote_identifier(c) for c in (key, *columns, VALID_FROM))
-    nulls = ", ".join([f"c.{quote_identifier(key)}", *[f"CAST(NULL AS {types[c]}) AS {quote_identifier(c)}" for c in columns],
-                       f"c.{quote_identifier(VALID_TO)} AS {quote_identifier(VALID_FROM)}"])
-    return (f"SELECT {cols} FROM {_delta(path)}\n"
+    q = quote_identifier
+    cols = ", ".join(q(c) for c in (key, *columns, VALID_FROM))
+    nulls = ", ".join([f"c.{q(key)}", *[f"CAST(NULL AS {types[c]}) AS {q(c)}" for c in columns],
+                       f"c.{q(VALID_TO)} AS {q(VALID_FROM)}"])
+    table = delta_table_identifier(path)
+    return (f"SELECT {cols} FROM {table}\n"
             f"UNION ALL\n"
             f"SELECT {nulls}\n"
-            f"FROM {_delta(path)} c LEFT ANTI JOIN {_delta(path)} n\n"
-            f"  ON n.{quote_identifier(key)} = c.{quote_identifier(key)} AND n.{quote_identifier(VALID_FROM)} = c.{quote_identifier(VALID_TO)}\n"
-            f"WHERE c.{quote_identifier(VALID_TO)} IS NOT NULL")
+            f"FROM {table} c LEFT ANTI JOIN {table} n\n"
+            f"  ON n.{q(key)} = c.{q(key)} AND n.{q(VALID_FROM)} = c.{q(VALID_TO)}\n"
+            f"WHERE c.{q(VALID_TO)} IS NOT NULL")
 
 
 def feature_views(item_visual_path: str, item_visual: T.StructType, impression_visual_path: str | None,
@@ -135,7 +133,7 @@ def feature_views(item_visual_path: str, item_visual: T.StructType, impression_v
         select = ", ".join(quote_identifier(c) for c in ("event_id", *[c for c, _ in imp_cols], UPDATED_AT))
         views.append(FeastView(
             "impression_visual", "impression", "event_id", feast_type(impression_visual["event_id"].dataType),
-            UPDATED_AT, f"SELECT {select} FROM {_delta(impression_visual_path)}", imp_cols, False,
+            UPDATED_AT, f"SELECT {select} FROM {delta_table_identifier(impression_visual_path)}", imp_cols, False,
             "SimScores and history cluster ids per CTR event (feature_store/impression_visual), "
             "as of when they were computed (updated_at)"))
     return tuple(views)

@@ -74,6 +74,11 @@ def quote_identifier(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def delta_table_identifier(path: str) -> str:
+    """The Delta table at ``path`` as a Spark SQL table name (``delta.`path```)."""
+    return "delta." + quote_identifier(path)
+
+
 def _create_table(spark: SparkSession, path: str, schema: T.StructType, keys: Sequence[str],
                   comments: Mapping[str, str], properties: Mapping[str, str] | None = None) -> None:
     from delta.tables import DeltaTable
@@ -93,10 +98,11 @@ def _create_table(spark: SparkSession, path: str, schema: T.StructType, keys: Se
         # half-made log (DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION) or a
         # cached "no table" (DELTA_TABLE_NOT_FOUND) instead of a commit
         # conflict. Either way the table is someone else's now: retry the write.
-        if not _CREATE_RACE.search(str(e)[:2000]) or not fs.exists(path.rstrip("/") + "/_delta_log"):
+        race = _CREATE_RACE.search(str(e)[:2000])
+        if not race or not fs.exists(path.rstrip("/") + "/_delta_log"):
             raise
         invalidate_table_cache(spark, path)
-        raise TableCreationRace(f"{_CREATE_RACE.search(str(e)[:2000]).group(1)} while creating {path}") from e
+        raise TableCreationRace(f"table created concurrently: {race.group(1)}") from e
 
 
 class TableCreationRace(Exception):
@@ -302,10 +308,11 @@ def _add_validity_intervals(spark: SparkSession, path: str, comments: Mapping[st
     new = new.drop(UPDATED_AT).localCheckpoint()  # read fully before the same table is overwritten
     n = new.count()
     (new.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path))
-    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    table = delta_table_identifier(path)
+    spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
     for c, text in comments.items():
         if c in new.columns:
-            spark.sql(f"ALTER TABLE delta.`{path}` ALTER COLUMN {quote_identifier(c)} COMMENT '{text.replace(chr(39), chr(92) + chr(39))}'")
+            spark.sql(f"ALTER TABLE {table} ALTER COLUMN {quote_identifier(c)} COMMENT '{text.replace(chr(39), chr(92) + chr(39))}'")
     say("merge", f"{path}: upgraded {n} row(s) to validity intervals (valid_from = their updated_at)")
 
 
@@ -322,9 +329,12 @@ _CONFLICT = re.compile(r"(Concurrent\w*Exception|MetadataChangedException|Protoc
                        r"DELTA_TABLE_ALREADY_EXISTS)")
 
 
-def is_commit_conflict(exc: BaseException) -> bool:
-    """True when ``exc`` is Delta reporting a lost optimistic-concurrency race."""
-    return isinstance(exc, TableCreationRace) or bool(_CONFLICT.search(f"{type(exc).__name__}: {exc}"[:4000]))
+def _conflict_kind(exc: BaseException) -> str | None:
+    """What kind of lost optimistic-concurrency race ``exc`` reports (None: not one)."""
+    if isinstance(exc, TableCreationRace):
+        return str(exc)
+    m = _CONFLICT.search(f"{type(exc).__name__}: {exc}"[:4000])
+    return m.group(1) if m else None
 
 
 def _with_commit_retries(fn: Callable[[], dict], path: str, max_attempts: int) -> tuple[dict, int]:
@@ -332,10 +342,9 @@ def _with_commit_retries(fn: Callable[[], dict], path: str, max_attempts: int) -
         try:
             return fn(), attempt - 1
         except Exception as e:  # noqa: BLE001 - only Delta commit conflicts are retried
-            if not is_commit_conflict(e):
+            kind = _conflict_kind(e)
+            if kind is None:
                 raise
-            kind = (f"table created concurrently: {e.args[0].split()[0]}" if isinstance(e, TableCreationRace)
-                    else _CONFLICT.search(f"{type(e).__name__}: {e}"[:4000]).group(1))
             if attempt == max_attempts:
                 raise ConcurrentWriteError(
                     f"MERGE into {path} lost {max_attempts} times in a row to concurrent writers "
