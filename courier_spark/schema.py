@@ -255,7 +255,12 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "courier_hinge": {"loss_type": "hinge"},
     "courier_multihead": {"attention": "multihead"},
     "simclr": {"objective": "simclr"},
-    "supervised": {"objective": "supervised"},
+    # The paper's Supervised: the downstream CTR DNN with a trainable image
+    # tower, trained end to end on the pre-training page views (training/supervised_ctr.py).
+    "supervised": {"objective": "supervised_ctr"},
+    # A reference, not the paper's: an image-only click model (shown image +
+    # mean of the history images -> MLP -> click), nothing beside the image tower.
+    "supervised_image": {"objective": "supervised_image"},
     # Controls: COURIER on click histories shuffled across page views (should add ~0);
     # the encoder at its seeded initialisation, never optimised; the generic trunk
     # (training.trunk) itself, not fine-tuned on clicks.
@@ -280,10 +285,14 @@ class TrainRecipe(Section):
     SECTION: ClassVar[str] = "train"
     method: str = choice("courier", METHODS)
     # Set by the method preset; none: no optimisation, the encoder as initialised (random_init, generic).
-    objective: str = choice("courier", ("courier", "simclr", "supervised", "none"))
+    objective: str = choice("courier", ("courier", "simclr", "supervised_ctr", "supervised_image", "none"))
     # Pre-train only on page views whose category (the one most of its shown
     # items have; ties: alphabetical) is listed (paper: women's clothing); empty = all.
     categories: list = items(list, item=str, min_len=0)
+    # With train.categories: drop the history clicks on items of other
+    # categories too (rows left with no history click are dropped), so no image
+    # outside train.categories is trained on (the paper's transfer setting).
+    restrict_histories: bool = False
     # Control: every page view keeps its shown items and labels but gets another
     # page view's click history (a fixed permutation seeded by train.seed).
     shuffle_histories: bool = False

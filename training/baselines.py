@@ -3,8 +3,10 @@
 * SimCLR: two augmented views per image, NT-Xent with 2N-2 in-batch negatives
   (global batch when a collective is given), projection head on top of the
   encoder (the embedding used downstream is the encoder output, before it).
-* Supervised click model: PV image embedding + masked-mean history embedding
-  -> MLP -> click logit, BCE over valid PV items.
+* Image-only supervised click model (``supervised_image``, a reference row,
+  not the paper's Supervised, which is ``training.supervised_ctr``): PV image
+  embedding + masked-mean history embedding -> MLP -> click logit, BCE over
+  valid PV items.
 
 Images for ``simclr_augment`` are float ``[N, 3, H, W]`` in ``[0, 1]``
 (normalise AFTER augmenting); all randomness comes from a ``torch.Generator``
@@ -202,8 +204,9 @@ def simclr_loss(
 class SupervisedClickModel(nn.Module):
     """Click prediction from images only: ``[E_pv_j, masked_mean(E_click)] -> MLP -> logit``.
 
-    The "supervised" baseline: the encoder is trained by the click labels
-    directly instead of by a contrastive objective.
+    The ``supervised_image`` reference: the encoder is trained by the click
+    labels directly, with nothing beside the image tower to fit them (the
+    paper's Supervised is the whole CTR model: ``training.supervised_ctr``).
     """
 
     def __init__(self, encoder: nn.Module, hidden_dim: int = 256) -> None:
@@ -301,7 +304,7 @@ def baseline_loss(
     collective: Collective | None,
     step: int,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Loss + detached metrics (loss, acc, n_terms) for ``objective`` in {simclr, supervised}.
+    """Loss + detached metrics (loss, acc, n_terms) for ``objective`` in {simclr, supervised_image}.
 
     cfg: needs ``tau_simclr`` (simclr) and ``seed``; augmentation randomness is
     seeded by (seed, step, rank) so a resumed run draws the same views.
@@ -311,9 +314,9 @@ def baseline_loss(
         seed = int(getattr(cfg, "seed", 0))
         g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
         out = simclr_batch_loss(model, batch, float(getattr(cfg, "tau_simclr", 0.2)), collective, g)
-    elif objective == "supervised":
+    elif objective == "supervised_image":
         logits = model(*model_inputs(batch))
         out = supervised_click_loss(logits, batch["pv_labels"], batch["pv_mask"], collective)
     else:
-        raise ValueError(f"unknown baseline objective {objective!r} (simclr | supervised)")
+        raise ValueError(f"unknown baseline objective {objective!r} (simclr | supervised_image)")
     return out.loss, {"loss": out.loss.detach(), "acc": out.accuracy, "n_terms": out.n_terms}

@@ -43,20 +43,28 @@ def _padded(col: str, n: int, fill) -> F.Column:
                     F.array_repeat(fill, F.greatest(F.lit(0), F.lit(n) - F.size(col))))
 
 
-def pretrain_training_frame(samples: DataFrame, l_pv: int, l_click: int) -> DataFrame:
+def pretrain_training_frame(samples: DataFrame, l_pv: int, l_click: int, with_user: bool = False) -> DataFrame:
     """Pre-training samples -> one row per page: ``request_id``, ``pv_labels``
     (int[l_pv], 0 in padding), ``pv_ids`` (long[l_pv]) and ``hist_ids``
-    (long[l_click]), padded with ``PAD_ID``. Images are looked up by id in the
-    loader; an item without a usable image becomes a masked slot, like padding."""
+    (long[l_click]), padded with ``PAD_ID``, and ``user_id`` with ``with_user``
+    (the supervised CTR model's input; other methods keep today's frame, so
+    their petastorm row groups, and batches, do not move). Images are looked
+    up by id in the loader; an item without a usable image becomes a masked
+    slot, like padding."""
     pad = F.lit(PAD_ID).cast("long")
-    return samples.select("request_id", _padded("pv_labels", l_pv, F.lit(0)).alias("pv_labels"),
-                          _padded("pv_item_ids", l_pv, pad).cast("array<long>").alias("pv_ids"),
-                          _padded("hist_item_ids", l_click, pad).cast("array<long>").alias("hist_ids"))
+    cols = [_padded("pv_labels", l_pv, F.lit(0)).alias("pv_labels"),
+            _padded("pv_item_ids", l_pv, pad).cast("array<long>").alias("pv_ids"),
+            _padded("hist_item_ids", l_click, pad).cast("array<long>").alias("hist_ids")]
+    if with_user:
+        cols.append(F.col("user_id").cast("long").alias("user_id"))
+    return samples.select("request_id", *cols)
 
 
-def item_images_frame(items: DataFrame) -> DataFrame:
-    """``item_id, image`` of every item that has an image: what the loader keeps in memory."""
-    return items.select(F.col("item_id").cast("long"), "image").filter(F.col("image").isNotNull())
+def item_images_frame(items: DataFrame, attributes: bool = False) -> DataFrame:
+    """``item_id, image`` (+ ``category, title`` with ``attributes``) of every
+    item that has an image: what the loader keeps in memory."""
+    extra = ["category", "title"] if attributes else []
+    return items.select(F.col("item_id").cast("long"), "image", *extra).filter(F.col("image").isNotNull())
 
 
 def split_heldout(frame: DataFrame, share: float, seed: int = 0) -> tuple[DataFrame, DataFrame]:
@@ -68,11 +76,15 @@ def split_heldout(frame: DataFrame, share: float, seed: int = 0) -> tuple[DataFr
 
 
 def heldout_arrays(heldout: DataFrame) -> dict[str, np.ndarray]:
-    """Held-out id frame -> ``pv_ids``, ``hist_ids``, ``pv_labels`` arrays (ordered by request_id)."""
+    """Held-out id frame -> ``pv_ids``, ``hist_ids``, ``pv_labels`` (and
+    ``user_id`` when the frame has it) arrays, ordered by request_id."""
     pdf = heldout.orderBy("request_id").toPandas()
     if not len(pdf):
         return {k: np.zeros((0, 0), np.int64) for k in ("pv_ids", "hist_ids", "pv_labels")}
-    return {k: np.stack([np.asarray(v, np.int64) for v in pdf[k]]) for k in ("pv_ids", "hist_ids", "pv_labels")}
+    out = {k: np.stack([np.asarray(v, np.int64) for v in pdf[k]]) for k in ("pv_ids", "hist_ids", "pv_labels")}
+    if "user_id" in pdf:
+        out["user_id"] = pdf["user_id"].to_numpy(np.int64)
+    return out
 
 
 class DecodedItems:
@@ -82,14 +94,18 @@ class DecodedItems:
     Decoding every slot at every step (the loader before) cost more than the
     encoder's own forward and backward (bench/bench_training_speed.py)."""
 
-    def __init__(self, ids: np.ndarray, pixels: torch.Tensor, valid: np.ndarray) -> None:
+    def __init__(self, ids: np.ndarray, pixels: torch.Tensor, valid: np.ndarray,
+                 attributes: dict[str, np.ndarray] | None = None) -> None:
         order = np.argsort(ids, kind="stable")
         self.ids = np.asarray(ids, dtype=np.int64)[order]
         self.pixels = pixels[torch.from_numpy(order)] if len(order) else pixels
         self.valid = np.asarray(valid, dtype=bool)[order]
+        # Per item, in id order: ``cat`` [N] and ``tok`` [N, T] hashed codes
+        # (``training.supervised_ctr``), for the supervised CTR model only.
+        self.attributes = None if attributes is None else {k: np.asarray(v)[order] for k, v in attributes.items()}
 
     @classmethod
-    def decode(cls, ids, images, size: int) -> "DecodedItems":
+    def decode(cls, ids, images, size: int, attributes: dict[str, np.ndarray] | None = None) -> "DecodedItems":
         """``ids`` and their encoded images (bytes, None or an Arrow binary
         array) -> the decoded table; a missing or undecodable image is kept as
         an invalid row (its slots are masked, like padding)."""
@@ -103,7 +119,7 @@ class DecodedItems:
             px = decode_pixels(data, size)
             if px is not None:
                 pixels[row], valid[row] = px, True
-        return cls(np.asarray(ids, np.int64), torch.from_numpy(pixels), valid)
+        return cls(np.asarray(ids, np.int64), torch.from_numpy(pixels), valid, attributes)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -117,13 +133,17 @@ class DecodedItems:
         ok = (self.ids[pos] == flat) & self.valid[pos]
         return np.where(ok, pos, -1).reshape(np.shape(ids))
 
-    def batch(self, pv_ids: np.ndarray, hist_ids: np.ndarray, pv_labels: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(self, pv_ids: np.ndarray, hist_ids: np.ndarray, pv_labels: np.ndarray,
+              user_ids: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Id arrays ``[B, Lpv]``, ``[B, Lc]`` -> an *indexed* batch: ``items``
         (each distinct item of the batch once, normalised float32
         ``[U, 3, S, S]``), ``pv_slot`` / ``hist_slot`` (row in ``items``, -1
         for a masked slot), ``pv_mask`` / ``hist_mask`` and ``pv_labels``.
         The model encodes each distinct item once; ``slot_images`` gives the
-        per-slot layout where a loss needs one."""
+        per-slot layout where a loss needs one. With attributes and
+        ``user_ids`` (the supervised CTR model): the raw ids too, whether each
+        history id is a real click (``hist_known``), and each slot's hashed
+        category and title tokens (0 where the item has no usable image)."""
         pv_rows, hist_rows = self.rows(pv_ids), self.rows(hist_ids)
         both = np.concatenate([pv_rows.ravel(), hist_rows.ravel()])
         used = both >= 0
@@ -133,10 +153,27 @@ class DecodedItems:
         n_pv = pv_rows.size
         pv_slot = torch.from_numpy(slot[:n_pv].reshape(pv_rows.shape))
         hist_slot = torch.from_numpy(slot[n_pv:].reshape(hist_rows.shape))
-        return {"items": normalise(self.pixels[torch.from_numpy(distinct)]),
-                "pv_slot": pv_slot, "pv_mask": pv_slot >= 0,
-                "hist_slot": hist_slot, "hist_mask": hist_slot >= 0,
-                "pv_labels": torch.as_tensor(np.asarray(pv_labels, dtype=np.int64))}
+        out = {"items": normalise(self.pixels[torch.from_numpy(distinct)]),
+               "pv_slot": pv_slot, "pv_mask": pv_slot >= 0,
+               "hist_slot": hist_slot, "hist_mask": hist_slot >= 0,
+               "pv_labels": torch.as_tensor(np.asarray(pv_labels, dtype=np.int64))}
+        if self.attributes is not None and user_ids is not None:
+            out.update(self._ctr_fields(pv_ids, hist_ids, pv_rows, hist_rows, user_ids))
+        return out
+
+    def _ctr_fields(self, pv_ids: np.ndarray, hist_ids: np.ndarray, pv_rows: np.ndarray, hist_rows: np.ndarray,
+                    user_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        a = self.attributes
+        out = {"pv_ids": torch.as_tensor(np.asarray(pv_ids, np.int64)),
+               "hist_ids": torch.as_tensor(np.asarray(hist_ids, np.int64)),
+               "hist_known": torch.as_tensor(np.asarray(hist_ids, np.int64) != PAD_ID),
+               "user_ids": torch.as_tensor(np.asarray(user_ids, np.int64))}
+        for kind, rows in (("pv", pv_rows), ("hist", hist_rows)):
+            at = np.maximum(rows, 0)
+            ok = rows >= 0
+            out[f"{kind}_cat"] = torch.from_numpy(np.where(ok, a["cat"][at], 0))
+            out[f"{kind}_tok"] = torch.from_numpy(np.where(ok[..., None], a["tok"][at], 0))
+        return out
 
 
 def slot_images(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -173,13 +210,18 @@ def load_decoded_items(url: str, size: int) -> DecodedItems:
         parts = []
         for f in fs.glob(fs.join(url, "*.parquet")):
             with fs.open_read(f) as fh:   # closed at once: a worker keeps only the decoded pixels
-                parts.append(pq.read_table(fh, columns=["item_id", "image"]))
+                parts.append(pq.read_table(fh))
         t = pa.concat_tables(parts) if parts else pa.table({"item_id": pa.array([], pa.int64()),
                                                            "image": pa.array([], pa.binary())})
         images = t.column("image").combine_chunks()
+        attributes = None
+        if "category" in t.column_names:   # item_images_frame(attributes=True)
+            from .supervised_ctr import category_codes, title_codes
+            attributes = {"cat": category_codes(t.column("category").to_pylist()),
+                          "tok": title_codes(t.column("title").to_pylist())}
         _DECODED.clear()   # one training run per process at a time
         _DECODED[key] = DecodedItems.decode(np.asarray(t.column("item_id").to_pylist(), np.int64),
-                                            images, size)
+                                            images, size, attributes)
     return _DECODED[key]
 
 
@@ -328,6 +370,9 @@ class LoaderSpec:
     l_click: int
     image_size: int
     batch_size: int
+    # The supervised CTR model's inputs: user ids through petastorm, item
+    # categories and titles beside the images (``pretrain_training_frame(with_user=True)``).
+    ctr_fields: bool = False
 
 
 class SampleLoader:
@@ -370,7 +415,7 @@ class SampleLoader:
         spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF,
                        cache_dir if "://" in cache_dir else "file://" + cache_dir)
         images_url = fs.join(cache_dir, f"images-{uuid.uuid4().hex}")
-        item_images_frame(images).coalesce(1).write.mode("overwrite").parquet(images_url)
+        item_images_frame(images, spec.ctr_fields).coalesce(1).write.mode("overwrite").parquet(images_url)
         # A loader that is kept (consecutive trainings share petastorm's
         # cached frame) is never deleted; like petastorm's own cache, its
         # images go when the process exits. (rm of a missing path is a no-op.)
@@ -392,7 +437,7 @@ class SampleLoader:
         from petastorm import TransformSpec
         # Only the id arrays travel through petastorm; images come from the
         # worker's decoded table (``load_decoded_items``), looked up per batch.
-        fields = ["pv_labels", "pv_ids", "hist_ids"]
+        fields = ["pv_labels", "pv_ids", "hist_ids"] + (["user_id"] if self.spec.ctr_fields else [])
         return TransformSpec(lambda pdf: pdf[fields], selected_fields=fields)
 
     def _reader_options(self) -> dict:
@@ -418,7 +463,8 @@ class SampleLoader:
                 for b in dl:
                     if b["pv_labels"].shape[0] != bs:
                         continue
-                    yield items.batch(b["pv_ids"].numpy(), b["hist_ids"].numpy(), b["pv_labels"].numpy())
+                    yield items.batch(b["pv_ids"].numpy(), b["hist_ids"].numpy(), b["pv_labels"].numpy(),
+                                      b["user_id"].numpy() if "user_id" in b else None)
         except TamperedCacheError as e:   # raised where petastorm opens the dataset: name it
             raise TamperedCacheError(f"{self.converter.cache_dir_url}: {e}") from None
 
@@ -431,7 +477,8 @@ class SampleLoader:
         items = load_decoded_items(self.images_url, self.spec.image_size)
         h, n = self.heldout, len(self.heldout["pv_labels"])
         return [items.batch(h["pv_ids"][i:i + batch_size], h["hist_ids"][i:i + batch_size],
-                            h["pv_labels"][i:i + batch_size])
+                            h["pv_labels"][i:i + batch_size],
+                            h["user_id"][i:i + batch_size] if "user_id" in h else None)
                 for i in range(0, n - batch_size + 1, batch_size)]
 
     def delete(self) -> None:

@@ -1,4 +1,5 @@
-"""Model and loss per pre-training objective (courier | simclr | supervised; none: no model to train)."""
+"""Model and loss per pre-training objective (courier | simclr | supervised_ctr | supervised_image;
+none: no model to train)."""
 from __future__ import annotations
 
 import torch
@@ -23,6 +24,11 @@ def initial_encoder(cfg: TrainConfig) -> nn.Module:
     return build_encoder(cfg)
 
 
+def needs_ctr_fields(cfg: TrainConfig) -> bool:
+    """Whether the objective's batches carry user ids, categories and titles (the supervised CTR model)."""
+    return cfg.objective == "supervised_ctr"
+
+
 def build_model(cfg: TrainConfig) -> nn.Module:
     if cfg.objective == "none":
         raise ValueError(f"method {cfg.method!r} trains nothing (objective none): use initial_encoder "
@@ -34,7 +40,10 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     if cfg.objective == "simclr":
         from .baselines import SimCLRModel
         return SimCLRModel(enc)
-    if cfg.objective == "supervised":
+    if cfg.objective == "supervised_ctr":
+        from .supervised_ctr import SupervisedCtrModel
+        return SupervisedCtrModel(enc)
+    if cfg.objective == "supervised_image":
         from .baselines import SupervisedClickModel
         return SupervisedClickModel(enc)
     raise ValueError(f"unknown objective {cfg.objective!r}")
@@ -51,5 +60,9 @@ def compute_loss(model: nn.Module, batch: dict, cfg: TrainConfig, collective,
         from .losses import courier_loss
         out = model(*model_inputs(batch))
         return courier_loss(out, batch, cfg, collective)   # a TrainConfig is a TrainLoss
+    if cfg.objective == "supervised_ctr":
+        from .baselines import supervised_click_loss
+        out = supervised_click_loss(model(batch), batch["pv_labels"], batch["pv_mask"], collective)
+        return out.loss, {"loss": out.loss.detach(), "acc": out.accuracy, "n_terms": out.n_terms}
     from . import baselines
     return baselines.baseline_loss(cfg.objective, model, batch, cfg, collective, step)

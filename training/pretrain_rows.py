@@ -7,6 +7,10 @@ side, before ``training.loader`` materialises them):
   category comes from silver/items: the category most of its shown items
   have (ties: the alphabetically first); shown items unknown to silver/items
   do not vote. On the synthetic marketplace every page shows one category.
+* ``restrict_history_clicks``: with ``train.restrict_histories`` the history
+  clicks on items outside the chosen categories go too (the paper's transfer
+  setting: no image of another category is trained on); a page view left
+  with no history click is dropped, as pages without history are.
 * ``shuffle_histories``: the ``courier_shuffled`` control. Each page view
   keeps its shown items and labels but gets another page view's click
   history, so the click signal that links a history to what was clicked next
@@ -38,6 +42,23 @@ def restrict_to_categories(samples: DataFrame, items: DataFrame, categories: Seq
         return samples
     keep = page_categories(samples, items).filter(F.col("category").isin(list(categories)))
     return samples.join(keep.select("request_id"), "request_id", "left_semi")
+
+
+def restrict_history_clicks(samples: DataFrame, items: DataFrame, categories: Sequence[str]) -> DataFrame:
+    """``samples`` with ``hist_item_ids`` keeping only items of ``categories``
+    (order kept); rows left with an empty history are dropped. All rows
+    unchanged when ``categories`` is empty."""
+    if not categories:
+        return samples
+    allowed = items.filter(F.col("category").isin(list(categories))).select("item_id")
+    kept = (samples.select("request_id", F.posexplode("hist_item_ids").alias("_pos", "item_id"))
+            .join(allowed, "item_id", "left_semi")
+            .groupBy("request_id")
+            .agg(F.sort_array(F.collect_list(F.struct("_pos", "item_id"))).alias("_h"))
+            .select("request_id", F.col("_h.item_id").alias("_kept")))
+    return (samples.join(kept, "request_id")
+            .withColumn("hist_item_ids", F.col("_kept").cast(samples.schema["hist_item_ids"].dataType))
+            .select(*samples.columns))
 
 
 def shuffle_histories(frame: DataFrame, seed: int, col: str = "hist_ids", key: str = "request_id") -> DataFrame:

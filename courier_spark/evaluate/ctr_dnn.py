@@ -75,7 +75,7 @@ def hash_ids(ids: np.ndarray, buckets: int) -> np.ndarray:
     return (1 + (h % np.uint64(buckets - 1))).astype(np.int64)
 
 
-def _token_matrix(texts: pd.Series, max_tokens: int, buckets: int) -> np.ndarray:
+def token_matrix(texts: pd.Series, max_tokens: int, buckets: int) -> np.ndarray:
     """[n, max_tokens] hashed token ids (0 = padding); tokenises each distinct text once."""
     codes, uniques = pd.factorize(texts.fillna("").astype(str), sort=False)
     mat = np.zeros((len(uniques), max_tokens), dtype=np.int64)
@@ -204,7 +204,7 @@ class DnnPreprocessor:
             # Categories keep the train frame's index (same table as the target's):
             # a catalogue-only category reads as unknown, as it would for a target.
             p.item_cat = torch.from_numpy(np.concatenate([[0], p._category_index(t["category"])]))
-            tok = _token_matrix(t["title"], cfg.max_title_tokens, cfg.token_buckets)
+            tok = token_matrix(t["title"], cfg.max_title_tokens, cfg.token_buckets)
             used = int((tok > 0).any(0).sum()) or 1  # trailing all-padding columns cost lookups only
             p.item_tok = torch.from_numpy(np.vstack([np.zeros((1, used), np.int64), tok[:, :used]]))
             if cfg.text_interest:
@@ -279,9 +279,9 @@ class DnnPreprocessor:
         out["price"] = torch.from_numpy(np.where(np.isfinite(lp), 1 + np.searchsorted(self.price_edges, lp), 0)
                                         .astype(np.int64))
         empty = pd.Series([None] * n, index=df.index)
-        out["title"] = torch.from_numpy(_token_matrix(df["title"] if "title" in df else empty,
+        out["title"] = torch.from_numpy(token_matrix(df["title"] if "title" in df else empty,
                                                       cfg.max_title_tokens, cfg.token_buckets))
-        out["query"] = torch.from_numpy(_token_matrix(df["query"] if "query" in df else empty,
+        out["query"] = torch.from_numpy(token_matrix(df["query"] if "query" in df else empty,
                                                       cfg.max_title_tokens, cfg.token_buckets))
         hist, _ = _last_n_matrix(df["hist_item_ids"], cfg.history_len)
         out["hist"] = torch.from_numpy(np.where(hist >= 0, hash_ids(np.maximum(hist, 0), cfg.item_buckets), 0))

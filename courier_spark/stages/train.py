@@ -14,8 +14,8 @@ from training.artifact import save_artifact
 from training.checkpoints import checkpoint_dir, latest_checkpoint, load_checkpoint
 from training.launch import run_distributed
 from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame, split_heldout
-from training.objectives import build_model, initial_encoder
-from training.pretrain_rows import restrict_to_categories, shuffle_histories
+from training.objectives import build_model, initial_encoder, needs_ctr_fields
+from training.pretrain_rows import restrict_history_clicks, restrict_to_categories, shuffle_histories
 from training.similarity import co_click_similarity
 from training.train import PROGRESS_FILE, PROGRESS_PREFIX, train_worker, training_metrics
 from training.trunk import ensure_trunk
@@ -56,10 +56,12 @@ def run(ctx: StageContext) -> TrainResult:
     tcfg, trunk = _with_init(tcfg, p.models, data_versions)
     if tcfg.objective == "none":
         return _untrained(tcfg, p.models, samples, items, data_versions, trunk)
-    frame = pretrain_training_frame(_chosen_rows(samples, items, tcfg.categories), scfg.l_pv, scfg.l_click)
+    ctr_fields = needs_ctr_fields(tcfg)
+    chosen = _chosen_rows(samples, items, tcfg.categories, tcfg.restrict_histories)
+    frame = pretrain_training_frame(chosen, scfg.l_pv, scfg.l_click, with_user=ctr_fields)
     if tcfg.shuffle_histories:   # courier_shuffled: within the chosen rows
         frame = shuffle_histories(frame, tcfg.seed)
-    spec = LoaderSpec(scfg.l_pv, scfg.l_click, tcfg.image_size, tcfg.batch_size)
+    spec = LoaderSpec(scfg.l_pv, scfg.l_click, tcfg.image_size, tcfg.batch_size, ctr_fields=ctr_fields)
     workers = 1 if tcfg.backend == "local" else tcfg.num_proc
     frame, heldout = split_heldout(frame, tcfg.heldout_share)   # same pages for every method (seed 0)
     with step("train", "materialising the training frame (ids) and item images for petastorm"):
@@ -135,9 +137,13 @@ def _with_init(tcfg: TrainConfig, models_dir: str,
     return dataclasses.replace(tcfg, weights_path=trunk.encoder_uri), trunk
 
 
-def _chosen_rows(samples: DataFrame, items: DataFrame, categories: list[str]) -> DataFrame:
-    """``train.categories``: only the page views of those categories (all when empty)."""
+def _chosen_rows(samples: DataFrame, items: DataFrame, categories: list[str],
+                 restrict_histories: bool = False) -> DataFrame:
+    """``train.categories``: only the page views of those categories (all when
+    empty); with ``train.restrict_histories`` only their history clicks too."""
     if not categories:
+        if restrict_histories:
+            raise ConfigError("train.restrict_histories needs train.categories (the categories to keep)")
         return samples
     known = {r["category"] for r in items.select("category").distinct().collect()}
     unknown = sorted(set(categories) - known)
@@ -145,8 +151,11 @@ def _chosen_rows(samples: DataFrame, items: DataFrame, categories: list[str]) ->
         raise DataError(f"train.categories names {', '.join(unknown)}, not a category of silver/items "
                         f"(have: {', '.join(sorted(c for c in known if c is not None))})")
     rows = restrict_to_categories(samples, items, categories)
+    if restrict_histories:
+        rows = restrict_history_clicks(rows, items, categories)
     n_all, n_kept = samples.count(), rows.count()
-    say("train", f"categories {', '.join(categories)}: {n_kept} of {n_all} pre-training page views")
+    say("train", f"categories {', '.join(categories)}: {n_kept} of {n_all} pre-training page views"
+                 + (" (history clicks of those categories only)" if restrict_histories else ""))
     return rows
 
 

@@ -126,7 +126,7 @@ def test_supervised_model_learns_separable_toy():
     assert out.accuracy.item() == 1.0
 
 
-@pytest.mark.parametrize("objective", ["simclr", "supervised"])
+@pytest.mark.parametrize("objective", ["simclr", "supervised_image"])
 def test_baseline_loss_dispatch(objective):
     torch.manual_seed(0)
     enc = build_backbone("small_cnn", 16)

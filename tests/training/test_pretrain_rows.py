@@ -109,3 +109,20 @@ def test_restrict_to_categories(catalogue, chosen):
     assert kept.columns == samples.columns
     full = {r["request_id"]: r for r in samples.collect()}
     assert all(r == full[r["request_id"]] for r in kept.collect())   # rows kept whole
+
+
+@pytest.mark.parametrize("chosen", [["womens_clothing"], ["shoes", "books"], []])
+def test_restrict_history_clicks_keeps_only_chosen_items_in_order(spark, chosen):
+    from training.pretrain_rows import restrict_history_clicks
+    items = spark.createDataFrame(list(CATS.items()), "item_id long, category string")
+    hist = {"h0": [1, 3, 2, 5], "h1": [3, 4], "h2": [6, 99, 1], "h3": [99], "h4": [2, 2, 4, 1]}
+    samples = spark.createDataFrame([(k, [1], [1], v) for k, v in hist.items()],
+                                    "request_id string, pv_item_ids array<long>, pv_labels array<int>, "
+                                    "hist_item_ids array<long>")
+    got = {r["request_id"]: list(r["hist_item_ids"]) for r in restrict_history_clicks(samples, items, chosen).collect()}
+    if not chosen:
+        assert got == hist
+        return
+    want = {k: [i for i in v if CATS.get(i) in chosen] for k, v in hist.items()}
+    assert got == {k: v for k, v in want.items() if v}   # rows left without history are dropped
+    assert restrict_history_clicks(samples, items, chosen).columns == samples.columns
