@@ -50,6 +50,12 @@ PLAN = {
     # The budget rule (docs/budget-rule.md): the schema's train defaults
     # (800 steps x 64 page views x 2 workers, generic-trunk start) for every method.
     "budget_sets": ["train.init=generic", "train.steps=800", "train.batch_size=64", "train.num_proc=2"],
+    # The transfer setting keeps the same budget (the rule's steps x global
+    # batch), fixed before any method ran there, although its pre-training rows
+    # are fewer (checks.v2_transfer.passes_at_budget): one budget per method
+    # whatever the rows, as the paper pre-trains once and evaluates everywhere.
+    # Each model's held-out loss curve goes into its ledger line.
+    "budget_same_in_every_setting": True,
     "settings": {
         # As before: pre-training on the five visual categories (conf/local.yaml's list).
         "v2_all": {"categories": VISUAL, "restrict_histories": False},
@@ -298,6 +304,7 @@ def run(args: argparse.Namespace) -> None:
                 _save_state(root, state)
                 append_lines(LEDGER, [{"record": "model", "setting": st, "method": m, "encoder_seed": e,
                                        "model_version": mv, "seconds": round(time.perf_counter() - t0, 1),
+                                       **_train_metrics(root, mv),
                                        "commit": commit(), "bench_version": BENCH_VERSION,
                                        "ts": time.strftime("%Y-%m-%dT%H:%M:%S")}])
             ev = ev or Evaluator(root)
@@ -306,6 +313,17 @@ def run(args: argparse.Namespace) -> None:
         print(f"[evidence] block {setting} seed {seed} done; {(time.perf_counter() - t_start) / 60:.0f} min so far",
               flush=True)
     print("[evidence] plan complete", flush=True)
+
+
+def _train_metrics(root: str, model_version: str) -> dict:
+    """What the artifact recorded of its training: rows, losses, held-out curve, speed."""
+    from courier_spark.paths import TablePaths
+    from training.artifact import load_artifact
+    method, version = model_version.split("/", 1)
+    m = load_artifact(TablePaths.for_root(root).models, method, version).metrics
+    keep = ("steps", "pretrain_rows", "heldout_rows", "initial_loss", "final_loss", "heldout_loss",
+            "images_per_s", "co_click_cosine_centred", "random_pair_cosine_centred")
+    return {"train": {k: m[k] for k in keep if k in m}}
 
 
 def _baseline(ev: Evaluator, done: set, first: str) -> None:

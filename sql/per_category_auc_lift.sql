@@ -4,25 +4,28 @@
 -- with ranks ascending by score and tied scores sharing their average rank
 -- (rank of the first tie + (tie count - 1) / 2), which equals sklearn's
 -- roc_auc_score. Categories without both a click and a non-click get AUC NULL.
--- lift_auc_pct = 100 * (auc / baseline_auc - 1).
+-- lift_auc_pct = 100 * (auc / baseline_auc - 1). seen: the variant's encoder
+-- was pre-trained on this category's page views (its model's train.categories;
+-- null for the baseline), so lift on unseen categories is transfer.
 --
 -- Input: ${root}/gold/predictions (variant, model_kind, event_id, request_id,
--- session_id, category, label, score). Run with
+-- session_id, category, seen, label, score). Run with
 --   courier_spark.evaluate.sql_runner.run_sql_file(spark, this_file, root)
 -- or in spark-sql after `SET root=/path/to/dataset;`.
 WITH scored AS (
-  SELECT variant, model_kind, category, CAST(label AS INT) AS label, CAST(score AS DOUBLE) AS score
+  SELECT variant, model_kind, category, seen, CAST(label AS INT) AS label, CAST(score AS DOUBLE) AS score
   FROM delta.`${root}/gold/predictions`
   WHERE label IS NOT NULL AND score IS NOT NULL AND NOT isnan(score)
 ),
 ranked AS (
-  SELECT variant, model_kind, category, label,
+  SELECT variant, model_kind, category, seen, label,
          CAST(RANK() OVER (PARTITION BY variant, model_kind, category ORDER BY score) AS DOUBLE)
            + (COUNT(*) OVER (PARTITION BY variant, model_kind, category, score) - 1) / 2.0D AS avg_rank
   FROM scored
 ),
 per_category AS (
   SELECT variant, model_kind, category,
+         BOOL_OR(seen) AS seen,
          COUNT(*) AS impressions,
          SUM(label) AS clicks,
          COUNT(*) - SUM(label) AS non_clicks,
@@ -31,7 +34,7 @@ per_category AS (
   GROUP BY variant, model_kind, category
 ),
 auc AS (
-  SELECT variant, model_kind, category, impressions, clicks,
+  SELECT variant, model_kind, category, seen, impressions, clicks,
          CASE WHEN clicks > 0 AND non_clicks > 0
               THEN (pos_rank_sum - CAST(clicks AS DOUBLE) * (clicks + 1) / 2.0D)
                    / (CAST(clicks AS DOUBLE) * non_clicks)
@@ -48,6 +51,7 @@ with_baseline AS (
 SELECT model_kind,
        variant,
        category,
+       seen,
        impressions,
        clicks,
        auc,

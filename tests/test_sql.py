@@ -36,6 +36,9 @@ def toy_predictions(test: pd.DataFrame) -> pd.DataFrame:
             p.insert(0, "model_kind", kind)
             p.insert(0, "variant", variant)
             p["score"] = score
+            # the courier encoder "pre-trained" on the first category only
+            first = sorted(test["category"].unique())[0]
+            p["seen"] = None if variant == "baseline" else (p["category"] == first).astype(object)
             parts.append(p)
     preds = pd.concat(parts, ignore_index=True)
     extra = preds.groupby(["variant", "model_kind"]).head(3).copy()
@@ -61,6 +64,14 @@ def test_per_category_auc_sql_matches_python_with_ties(spark, root, toy):
     np.testing.assert_allclose(m.loc[both, "lift_auc_pct_sql"], m.loc[both, "lift_auc_pct_py"],
                                atol=1e-6, rtol=0)
     assert (m.loc[both & (m["variant"] == "baseline"), "lift_auc_pct_sql"].abs() < 1e-12).all()
+    # seen: null for the baseline, the encoder's pre-training categories otherwise (the Python path agrees)
+    from courier_spark.evaluate.runner import per_category_results
+    pr = per_category_results(preds).merge(sql, on=["model_kind", "variant", "category"], suffixes=("_py", "_sql"))
+    base = pr["variant"] == "baseline"
+    assert pr.loc[base, "seen_sql"].isna().all() and pr.loc[base, "seen_py"].isna().all()
+    first = sorted(test["category"].unique())[0]
+    assert (pr.loc[~base, "seen_sql"].astype(bool) == (pr.loc[~base, "category"] == first)).all()
+    assert (pr.loc[~base, "seen_py"].astype(bool) == pr.loc[~base, "seen_sql"].astype(bool)).all()
 
 
 def test_cluster_queries_match_pandas(spark, root, toy):

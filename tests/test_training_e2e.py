@@ -154,6 +154,9 @@ def test_comparisons_evaluate_report(spark, samples_root):
     assert set(sim["model_version"]) == {comp.methods["simclr"].model_version}
     assert set(sim["centroid_version"]) == {comp.methods["simclr"].centroid_version}
     assert preds.loc[preds["variant"] == "baseline", "model_version"].isna().all()
+    # seen: every category for encoders pre-trained on all of them; null for the baseline
+    assert preds.loc[preds["variant"] == "baseline", "seen"].isna().all()
+    assert preds.loc[sim.index, "seen"].eq(True).all()
     # metrics.json's first-seed AUC is the AUC of the stored predictions
     b = preds[(preds["variant"] == "courier_cluster_id") & (preds["model_kind"] == "dnn")]
     assert abs(auc(b["label"], b["score"]) - metrics["variants"]["courier_cluster_id"]["auc_seeds"][0]) < 1e-9

@@ -312,7 +312,7 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
         if "model_kind" in pc.columns:
             pc = pc[pc["model_kind"] == main]
         pc = pc[pc["variant"] != base]
-        keep = [c for c in ("variant", "category", "impressions", "n", "clicks", "n_pos", "auc", "baseline_auc",
+        keep = [c for c in ("variant", "category", "seen", "impressions", "n", "clicks", "n_pos", "auc", "baseline_auc",
                             "lift_auc_pct") if c in pc.columns]
         md.append(md_table(pc[keep]))
     if embedding_map is not None:

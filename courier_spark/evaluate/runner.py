@@ -306,9 +306,33 @@ def _paired_test(variant: list, baseline: list, alpha: float) -> tuple[float, bo
     return d.p_value, d.real
 
 
+def seen_categories(model_versions: pd.Series, categories: pd.Series,
+                    pretrained_on: Mapping[str, "set[str] | None"]) -> pd.Series:
+    """Per row: was the row's encoder pre-trained on page views of the row's
+    category? ``pretrained_on``: model version -> its pre-training categories
+    (None = every category; empty = none, e.g. the generic trunk). None where
+    the row has no model (the baseline)."""
+    out = []
+    for mv, cat in zip(model_versions, categories):
+        if not isinstance(mv, str):
+            out.append(None)
+        else:
+            cats = pretrained_on[mv]
+            out.append(True if cats is None else cat in cats)
+    return pd.Series(out, index=model_versions.index, dtype=object)
+
+
 def per_category_results(predictions: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
-    """Per (model_kind, variant, category) AUC from the predictions, with lift over ``baseline``."""
-    return per_category_lift(per_category_auc(predictions), baseline)
+    """Per (model_kind, variant, category) AUC from the predictions, with lift
+    over ``baseline`` and (when the predictions have it) ``seen``: whether the
+    variant's encoder was pre-trained on the category."""
+    out = per_category_lift(per_category_auc(predictions), baseline)
+    if "seen" in predictions.columns:
+        seen = (predictions[["variant", "category", "seen"]].dropna(subset=["seen"])
+                .drop_duplicates(["variant", "category"]))
+        out = out.merge(seen, on=["variant", "category"], how="left")
+        out.insert(out.columns.get_loc("category") + 1, "seen", out.pop("seen"))
+    return out
 
 
 def _clean(v: object) -> object:

@@ -8,13 +8,26 @@ from .. import fs
 from ..embed import embeddings_to_numpy, read_embeddings
 from ..evaluate.cluster_variants import kmeans_seed_frames
 from ..evaluate.ctr_frames import build_ctr_frames, variant_frames
-from ..evaluate.runner import (BASELINE, evaluate_variants, per_category_results, variant_plan,
-                               write_metrics_json)
+from ..evaluate.runner import (BASELINE, evaluate_variants, per_category_results, seen_categories,
+                               variant_plan, write_metrics_json)
 from ..evaluate.sql_runner import write_predictions
 from ..logs import say, step
 from ..serving import serving_versions
 from .context import StageContext
 from .results import EvaluateResult
+
+
+def _pretrained_on(models_dir: str, model_version: str) -> set[str] | None:
+    """The categories whose page views trained ``model_version``, from its
+    recorded config: train.categories (empty = every category, None here); an
+    encoder that trained on no page views (objective none: the generic trunk,
+    random init; the trunk's own config names no objective) saw none."""
+    from training.artifact import load_artifact
+    method, version = model_version.split("/", 1)
+    cfg = load_artifact(models_dir, method, version).config
+    if cfg.get("objective", "none") == "none":
+        return set()
+    return set(cfg.get("categories") or []) or None
 
 
 def run(ctx: StageContext) -> EvaluateResult:
@@ -53,6 +66,8 @@ def run(ctx: StageContext) -> EvaluateResult:
                                                   if method_of[n] else None)
     preds["centroid_version"] = preds["variant"].map(lambda n: by_method[method_of[n]].centroid_version
                                                      if method_of[n] else None)
+    preds["seen"] = seen_categories(preds["model_version"], preds["category"],
+                                    {v.model_version: _pretrained_on(p.models, v.model_version) for v in versions})
     with step("evaluate", f"writing gold/predictions ({len(preds)} rows)"):
         pv = write_predictions(spark, preds, p.predictions)
     per_cat = per_category_results(preds, results.attrs.get("baseline") or BASELINE)
