@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import fs
 from .config import load_config
-from .errors import CourierError, FilesystemError, MissingTableError
+from .errors import CourierError, FilesystemError, MissingTableError, SqlFileError
 from .logs import RunLog, configure_logging, debug
 from .paths import TablePaths
 from .pipeline import STAGES, StageContext, pipeline_stages, run_stage, stage_help
@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("file", help="SQL file, or the name of a shipped query (e.g. per_category_auc_lift)")
     sp.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
-    sp.add_argument("--out", default=None, help="also write the full result as CSV here")
+    sp.add_argument("--out", default=None,
+                    help="also write the full result as CSV here (a local file outside the root; an existing "
+                         "file only with --overwrite)")
+    sp.add_argument("--overwrite", action="store_true", help="let --out replace an existing file")
     sp.add_argument("--log-dir", default=None,
                     help=f"local directory for this run's log (default {default_sql_log_dir()}); "
                          "never the root, which `sql` only reads")
@@ -84,15 +87,32 @@ def check_sql_command(args: argparse.Namespace, paths: TablePaths) -> "SqlQuery"
     query = prepare_sql(args.file, paths.root)
     check_tables_exist(query, paths.root)
     if args.out:
-        out_dir = os.path.dirname(os.path.abspath(args.out))
-        if not os.path.isdir(out_dir):
-            raise CourierError(f"sql: --out {args.out}: directory {out_dir} does not exist")
+        check_out_file(args.out, paths.root, args.overwrite)
     try:
         os.makedirs(args.log_dir, exist_ok=True)
     except OSError as exc:
         raise FilesystemError(f"sql: cannot write the run log to {args.log_dir} ({exc.strerror}); "
                               "pass --log-dir DIR") from None
     return query
+
+
+def check_out_file(out: str, root: str, overwrite: bool) -> None:
+    """``courier sql --out``: a local CSV file in an existing directory, never
+    under the root (``sql`` only reads it), and an existing file is replaced
+    only when asked (``--overwrite``): a typo must not clobber someone's file."""
+    out_abs = os.path.abspath(os.path.expanduser(out))
+    out_dir = os.path.dirname(out_abs)
+    if fs.is_local(root):
+        root_abs = os.path.realpath(fs.to_local_path(root))
+        if os.path.commonpath([os.path.realpath(out_abs), root_abs]) == root_abs:
+            raise CourierError(f"sql: --out {out} is inside the root {root}, which `courier sql` only reads; "
+                               "write the CSV elsewhere")
+    if not os.path.isdir(out_dir):
+        raise CourierError(f"sql: --out {out}: directory {out_dir} does not exist")
+    if os.path.isdir(out_abs):
+        raise CourierError(f"sql: --out {out} is a directory; name a CSV file")
+    if os.path.lexists(out_abs) and not overwrite:
+        raise CourierError(f"sql: --out {out} already exists; pass --overwrite to replace it")
 
 
 def check_health_command(paths: TablePaths) -> None:
@@ -103,15 +123,32 @@ def check_health_command(paths: TablePaths) -> None:
 
 
 def run_sql_command(spark: "SparkSession", query: "SqlQuery", limit: int, out: str | None) -> int:
-    """Run a query checked by ``check_sql_command``; print and save its result."""
+    """Run a query checked by ``check_sql_command``: first refuse it unrun
+    unless its parsed plan only reads (``check_read_only``); then print and
+    save its result. Spark's own complaints about the query (an unknown
+    column, a type mismatch) are one line like every other mistake."""
     import pandas as pd
+    from pyspark.errors import AnalysisException
 
-    pdf = spark.sql(query.statement).toPandas()
+    from .evaluate.sql_runner import check_read_only, spark_error_line
+
+    check_read_only(spark, query.statement, query.path.name)
+    try:
+        pdf = spark.sql(query.statement).toPandas()
+    except AnalysisException as exc:
+        raise SqlFileError(f"{query.path.name}: {spark_error_line(exc)}") from None
     with pd.option_context("display.max_columns", None, "display.width", 200):
         print(pdf.head(limit).to_string(index=False))
     print(f"({len(pdf)} rows{'' if len(pdf) <= limit else f', first {limit} shown'})")
     if out:
-        pdf.to_csv(out, index=False)
+        # Whole or not at all: a sibling temporary file moved over the target.
+        tmp = f"{out}.tmp-{os.getpid()}"
+        try:
+            pdf.to_csv(tmp, index=False)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         print(f"wrote {out}")
     return 0
 
@@ -150,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             ctx = StageContext(get_spark(cfg.spark), cfg, paths)
             if query is not None:
+                name = "sql"
                 debug("sql", f"{query.path}: reads {', '.join(query.tables) or 'no Delta table'}")
                 return run_sql_command(ctx.spark, query, args.limit, args.out)
             for name in names:
@@ -163,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Expected failures (bad input, missing table or version, a dead
             # worker) get one clear line, not a traceback; anything else is a bug.
             run_log.exception(f"stage {name} failed")
-            return _error(f"stage {name} failed: {exc}")
+            return _error(f"sql: {exc}" if query is not None else f"stage {name} failed: {exc}")
         except Exception:
             run_log.exception(f"stage {name} failed with an unexpected error")
             raise

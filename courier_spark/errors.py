@@ -8,6 +8,7 @@ standard-library base callers may catch (``ValueError``, ``LookupError``,
     CourierError
     +-- ConfigError                 a config key or value
     +-- SqlFileError                an analyst SQL file: missing, not one statement, unknown placeholder
+    |   +-- ReadOnlySqlError        a statement that would do more than read (refused unexecuted)
     +-- DataError                   the data cannot support what is asked
     |   +-- ContractError           a bronze table's schema breaks the contract
     |   +-- FeatureTableSchemaError a feature table's columns are not this release's
@@ -42,6 +43,11 @@ class ConfigError(CourierError, ValueError):
 class SqlFileError(CourierError, ValueError):
     """An analyst SQL file (``courier sql``, the report) is missing, holds not
     exactly one statement, or uses a placeholder other than ``${root}``."""
+
+
+class ReadOnlySqlError(SqlFileError):
+    """A statement on the read-only SQL path (``courier sql``, the report's
+    queries) whose parsed plan does more than read; refused before it runs."""
 
 
 class DataError(CourierError, ValueError):

@@ -198,9 +198,20 @@ def launch_settings(cfg: SparkConfig) -> dict[str, str]:
     return settings
 
 
+def _mute_query_context_echo() -> None:
+    """PySpark 4 logs every SQL/DataFrame analysis error once more, when the
+    exception is made, to its own stderr handler (``pyspark.errors.exceptions.
+    base._log_exception``): an error the CLI prints as one line would come with
+    a second, JSON one. The run log keeps the exception's traceback anyway."""
+    from pyspark.logger import PySparkLogger
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).disabled = True
+
+
 def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     """Return the (possibly existing) SparkSession configured for Delta."""
     cfg = cfg or SparkConfig()
+    _mute_query_context_echo()
     active = SparkSession.getActiveSession()
     if active is not None:
         return active

@@ -1,14 +1,26 @@
-"""Run the analyst SQL files in ``sql/`` against a dataset root.
+"""Run the analyst SQL files in ``sql/`` against a dataset root, read-only.
 
 The files reference tables as ``delta.`${root}/<layer>/<table>``` so they run
 as-is in spark-sql (``SET root=...;`` enables Spark's own substitution) or
 through ``run_sql_file``, which substitutes ``${root}``, checks that every
 referenced Delta table exists (naming the stage that makes a missing one),
-and runs the single statement.
+checks that the statement only reads, and runs it.
 
-``prepare_sql`` and ``check_tables_exist`` do the same checks without Spark
+``prepare_sql`` and ``check_tables_exist`` do the file checks without Spark
 (``courier sql`` runs them before the JVM starts, so each mistake costs a
 second, not a Spark start); every mistake is a ``CourierError``.
+
+Read-only by construction (``check_read_only``): the statement is parsed by
+the session's own parser (Spark's, with Delta's extension: the same parser
+``spark.sql`` uses next, so what is checked is what would run) into an
+unresolved plan, before anything is resolved against a table, and every node
+of that plan -- children, CTE definitions, subqueries in expressions, the
+query under EXPLAIN -- must be a class on ``READ_NODES``; the root may also
+be one of ``READ_COMMANDS`` (DESCRIBE, SHOW COLUMNS / TBLPROPERTIES, EXPLAIN).
+An allowlist: a statement kind this release has never heard of (a new Delta
+command, a procedure call) is refused, not let through. Keywords in
+comments or string literals do not matter, since the parser has already
+dropped or quoted them.
 """
 from __future__ import annotations
 
@@ -20,9 +32,9 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from .. import fs
+from .. import delta_log
 from ..catalog import CATALOG
-from ..errors import SqlFileError
+from ..errors import ReadOnlySqlError, SqlFileError
 from ..paths import TablePaths
 from ..resources import data_dir
 from ..tables import MissingTableError, table_exists, write_table
@@ -31,12 +43,46 @@ from ..tables import MissingTableError, table_exists, write_table
 SQL_DIR = data_dir("sql")
 
 _DELTA_REF = re.compile(r"delta\.`([^`]+)`", re.IGNORECASE)
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# A Delta table exists once its log holds a commit or a checkpoint.
-# (Classic, multi-part and v2 checkpoints all start "<version>.checkpoint".)
-_DELTA_LOG_ENTRY = re.compile(r"^(\d{20}\.json|\d{20}\.checkpoint(\.[^/]+)?\.(parquet|json)|_last_checkpoint)$")
-# Which stage writes each table a query may read (for the error message).
+# Any ${...}: Spark substitutes ${var}, ${env:X}, ${system:X}, ${spark:X} itself
+# (spark.sql.variable.substitute), so only ${root}, ours, may remain.
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
+_LOGICAL = "org.apache.spark.sql.catalyst.plans.logical."
+_ANALYSIS = "org.apache.spark.sql.catalyst.analysis."
+# Unresolved plan nodes of a query (what Spark's parser yields for SELECT,
+# WITH, VALUES, TABLE, set operations, joins, windows, pivots, hints, pipe
+# syntax): none of them writes, runs a program or changes the session.
+# Deliberately absent: ScriptTransformation (SELECT TRANSFORM ... USING runs a
+# program), PlanWithUnresolvedIdentifier (IDENTIFIER(...) defers which plan is
+# built, DROP TABLE IDENTIFIER('t') included), every command.
+READ_NODES = frozenset({
+    *(_LOGICAL + n for n in (
+        "Project", "Filter", "Aggregate", "Join", "LateralJoin", "Union", "Intersect", "Except",
+        "Distinct", "Deduplicate", "Sort", "GlobalLimit", "LocalLimit", "Limit", "Offset", "Tail",
+        "SubqueryAlias", "UnresolvedWith", "WithWindowDefinition", "Window", "Generate", "Sample",
+        "Pivot", "Unpivot", "Expand", "OneRowRelation", "LocalRelation", "Range",
+        "RepartitionByExpression", "Repartition", "RebalancePartitions", "UnresolvedHint",
+        "ResolvedHint", "CTERelationRef", "CTERelationDef", "WithCTE")),
+    *(_ANALYSIS + n for n in (
+        "UnresolvedRelation", "RelationTimeTravel", "UnresolvedHaving", "UnresolvedInlineTable",
+        "UnresolvedTableValuedFunction", "UnresolvedSubqueryColumnAliases", "UnresolvedTVFAliases")),
+    "org.apache.spark.sql.catalyst.expressions.PipeOperator",     # the |> pipe syntax
+})
+# Read-only commands, allowed as the whole statement only: their table is an
+# unresolved name (the leaf below), and EXPLAIN's query is checked like any.
+READ_COMMANDS = frozenset({
+    _LOGICAL + "DescribeRelation", _LOGICAL + "DescribeColumn", _LOGICAL + "ShowColumns",
+    _LOGICAL + "ShowTableProperties",
+    "org.apache.spark.sql.delta.commands.DescribeDeltaHistory",
+    "org.apache.spark.sql.delta.commands.DescribeDeltaDetailCommand",
+    "org.apache.spark.sql.execution.command.ExplainCommand",
+})
+_COMMAND_LEAVES = frozenset({_ANALYSIS + "UnresolvedTableOrView", _ANALYSIS + "UnresolvedTable"})
+_EXPLAIN = "org.apache.spark.sql.execution.command.ExplainCommand"
+# Built-in functions that call any static JVM method by name (System.exit,
+# System.setProperty, ...): outside the data, so refused in any expression.
+JVM_CALLING_FUNCTIONS = frozenset({"reflect", "java_method", "try_reflect"})
+_UNRESOLVED_FUNCTION = _ANALYSIS + "UnresolvedFunction"
 PREDICTIONS_SCHEMA = T.StructType([
     T.StructField("variant", T.StringType(), False),
     T.StructField("model_kind", T.StringType(), False),
@@ -47,6 +93,9 @@ PREDICTIONS_SCHEMA = T.StructType([
     T.StructField("request_id", T.StringType(), True),
     T.StructField("session_id", T.StringType(), True),
     T.StructField("category", T.StringType(), True),
+    # Whether the encoder was pre-trained on page views of this category (from
+    # the model's recorded train.categories; null for the baseline).
+    T.StructField("seen", T.BooleanType(), True),
     T.StructField("label", T.IntegerType(), False),
     T.StructField("score", T.DoubleType(), False),
 ])
@@ -164,11 +213,7 @@ def _missing_table(query: SqlQuery, table: str, root: str) -> MissingTableError:
 def delta_table_exists(path: str) -> bool:
     """Whether ``path`` holds a Delta table (its log has a commit or a
     checkpoint), read through the filesystem layer: no Spark, no writes."""
-    try:
-        entries = fs.ls(fs.join(path, "_delta_log"))
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return any(_DELTA_LOG_ENTRY.match(name) for name in entries)
+    return delta_log.table_exists(path)
 
 
 def check_tables_exist(query: SqlQuery, root: str) -> None:
@@ -179,10 +224,77 @@ def check_tables_exist(query: SqlQuery, root: str) -> None:
             raise _missing_table(query, table, root)
 
 
+def spark_error_line(exc: BaseException) -> str:
+    """Spark's error message without its "== SQL ==" excerpt and caret lines."""
+    text = str(exc).split("== SQL ==", 1)[0]
+    return " ".join(text.split())[:400]
+
+
+def _class_name(node) -> str:
+    return node.getClass().getName()
+
+
+def _seq(scala_seq) -> list:
+    return [scala_seq.apply(i) for i in range(scala_seq.size())]
+
+
+def _refuse(where: str, what: str) -> ReadOnlySqlError:
+    return ReadOnlySqlError(
+        f"{where}: refused unrun, the SQL path only reads: {what}; allowed: a query (SELECT, WITH, VALUES, "
+        "TABLE), DESCRIBE [HISTORY|DETAIL], SHOW COLUMNS / TBLPROPERTIES, EXPLAIN of a query")
+
+
+def _check_expressions(node, where: str) -> None:
+    todo = _seq(node.expressions())
+    while todo:
+        e = todo.pop()
+        if _class_name(e) == _UNRESOLVED_FUNCTION:
+            name = str(e.nameParts().last()).lower()
+            if name in JVM_CALLING_FUNCTIONS:
+                raise _refuse(where, f"the statement calls {name}(), which runs any JVM method")
+        todo.extend(_seq(e.children()))
+
+
+def check_read_only(spark: SparkSession, statement: str, where: str = "sql") -> None:
+    """``ReadOnlySqlError`` unless ``statement`` (one statement, ``${root}``
+    already substituted) is a read, decided from the session parser's
+    unresolved plan; a statement that does not parse is a ``SqlFileError``.
+    Nothing is analysed, no table is read, nothing runs."""
+    parser = spark._jsparkSession.sessionState().sqlParser()
+    try:
+        plan = parser.parsePlan(statement)
+    except Exception as exc:  # noqa: BLE001 - Spark's ParseException (and anything py4j raises) -> one line
+        raise SqlFileError(f"{where}: cannot parse the statement: {spark_error_line(exc)}") from None
+    root = _class_name(plan)
+    # (node, how a refusal names it): the statement itself, or a part of it.
+    todo, allowed_leaves = [(plan, "the statement is")], frozenset()
+    if root in READ_COMMANDS:
+        # The command itself reads; its table is a name, and EXPLAIN's query
+        # (not a child of the command) is checked like a statement of its own.
+        allowed_leaves = _COMMAND_LEAVES
+        todo = ([(plan.logicalPlan(), "EXPLAIN's statement is")] if root == _EXPLAIN
+                else [(c, f"its {_simple(root)} holds") for c in _seq(plan.children())])
+    while todo:
+        node, how = todo.pop()
+        name = _class_name(node)
+        if name not in READ_NODES and name not in allowed_leaves:
+            raise _refuse(where, f"{how} {_simple(name)}")
+        _check_expressions(node, where)
+        # children, CTE definitions (inner children) and subqueries in expressions
+        todo.extend((n, "it holds") for n in
+                    _seq(node.children()) + _seq(node.innerChildren()) + _seq(node.subqueries()))
+
+
+def _simple(class_name: str) -> str:
+    return class_name.rsplit(".", 1)[-1].rstrip("$")
+
+
 def run_sql_file(spark: SparkSession, path: str | Path, root: str) -> DataFrame:
     """Run the single statement in ``path`` with ``${root}`` substituted; a
-    relative ``path`` that does not exist is looked up in the shipped ``sql/``."""
+    relative ``path`` that does not exist is looked up in the shipped ``sql/``.
+    A statement that would do more than read is refused unrun (``check_read_only``)."""
     query = prepare_sql(path, root)
+    check_read_only(spark, query.statement, query.path.name)
     for table in query.tables:
         if not table_exists(spark, table):
             raise _missing_table(query, table, root)
@@ -196,7 +308,7 @@ def write_predictions(spark: SparkSession, predictions: pd.DataFrame, path: str,
     Unpartitioned by default: a few hundred thousand rows fit one file."""
     cols = [f.name for f in PREDICTIONS_SCHEMA.fields]
     predictions = predictions.copy()
-    for c in ("model_version", "centroid_version"):   # optional: toy/ad-hoc runs have none
+    for c in ("model_version", "centroid_version", "seen"):   # optional: toy/ad-hoc runs have none
         if c not in predictions.columns:
             predictions[c] = None
     missing = [c for c in cols if c not in predictions.columns]
@@ -205,6 +317,7 @@ def write_predictions(spark: SparkSession, predictions: pd.DataFrame, path: str,
     pdf = predictions[cols].copy()
     for c in ("variant", "model_kind", "model_version", "centroid_version", "event_id", "request_id", "session_id", "category"):
         pdf[c] = pdf[c].astype(object).where(pdf[c].notna(), None).map(lambda v: None if v is None else str(v))
+    pdf["seen"] = pdf["seen"].astype(object).where(pdf["seen"].notna(), None).map(lambda v: None if v is None else bool(v))
     pdf["label"] = pdf["label"].astype("int32")
     pdf["score"] = pdf["score"].astype("float64")
     df = spark.createDataFrame(pdf, PREDICTIONS_SCHEMA)

@@ -1,0 +1,112 @@
+"""What a Delta table's log says, read without Spark.
+
+The CLI checks a stage's inputs before the JVM starts (``courier_spark.preflight``),
+and ``courier sql`` checks the tables a query reads: both need "is there a
+table at this path", "which partition values are live" (the centroid
+versions of ``gold/centroids``) and "what are its properties" (who wrote a
+``point_in_time`` output) in a fraction of a second, on any root the
+filesystem layer reaches. This module replays the log itself: the newest
+checkpoint (read with pyarrow) plus the JSON commits after it, following the
+Delta protocol's add/remove/metaData actions. Standard library, fsspec (via
+``fs``) and pyarrow only; nothing is written.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from . import fs
+
+# A Delta table exists once its log holds a commit or a checkpoint.
+# (Classic, multi-part and v2 checkpoints all start "<version>.checkpoint".)
+LOG_ENTRY = re.compile(r"^(\d{20}\.json|\d{20}\.checkpoint(\.[^/]+)?\.(parquet|json)|_last_checkpoint)$")
+_COMMIT = re.compile(r"^(\d{20})\.json$")
+_CLASSIC_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint\.parquet$")
+
+
+def log_dir(path: str) -> str:
+    return fs.join(path, "_delta_log")
+
+
+def _entries(path: str) -> list[str]:
+    try:
+        return fs.ls(log_dir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def table_exists(path: str) -> bool:
+    """Whether ``path`` holds a Delta table: its log has a commit or a checkpoint."""
+    return any(LOG_ENTRY.match(name) for name in _entries(path))
+
+
+def commit_versions(path: str) -> list[int]:
+    """The versions of the JSON commit files in the log, ascending (what a
+    test compares to prove that nothing was committed)."""
+    return sorted(int(m.group(1)) for m in map(_COMMIT.match, _entries(path)) if m)
+
+
+@dataclass
+class Snapshot:
+    """The live state of a table at its newest version: the partition values
+    of its live files, and its properties (``metaData.configuration``)."""
+    version: int
+    partitions: list[dict[str, str | None]] = field(default_factory=list)
+    properties: dict[str, str] = field(default_factory=dict)
+
+    def partition_values(self, column: str) -> set[str]:
+        return {p[column] for p in self.partitions if p.get(column) is not None}
+
+
+def snapshot(path: str) -> Snapshot | None:
+    """Replay the log (newest classic checkpoint + the commits after it);
+    None when there is no table. Multi-part and v2 checkpoints are not read:
+    the JSON commits are replayed from version 0 when they are all still there,
+    else ``None`` is returned as "cannot tell" (callers then leave the check to
+    Spark)."""
+    names = _entries(path)
+    commits = sorted(int(m.group(1)) for m in map(_COMMIT.match, names) if m)
+    checkpoints = sorted(int(m.group(1)) for m in map(_CLASSIC_CHECKPOINT.match, names) if m)
+    if not commits and not checkpoints:
+        return None
+    files: dict[str, dict] = {}
+    props: dict[str, str] = {}
+    start = 0
+    if checkpoints:
+        start = checkpoints[-1] + 1
+        files, props = _read_checkpoint(fs.join(log_dir(path), f"{checkpoints[-1]:020d}.checkpoint.parquet"))
+    todo = [v for v in commits if v >= start]
+    if todo and todo != list(range(start, todo[-1] + 1)):
+        return None     # a gap (cleaned-up log, partial listing): cannot replay honestly
+    if not checkpoints and (not commits or commits[0] != 0):
+        return None
+    for v in todo:
+        for line in fs.read_text(fs.join(log_dir(path), f"{v:020d}.json")).splitlines():
+            if not line.strip():
+                continue
+            action = json.loads(line)
+            if "add" in action:
+                files[action["add"]["path"]] = action["add"].get("partitionValues") or {}
+            elif "remove" in action:
+                files.pop(action["remove"]["path"], None)
+            elif "metaData" in action:
+                props = dict(action["metaData"].get("configuration") or {})
+    version = max(todo[-1] if todo else -1, checkpoints[-1] if checkpoints else -1)
+    return Snapshot(version, list(files.values()), props)
+
+
+def _read_checkpoint(uri: str) -> tuple[dict[str, dict], dict[str, str]]:
+    import pyarrow.parquet as pq
+
+    with fs.open_read(uri) as f:
+        table = pq.read_table(f, columns=["add", "metaData"])
+    files: dict[str, dict] = {}
+    props: dict[str, str] = {}
+    for row in table.to_pylist():
+        add, meta = row.get("add"), row.get("metaData")
+        if add:
+            files[add["path"]] = dict(add.get("partitionValues") or [])
+        if meta:
+            props = dict(meta.get("configuration") or [])
+    return files, props
