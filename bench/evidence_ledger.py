@@ -147,10 +147,14 @@ def md(rows: list[list[str]], head: list[str]) -> str:
     return "\n".join(out)
 
 
+def _col(kind: str, metric: str, scope: str, scopes: list[str]) -> str:
+    return f"{kind} {metric.upper()}" + (f" · {scope}" if len(scopes) > 1 else "")
+
+
 def lift_table(df: pd.DataFrame, setting: str, methods: list[str], way: str, scopes: list[str],
                shared_setting: str, seeds: list[int]) -> str:
     """Rows: methods; columns: (model kind, metric) per scope; cells: lift over the baseline in %."""
-    head = ["method"] + [f"{k} {m.upper()} · {s}" for s in scopes for k in ("DNN", "LightGBM") for m in ("auc", "gauc")]
+    head = ["method"] + [_col(k, m, s, scopes) for s in scopes for k in ("DNN", "LightGBM") for m in ("auc", "gauc")]
     rows = []
     for meth in methods:
         cells = [meth]
@@ -164,7 +168,7 @@ def lift_table(df: pd.DataFrame, setting: str, methods: list[str], way: str, sco
 
 def minus_table(df: pd.DataFrame, setting: str, rivals: list[str], way: str, scopes: list[str],
                 shared_setting: str, seeds: list[int], reference: str = "courier") -> str:
-    head = ["rival"] + [f"{k} {m.upper()} · {s}" for s in scopes for k in ("DNN", "LightGBM") for m in ("auc", "gauc")]
+    head = ["rival"] + [_col(k, m, s, scopes) for s in scopes for k in ("DNN", "LightGBM") for m in ("auc", "gauc")]
     rows = []
     for r in rivals:
         cells = [r]
