@@ -50,10 +50,12 @@ def commit_versions(path: str) -> list[int]:
 @dataclass
 class Snapshot:
     """The live state of a table at its newest version: the partition values
-    of its live files, and its properties (``metaData.configuration``)."""
+    of its live files, its properties (``metaData.configuration``) and the
+    table features its protocol names."""
     version: int
     partitions: list[dict[str, str | None]] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
+    features: set[str] = field(default_factory=set)
 
     def partition_values(self, column: str) -> set[str]:
         return {p[column] for p in self.partitions if p.get(column) is not None}
@@ -72,10 +74,11 @@ def snapshot(path: str) -> Snapshot | None:
         return None
     files: dict[str, dict] = {}
     props: dict[str, str] = {}
+    features: set[str] = set()
     start = 0
     if checkpoints:
         start = checkpoints[-1] + 1
-        files, props = _read_checkpoint(fs.join(log_dir(path), f"{checkpoints[-1]:020d}.checkpoint.parquet"))
+        files, props, features = _read_checkpoint(fs.join(log_dir(path), f"{checkpoints[-1]:020d}.checkpoint.parquet"))
     todo = [v for v in commits if v >= start]
     if todo and todo != list(range(start, todo[-1] + 1)):
         return None     # a gap (cleaned-up log, partial listing): cannot replay honestly
@@ -92,21 +95,31 @@ def snapshot(path: str) -> Snapshot | None:
                 files.pop(action["remove"]["path"], None)
             elif "metaData" in action:
                 props = dict(action["metaData"].get("configuration") or {})
+            elif "protocol" in action:
+                features = _features(action["protocol"])
     version = max(todo[-1] if todo else -1, checkpoints[-1] if checkpoints else -1)
-    return Snapshot(version, list(files.values()), props)
+    return Snapshot(version, list(files.values()), props, features)
 
 
-def _read_checkpoint(uri: str) -> tuple[dict[str, dict], dict[str, str]]:
+def _features(protocol: dict) -> set[str]:
+    return set(protocol.get("readerFeatures") or []) | set(protocol.get("writerFeatures") or [])
+
+
+def _read_checkpoint(uri: str) -> tuple[dict[str, dict], dict[str, str], set[str]]:
     import pyarrow.parquet as pq
 
     with fs.open_read(uri) as f:
-        table = pq.read_table(f, columns=["add", "metaData"])
+        pf = pq.ParquetFile(f)
+        table = pf.read(columns=[c for c in ("add", "metaData", "protocol") if c in pf.schema_arrow.names])
     files: dict[str, dict] = {}
     props: dict[str, str] = {}
+    features: set[str] = set()
     for row in table.to_pylist():
-        add, meta = row.get("add"), row.get("metaData")
+        add, meta, protocol = row.get("add"), row.get("metaData"), row.get("protocol")
         if add:
             files[add["path"]] = dict(add.get("partitionValues") or [])
         if meta:
             props = dict(meta.get("configuration") or [])
-    return files, props
+        if protocol:
+            features = _features(protocol)
+    return files, props, features

@@ -104,3 +104,9 @@ class TablePaths:
     def run_summaries(self) -> str: return _join(self.root, "_runs")   # <stage>.json
     @property
     def run_logs(self) -> str: return _join(self.root, "_runs", "logs")  # full DEBUG log per command
+
+    def artefact_dirs(self) -> dict[str, str]:
+        """The folders of non-table artefacts, by what they hold (a path a
+        user names for writing must not be in or above one of them)."""
+        return {"models": self.models, "the stream checkpoint": self.stream_checkpoint,
+                "caches": _join(self.root, "_cache"), "reports": self.reports, "run summaries": self.run_summaries}

@@ -21,14 +21,20 @@ image changed within one model version contributes its current embedding.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .errors import DataError
+from . import delta_log, fs
+from .catalog import CATALOG
+from .errors import ConfigError, DataError, MissingArtifactError
 from .feature_store import VALID_FROM, VALID_TO
+from .paths import TablePaths
+
+if TYPE_CHECKING:
+    from .schema import RetrievalConfig
 
 # item_visual columns an event receives (as of its timestamp).
 ITEM_FEATURES = ("courier_cluster_id", "distance", "model_version", "centroid_version")
@@ -120,3 +126,163 @@ def _with_history(out: DataFrame, item_visual: DataFrame, impressions: DataFrame
             .withColumn("sim_scores",
                         F.transform(idx, lambda i: F.try_element_at("_m", i)["sim"]).cast("array<float>"))
             .drop("_m"))
+
+
+# ----------------------------------------------------------------- input and output
+# Who wrote an output: a Delta table property, or a file in a Parquet directory
+# (Parquet has no table properties). point_in_time replaces only its own output.
+WRITER_PROPERTY = "courier.writer"
+WRITER = "point_in_time"
+PARQUET_MARKER = "_courier_writer"
+
+
+def _norm(path: str) -> str:
+    """Comparable form: local paths absolute without a trailing slash, URIs as given."""
+    return TablePaths.for_root(path).root.rstrip("/") or "/"
+
+
+def _within(parent: str, child: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def check_output(cfg: "RetrievalConfig", paths: TablePaths) -> None:
+    """``ConfigError`` (one line) unless writing ``cfg.output`` can only
+    replace what point_in_time wrote: not the input, not the root or a folder
+    above it, not in or above one of the root's catalog tables; what is there
+    now is nothing, an empty directory, point_in_time's own output (a table
+    property / marker file) or anything with ``retrieval.overwrite=true``.
+    Reads the filesystem and Delta logs only (no Spark), so the CLI runs it
+    before Spark starts and the stage again right before it writes."""
+    out, root = _norm(cfg.output), _norm(paths.root)
+    if _within(out, root):
+        raise ConfigError(f"retrieval.output {cfg.output} would replace the dataset root {paths.root}; "
+                          "write the result outside the root's tables")
+    if cfg.input and (_within(out, _norm(cfg.input)) or _within(_norm(cfg.input), out)):
+        raise ConfigError(f"retrieval.output {cfg.output} is, holds or lies in retrieval.input {cfg.input}; "
+                          "write the result elsewhere")
+    owned = {f"the root's table {name} (written by `courier {spec.made_by.split()[0]}`)": paths.of(name)
+             for name, spec in CATALOG.items()}
+    owned.update({f"the root's {what}": d for what, d in paths.artefact_dirs().items()})
+    for what, path in owned.items():
+        mine = _norm(path)
+        if _within(mine, out) or _within(out, mine):
+            where = "is" if out == mine else "is inside" if _within(mine, out) else "holds"
+            raise ConfigError(f"retrieval.output {cfg.output} {where} {what}; write the result outside the "
+                              "root's tables and artefacts")
+    if cfg.overwrite:
+        return
+    if delta_log.table_exists(out):
+        snap = delta_log.snapshot(out)
+        writer = snap.properties.get(WRITER_PROPERTY) if snap else None
+        if writer != WRITER:
+            raise ConfigError(f"retrieval.output {cfg.output} holds a Delta table that point_in_time did not write "
+                              f"(its property {WRITER_PROPERTY} is {writer or 'unset'}); choose another "
+                              "retrieval.output or --set retrieval.overwrite=true to replace it")
+        return
+    if not fs.exists(out):
+        return
+    if not fs.isdir(out):
+        raise ConfigError(f"retrieval.output {cfg.output} is a file; choose another retrieval.output or "
+                          "--set retrieval.overwrite=true to replace it")
+    names = fs.ls(out)
+    if names and PARQUET_MARKER not in names:
+        raise ConfigError(f"retrieval.output {cfg.output} is a directory point_in_time did not write "
+                          f"({len(names)} entr{'y' if len(names) == 1 else 'ies'}, no {PARQUET_MARKER} file); "
+                          "choose another retrieval.output or --set retrieval.overwrite=true to replace it")
+
+
+def write_output(spark: SparkSession, df: DataFrame, path: str, fmt: str) -> None:
+    """Replace ``path`` with ``df`` (checked by ``check_output`` first) and
+    record that point_in_time wrote it. Delta: a new table is created with the
+    property before any row is written (a run that dies later leaves an empty
+    table that is still ours); an existing one gets the property (when
+    replaced with retrieval.overwrite=true) and the table features the new
+    schema needs (timestamp_ntz events on a table made before) first, then the
+    atomic overwrite. Parquet: Spark's overwrite, then the marker file."""
+    if fmt == "delta":
+        from delta.tables import DeltaTable
+
+        if not delta_log.table_exists(path):
+            if fs.exists(path):
+                fs.rm(path, recursive=True)   # an empty directory, or anything with retrieval.overwrite=true
+            (DeltaTable.create(spark).location(path).addColumns(df.schema)
+             .property(WRITER_PROPERTY, WRITER).execute())
+        else:
+            snap = delta_log.snapshot(path)
+            props = {}
+            if snap is None or snap.properties.get(WRITER_PROPERTY) != WRITER:
+                props[WRITER_PROPERTY] = WRITER
+            if "timestamp_ntz" in df.schema.simpleString() and (snap is None or "timestampNtz" not in snap.features):
+                props["delta.feature.timestampNtz"] = "supported"
+            if props:
+                pairs = ", ".join(f"'{k}' = '{v}'" for k, v in props.items())
+                spark.sql(f"ALTER TABLE delta.`{path.replace('`', '``')}` SET TBLPROPERTIES ({pairs})")
+        df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    else:
+        df.write.format("parquet").mode("overwrite").save(path)
+        fs.write_text(fs.join(path, PARQUET_MARKER), WRITER + "\n")
+
+
+def _nanosecond_columns(path: str) -> dict[str, bool]:
+    """Top-level columns of the Parquet input stored as INT64 nanosecond
+    timestamps (pandas' default ``to_parquet``), each -> whether it is
+    UTC-adjusted (a tz-aware pandas column); read from one file's footer.
+    (INT96 timestamps, Spark's own default, are not these: Spark reads them.)"""
+    import json
+
+    import pyarrow.parquet as pq
+
+    if fs.isdir(path):
+        files = [f for f in fs.glob(fs.join(path, "**", "*.parquet"))
+                 if not f.rsplit("/", 1)[-1].startswith(("_", "."))]
+        if not files:
+            return {}
+        path = files[0]
+    with fs.open_read(path) as f:
+        schema = pq.ParquetFile(f).schema
+    out = {}
+    for i in range(len(schema)):
+        col = schema.column(i)
+        logical = json.loads(col.logical_type.to_json())
+        if logical.get("Type") != "Timestamp" or logical.get("timeUnit") != "nanoseconds":
+            continue
+        if "." in col.path:
+            raise DataError(f"retrieval.input {path}: column {col.path!r} holds nanosecond timestamps inside a nested "
+                            "column, which Spark cannot read; write it with to_parquet(..., coerce_timestamps='us')")
+        out[col.path] = bool(logical.get("isAdjustedToUTC"))
+    return out
+
+
+def read_events(spark: SparkSession, path: str, fmt: str) -> DataFrame:
+    """The consumer's events. A Parquet file written with pandas' defaults has
+    nanosecond timestamps, which Spark cannot read as timestamps: they are
+    read as the long they are stored as (``spark.sql.legacy.parquet.
+    nanosAsLong``, set on the session, since the scan reads it when it runs;
+    it changes nothing else, as Spark cannot read such columns without it)
+    and turned back into timestamps truncated to microseconds,
+    Spark's precision: naive columns -> TIMESTAMP_NTZ (what Spark makes of a
+    naive microsecond column), tz-aware -> TIMESTAMP."""
+    from pyspark.errors import AnalysisException
+
+    from .tables import table_exists
+    if fmt == "delta":
+        if not table_exists(spark, path):
+            raise MissingArtifactError(f"retrieval.input {path} is not a Delta table"
+                                       f"{'' if fs.exists(path) else ' (nothing there)'}; for Parquet events "
+                                       "set retrieval.input_format=parquet")
+        return spark.read.format("delta").load(path)
+    if not fs.exists(path):
+        raise MissingArtifactError(f"retrieval.input {path} does not exist")
+    nanos = _nanosecond_columns(path)
+    if nanos:
+        spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    try:
+        events = spark.read.parquet(path)
+    except AnalysisException as exc:
+        raise DataError(f"retrieval.input {path} cannot be read as Parquet: "
+                        f"{' '.join(str(exc).split())[:300]}") from None
+    for col, utc in nanos.items():
+        micros = f"`{col.replace('`', '``')}` div 1000"
+        events = events.withColumn(col, F.expr(f"timestamp_micros({micros})" if utc else
+                                               f"timestampadd(MICROSECOND, {micros}, TIMESTAMP_NTZ'1970-01-01')"))
+    return events

@@ -507,8 +507,14 @@ class RetrievalConfig(Section):
     SECTION: ClassVar[str] = "retrieval"
     input: str = text("")                 # Delta or Parquet path of the consumer's events
     input_format: str = choice("delta", ("delta", "parquet"))
+    # Where the result goes: never the root or one of its catalog tables.
     output: str = text("")
     output_format: str = choice("delta", ("delta", "parquet"))
+    # Replace whatever is at retrieval.output. Without it, only an output that
+    # point_in_time itself wrote is replaced (a Delta table with the property
+    # courier.writer=point_in_time, a Parquet directory with its _courier_writer
+    # file) or an empty directory: a typo must not replace someone's table.
+    overwrite: bool = False
     event_ts_column: str = text("event_ts")
     # With a user_id column: the user's latest k clicks before event_ts, their
     # cluster ids and SimScores, all as of event_ts.

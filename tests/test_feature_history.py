@@ -3,6 +3,8 @@ checked against brute-force answers computed from the table's full history."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -235,3 +237,89 @@ def test_point_in_time_stage_writes_what_the_function_returns(spark, tmp_path):
     assert s.with_item_features == int(exp["courier_cluster_id"].notna().sum()) > 0
     with pytest.raises(ConfigError, match="retrieval.input"):
         run_stage("point_in_time", StageContext(spark, load_config(None, []), p))
+
+
+def test_point_in_time_outputs_cannot_clobber(spark, tmp_path):
+    """retrieval.output: never the root, its tables or artefacts (checked
+    without Spark); an existing table or directory is replaced only when
+    point_in_time wrote it or with retrieval.overwrite=true; pandas' default
+    nanosecond timestamps are read (truncated to microseconds)."""
+    from courier_spark.config import load_config
+    from courier_spark.delta_log import commit_versions, snapshot
+    from courier_spark.errors import ConfigError
+    from courier_spark.paths import TablePaths
+    from courier_spark.pipeline import StageContext, run_stage
+    from courier_spark.retrieval import PARQUET_MARKER, WRITER, WRITER_PROPERTY, check_output
+
+    p = TablePaths.for_root(str(tmp_path / "ds"))
+    history_table(spark, tmp_path, p.item_visual_features)
+    rng = np.random.default_rng(4)
+    events = pd.DataFrame({"key": range(40), "item_id": rng.integers(1, 46, 40),
+                           "event_ts": [naive(at(h)) + pd.Timedelta(nanoseconds=789) for h in rng.uniform(-5, 35, 40)]})
+    ns_src = str(tmp_path / "events_ns.parquet")
+    events.to_parquet(ns_src)                                       # pandas' defaults: timestamp[ns]
+    us_src = str(tmp_path / "events_us.parquet")
+    events.to_parquet(us_src, coerce_timestamps="us", allow_truncated_timestamps=True)
+
+    def cfg(out, src=ns_src, *more):
+        return load_config(None, [f"retrieval.input={src}", "retrieval.input_format=parquet",
+                                  f"retrieval.output={out}", *more]).retrieval
+
+    # Refused before anything is read: the root, its tables, folders above them, its artefacts, the input.
+    iv_commits = commit_versions(p.item_visual_features)
+    for out, msg in ((p.item_visual_features, "is the root's table feature_store/item_visual (written by "
+                                              "`courier features`)"),
+                     (p.item_visual_features + "/part", "is inside the root's table feature_store/item_visual"),
+                     (p.root + "/feature_store", "holds the root's table feature_store/item_visual"),
+                     (p.root, "would replace the dataset root"), (str(tmp_path), "would replace the dataset root"),
+                     (p.models + "/x", "is inside the root's models"), (ns_src, "retrieval.input")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            check_output(cfg(out, ns_src, "retrieval.overwrite=true"), p)
+    with pytest.raises(ConfigError, match="is the root's table"):
+        run_stage("point_in_time", StageContext(spark, load_config(None, [
+            f"retrieval.input={ns_src}", "retrieval.input_format=parquet",
+            f"retrieval.output={p.item_visual_features}"]), p))
+    assert commit_versions(p.item_visual_features) == iv_commits
+
+    # A new output from pandas' nanosecond file: the same rows as from a microsecond file.
+    out = str(tmp_path / "train_set")
+    s = run_stage("point_in_time", StageContext(spark, load_config(None, [
+        f"retrieval.input={ns_src}", "retrieval.input_format=parquet", f"retrieval.output={out}"]), p))
+    assert s.rows == 40 and snapshot(out).properties[WRITER_PROPERTY] == WRITER
+    got = spark.read.format("delta").load(out)
+    assert dict(got.dtypes)["event_ts"] == "timestamp_ntz"
+    exp = point_in_time_features(spark.read.parquet(us_src), spark.read.format("delta").load(p.item_visual_features))
+    assert sorted(map(tuple, got.select(*exp.columns).collect())) == sorted(map(tuple, exp.collect()))
+    # Ours: replaced on a rerun, the property kept.
+    n = len(commit_versions(out))
+    run_stage("point_in_time", StageContext(spark, load_config(None, [
+        f"retrieval.input={us_src}", "retrieval.input_format=parquet", f"retrieval.output={out}"]), p))
+    assert len(commit_versions(out)) == n + 1 and snapshot(out).properties[WRITER_PROPERTY] == WRITER
+
+    # Someone else's Delta table, a non-empty folder and a file: refused unless retrieval.overwrite=true.
+    theirs = str(tmp_path / "theirs")
+    spark.createDataFrame([(1, "keep")], "a long, b string").write.format("delta").save(theirs)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for target, msg in ((theirs, "holds a Delta table that point_in_time did not write (its property "
+                                 "courier.writer is unset)"),
+                        (str(folder), "is a directory point_in_time did not write"), (str(a_file), "is a file")):
+        with pytest.raises(ConfigError, match=re.escape(msg) + ".*retrieval.overwrite=true"):
+            check_output(cfg(target), p)
+    assert commit_versions(theirs) == [0] and (folder / "notes.txt").exists()
+    check_output(cfg(str(tmp_path / "empty_dir_ok")), p)
+    run_stage("point_in_time", StageContext(spark, load_config(None, [
+        f"retrieval.input={us_src}", "retrieval.input_format=parquet", f"retrieval.output={theirs}",
+        "retrieval.overwrite=true"]), p))
+    assert spark.read.format("delta").load(theirs).count() == 40
+    assert snapshot(theirs).properties[WRITER_PROPERTY] == WRITER    # ours from now on
+    # Parquet output: the marker file says who wrote it.
+    pq_out = str(tmp_path / "pq_out")
+    run_stage("point_in_time", StageContext(spark, load_config(None, [
+        f"retrieval.input={us_src}", "retrieval.input_format=parquet", f"retrieval.output={pq_out}",
+        "retrieval.output_format=parquet"]), p))
+    assert os.path.exists(os.path.join(pq_out, PARQUET_MARKER)) and spark.read.parquet(pq_out).count() == 40
+    check_output(cfg(pq_out, us_src, "retrieval.output_format=parquet"), p)      # ours: may be replaced

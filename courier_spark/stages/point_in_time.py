@@ -6,7 +6,7 @@ from pyspark.sql import functions as F
 
 from ..errors import ConfigError
 from ..logs import say, step
-from ..retrieval import point_in_time_features
+from ..retrieval import check_output, point_in_time_features, read_events, write_output
 from ..tables import read_table
 from .context import StageContext
 from .results import PointInTimeResult
@@ -18,10 +18,8 @@ def run(ctx: StageContext) -> PointInTimeResult:
     cfg, spark, p = ctx.cfg.retrieval, ctx.spark, ctx.paths
     if not cfg.input or not cfg.output:
         raise ConfigError("point_in_time needs --set retrieval.input=PATH and --set retrieval.output=PATH")
-    if cfg.input_format == "delta":
-        events = read_table(spark, cfg.input)
-    else:
-        events = spark.read.parquet(cfg.input)
+    check_output(cfg, p)        # refuse before reading anything; the CLI checked it before Spark too
+    events = read_events(spark, cfg.input, cfg.input_format)
     if cfg.event_ts_column != "event_ts" and cfg.event_ts_column in events.columns:
         events = events.withColumnRenamed(cfg.event_ts_column, "event_ts")
     history = cfg.history and "user_id" in events.columns
@@ -32,7 +30,7 @@ def run(ctx: StageContext) -> PointInTimeResult:
     if cfg.event_ts_column != "event_ts":
         out = out.withColumnRenamed("event_ts", cfg.event_ts_column)
     with step("point_in_time", f"writing {cfg.output} ({cfg.output_format})"):
-        out.write.format(cfg.output_format).mode("overwrite").option("overwriteSchema", "true").save(cfg.output)
+        write_output(spark, out, cfg.output, cfg.output_format)
     written = spark.read.format(cfg.output_format).load(cfg.output)
     st = written.agg(F.count("*").alias("rows"),
                      F.sum(F.col("courier_cluster_id").isNotNull().cast("int")).alias("with_features")).first()
