@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import fs
 from .config import load_config
-from .errors import CourierError, FilesystemError, MissingTableError, SqlFileError
+from .errors import CourierError, FilesystemError, MissingRootError, MissingTableError, SqlFileError
 from .logs import RunLog, configure_logging, debug
 from .paths import TablePaths
-from .pipeline import STAGES, StageContext, pipeline_stages, run_stage, stage_help
+from .pipeline import STAGES, StageContext, pipeline_stages, preflight, run_stage, stage_help
 from .redact import mask_text
 from .stages.results import HealthResult
 
@@ -175,7 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.log_dir = os.path.abspath(os.path.expanduser(args.log_dir or default_sql_log_dir()))
             query = check_sql_command(args, paths)
         else:
+            if names and names[0] != "generate":
+                try:
+                    fs.check_root(paths.root, write=False)
+                except MissingRootError:
+                    # Name the missing input (and the stage that makes it) before
+                    # check_root below creates the root for a stage that needs none.
+                    preflight(names, cfg, paths)
             fs.check_root(paths.root, write=True)
+            preflight(names, cfg, paths)
         if args.command == "health":
             check_health_command(paths)
     except CourierError as exc:

@@ -24,6 +24,7 @@ standard-library base callers may catch (``ValueError``, ``LookupError``,
     |   +-- TamperedCacheError      a training-loader cache file that would run code
     +-- ServiceError                a system the platform runs on failed or refused
         +-- FilesystemError         a root or URI that cannot be used
+        |   +-- MissingRootError    a dataset root that does not exist (where one must)
         +-- OnlineStoreError        the online store (Redis)
         +-- ConcurrentWriteError    a MERGE lost to concurrent writers after every retry
         +-- DistributedTrainingError  a distributed training job failed or stalled
@@ -111,6 +112,11 @@ class FilesystemError(ServiceError):
     """A root or URI that cannot be used: unknown scheme, missing client
     package, unreachable filesystem, or a file where a directory must be.
     The message is one line naming the URI."""
+
+
+class MissingRootError(FilesystemError):
+    """The dataset root does not exist where it must (a reader, or a stage
+    whose inputs would be there): nothing was created."""
 
 
 class OnlineStoreError(ServiceError):

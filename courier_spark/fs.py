@@ -48,7 +48,7 @@ from typing import IO, Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import CourierError, FilesystemError  # noqa: F401 (re-exported)
+from .errors import CourierError, FilesystemError, MissingRootError  # noqa: F401 (re-exported)
 
 __all__ = [
     "FilesystemError", "join", "to_fsspec", "filesystem", "is_local", "to_local_path",
@@ -647,7 +647,7 @@ def check_root(root: str, write: bool = True) -> None:
             elif write:
                 fs.makedirs(path, exist_ok=True)
             if not write:
-                raise FilesystemError(f"dataset root {root} does not exist")
+                raise MissingRootError(f"dataset root {root} does not exist")
         if write and proto != "file":
             probe = f"{path.rstrip('/')}/.courier-write-probe-{uuid.uuid4().hex}"
             fs.pipe_file(probe, b"")

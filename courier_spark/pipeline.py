@@ -19,10 +19,11 @@ from .errors import CourierError
 from .logs import say
 from .redact import redact_config, redact_tree
 from .stages.context import StageContext
+from .stages.preflight import preflight
 from .stages.results import StageResult
 
-__all__ = ["PIPELINE", "STAGES", "StageContext", "StageSpec", "pipeline_stages", "run_stage", "stage_help",
-           "write_summary"]
+__all__ = ["PIPELINE", "STAGES", "StageContext", "StageSpec", "pipeline_stages", "preflight", "run_stage",
+           "stage_help", "write_summary"]
 
 StageFn = Callable[[StageContext], StageResult]
 

@@ -145,6 +145,22 @@ def _within(parent: str, child: str) -> bool:
     return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
+def check_settings(cfg: "RetrievalConfig", paths: TablePaths) -> None:
+    """Everything about ``courier point_in_time``'s settings that can be
+    checked without Spark: both paths set, the input there, the output
+    allowed (``check_output``). The CLI runs it before Spark starts; the
+    stage again before it reads."""
+    if not cfg.input or not cfg.output:
+        raise ConfigError("point_in_time needs --set retrieval.input=PATH and --set retrieval.output=PATH")
+    if cfg.input_format == "delta" and not delta_log.table_exists(cfg.input):
+        raise MissingArtifactError(f"retrieval.input {cfg.input} is not a Delta table"
+                                   f"{'' if fs.exists(cfg.input) else ' (nothing there)'}; for Parquet events "
+                                   "set retrieval.input_format=parquet")
+    if cfg.input_format == "parquet" and not fs.exists(cfg.input):
+        raise MissingArtifactError(f"retrieval.input {cfg.input} does not exist")
+    check_output(cfg, paths)
+
+
 def check_output(cfg: "RetrievalConfig", paths: TablePaths) -> None:
     """``ConfigError`` (one line) unless writing ``cfg.output`` can only
     replace what point_in_time wrote: not the input, not the root or a folder
@@ -254,7 +270,7 @@ def _nanosecond_columns(path: str) -> dict[str, bool]:
 
 
 def read_events(spark: SparkSession, path: str, fmt: str) -> DataFrame:
-    """The consumer's events. A Parquet file written with pandas' defaults has
+    """The consumer's events (``check_settings`` found them). A Parquet file written with pandas' defaults has
     nanosecond timestamps, which Spark cannot read as timestamps: they are
     read as the long they are stored as (``spark.sql.legacy.parquet.
     nanosAsLong``, set on the session, since the scan reads it when it runs;
@@ -264,15 +280,8 @@ def read_events(spark: SparkSession, path: str, fmt: str) -> DataFrame:
     naive microsecond column), tz-aware -> TIMESTAMP."""
     from pyspark.errors import AnalysisException
 
-    from .tables import table_exists
     if fmt == "delta":
-        if not table_exists(spark, path):
-            raise MissingArtifactError(f"retrieval.input {path} is not a Delta table"
-                                       f"{'' if fs.exists(path) else ' (nothing there)'}; for Parquet events "
-                                       "set retrieval.input_format=parquet")
-        return spark.read.format("delta").load(path)
-    if not fs.exists(path):
-        raise MissingArtifactError(f"retrieval.input {path} does not exist")
+        return spark.read.format("delta").load(path)      # checked by check_settings
     nanos = _nanosecond_columns(path)
     if nanos:
         spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")

@@ -32,16 +32,23 @@ def invalidate_table_cache(spark: SparkSession, path: str) -> None:
     jvm.org.apache.spark.sql.delta.DeltaLog.invalidateCache(spark._jsparkSession, jvm.org.apache.hadoop.fs.Path(path))
 
 
+def missing_table(path: str, made_by: str | None = None) -> MissingTableError:
+    """The error for a missing table, naming the stage that makes it (from
+    the catalog, or ``made_by`` for a table outside it); also raised by the
+    checks before Spark starts (``stages.preflight``)."""
+    entry = spec_for_path(path)
+    made_by = made_by or (entry.made_by if entry else None)
+    hint = f"; run `courier {made_by}` first" if made_by else ""
+    return MissingTableError(f"no Delta table at {path}{hint}")
+
+
 def read_table(spark: SparkSession, path: str, made_by: str | None = None,
                version: int | None = None) -> DataFrame:
     """The Delta table at ``path`` (at ``version``); a missing table is a
     ``MissingTableError`` naming the stage that makes it (from the catalog,
     or ``made_by`` for a table outside it)."""
     if not table_exists(spark, path):
-        entry = spec_for_path(path)
-        made_by = made_by or (entry.made_by if entry else None)
-        hint = f"; run `courier {made_by}` first" if made_by else ""
-        raise MissingTableError(f"no Delta table at {path}{hint}")
+        raise missing_table(path, made_by)
     reader = spark.read.format("delta")
     if version is not None:
         # Checked here so the caller gets the table and the valid range, not a

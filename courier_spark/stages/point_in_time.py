@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pyspark.sql import functions as F
 
-from ..errors import ConfigError
 from ..logs import say, step
-from ..retrieval import check_output, point_in_time_features, read_events, write_output
+from ..retrieval import check_settings, point_in_time_features, read_events, write_output
 from ..tables import read_table
 from .context import StageContext
 from .results import PointInTimeResult
@@ -16,9 +15,7 @@ def run(ctx: StageContext) -> PointInTimeResult:
     """retrieval.input events -> retrieval.output with features as of each event_ts."""
 
     cfg, spark, p = ctx.cfg.retrieval, ctx.spark, ctx.paths
-    if not cfg.input or not cfg.output:
-        raise ConfigError("point_in_time needs --set retrieval.input=PATH and --set retrieval.output=PATH")
-    check_output(cfg, p)        # refuse before reading anything; the CLI checked it before Spark too
+    check_settings(cfg, p)      # before reading anything; the CLI checked it before Spark too
     events = read_events(spark, cfg.input, cfg.input_format)
     if cfg.event_ts_column != "event_ts" and cfg.event_ts_column in events.columns:
         events = events.withColumnRenamed(cfg.event_ts_column, "event_ts")
