@@ -347,7 +347,8 @@ def guard_petastorm_unpickling() -> None:
     import pyarrow as pa
     from petastorm.etl import legacy
 
-    pa.PyExtensionType.set_auto_load(False)
+    if hasattr(pa, "PyExtensionType"):   # gone from newer pyarrow, which never deserialises them
+        pa.PyExtensionType.set_auto_load(False)
     if getattr(legacy.RestrictedUnpickler, "_courier_strict_globals", False):
         return
     names = legacy.RestrictedUnpickler.find_class
