@@ -88,6 +88,11 @@ def check_sql_command(args: argparse.Namespace, paths: TablePaths) -> "SqlQuery"
     check_tables_exist(query, paths.root)
     if args.out:
         check_out_file(args.out, paths.root, args.overwrite)
+    if fs.is_local(paths.root):
+        root_abs = os.path.realpath(fs.to_local_path(paths.root))
+        if os.path.commonpath([os.path.realpath(args.log_dir), root_abs]) == root_abs:
+            raise CourierError(f"sql: --log-dir {args.log_dir} is inside the root {paths.root}, which `courier sql` "
+                               "only reads; log elsewhere")
     try:
         os.makedirs(args.log_dir, exist_ok=True)
     except OSError as exc:

@@ -213,13 +213,21 @@ def test_point_in_time_refuses_bad_events(spark, tmp_path):
         point_in_time_features(clash, iv)
 
 
-def test_point_in_time_stage_writes_what_the_function_returns(spark, tmp_path):
+@pytest.fixture(scope="module")
+def pit_root(spark, tmp_path_factory):
+    """A root whose feature_store/item_visual is ``history_table``'s (read only
+    by the point_in_time stage tests, which share it)."""
+    from courier_spark.paths import TablePaths
+    p = TablePaths.for_root(str(tmp_path_factory.mktemp("pit") / "ds"))
+    history_table(spark, None, p.item_visual_features)
+    return p
+
+
+def test_point_in_time_stage_writes_what_the_function_returns(spark, tmp_path, pit_root):
     from courier_spark.config import load_config
     from courier_spark.errors import ConfigError
-    from courier_spark.paths import TablePaths
     from courier_spark.pipeline import StageContext, run_stage
-    p = TablePaths.for_root(str(tmp_path / "ds"))
-    history_table(spark, tmp_path, p.item_visual_features)
+    p = pit_root
     rng = np.random.default_rng(2)
     hours = rng.uniform(-5, 35, 50)
     events = pd.DataFrame({"key": range(50), "item_id": rng.integers(1, 46, 50),
@@ -239,7 +247,7 @@ def test_point_in_time_stage_writes_what_the_function_returns(spark, tmp_path):
         run_stage("point_in_time", StageContext(spark, load_config(None, []), p))
 
 
-def test_point_in_time_outputs_cannot_clobber(spark, tmp_path):
+def test_point_in_time_outputs_cannot_clobber(spark, tmp_path, pit_root):
     """retrieval.output: never the root, its tables or artefacts (checked
     without Spark); an existing table or directory is replaced only when
     point_in_time wrote it or with retrieval.overwrite=true; pandas' default
@@ -247,12 +255,10 @@ def test_point_in_time_outputs_cannot_clobber(spark, tmp_path):
     from courier_spark.config import load_config
     from courier_spark.delta_log import commit_versions, snapshot
     from courier_spark.errors import ConfigError
-    from courier_spark.paths import TablePaths
     from courier_spark.pipeline import StageContext, run_stage
     from courier_spark.retrieval import PARQUET_MARKER, WRITER, WRITER_PROPERTY, check_output
 
-    p = TablePaths.for_root(str(tmp_path / "ds"))
-    history_table(spark, tmp_path, p.item_visual_features)
+    p = pit_root
     rng = np.random.default_rng(4)
     events = pd.DataFrame({"key": range(40), "item_id": rng.integers(1, 46, 40),
                            "event_ts": [naive(at(h)) + pd.Timedelta(nanoseconds=789) for h in rng.uniform(-5, 35, 40)]})
@@ -271,7 +277,7 @@ def test_point_in_time_outputs_cannot_clobber(spark, tmp_path):
                                               "`courier features`)"),
                      (p.item_visual_features + "/part", "is inside the root's table feature_store/item_visual"),
                      (p.root + "/feature_store", "holds the root's table feature_store/item_visual"),
-                     (p.root, "would replace the dataset root"), (str(tmp_path), "would replace the dataset root"),
+                     (p.root, "would replace the dataset root"), (os.path.dirname(p.root), "would replace the dataset root"),
                      (p.models + "/x", "is inside the root's models"), (ns_src, "retrieval.input")):
         with pytest.raises(ConfigError, match=re.escape(msg)):
             check_output(cfg(out, ns_src, "retrieval.overwrite=true"), p)

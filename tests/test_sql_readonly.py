@@ -374,12 +374,14 @@ def test_out_never_clobbers(predictions_root, tmp_path, monkeypatch, capsys, no_
     r = ["per_category_auc_lift", "--root", str(root)]
     cases = [([*r, "--out", str(existing)], "already exists; pass --overwrite to replace it"),
              ([*r, "--out", str(root / "gold" / "x.csv")], "is inside the root"),
-             ([*r, "--out", str(tmp_path)], "is a directory")]
+             ([*r, "--out", str(tmp_path)], "is a directory"),
+             ([*r, "--log-dir", str(root / "_runs" / "logs")], "--log-dir")]
     for args, expected in cases:
         assert cli.main(["sql", *args]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err, err
     assert existing.read_text() == "precious\n" and not (root / "gold" / "x.csv").exists()
+    assert not (root / "_runs").exists()
 
 
 def test_out_overwrite_replaces_the_file_whole(predictions_root, tmp_path, monkeypatch, capsys):
