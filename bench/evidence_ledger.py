@@ -123,7 +123,7 @@ def lift_runs(df: pd.DataFrame, setting: str, method: str, way: str, kind: str, 
     base = {j: v for (_, j), v in _runs(df, setting, "baseline", "none", kind, scope, metric,
                                         shared_setting).items()}
     own = _runs(df, setting, method, way, kind, scope, metric, shared_setting)
-    if own and all(e is None or e == -1 for e, _ in own):   # seedless method: the same runs for every seed
+    if own and all(e is None or pd.isna(e) or e == -1 for e, _ in own):   # seedless method: the same runs for every seed
         own = {(e, j): v for (_, j), v in own.items() for e in seeds}
     return {(e, j): 100.0 * (v / base[j] - 1.0) for (e, j), v in own.items() if j in base and base[j] > 0}
 
@@ -151,34 +151,26 @@ def _col(kind: str, metric: str, scope: str, scopes: list[str]) -> str:
     return f"{kind} {metric.upper()}" + (f" · {scope}" if len(scopes) > 1 else "")
 
 
+def _table(first: str, names: list[str], scopes: list[str], cell) -> str:
+    """Rows: ``names``; columns: (model kind, metric) per scope; ``cell(name, kind, scope, metric) -> Cell``."""
+    head = [first] + [_col(k, m, s, scopes) for s in scopes for k in ("DNN", "LightGBM") for m in ("auc", "gauc")]
+    rows = [[n] + [cell(n, kind, s, metric).fmt() for s in scopes for kind in ("dnn", "lgbm")
+                   for metric in ("auc", "gauc")] for n in names]
+    return md(rows, head)
+
+
 def lift_table(df: pd.DataFrame, setting: str, methods: list[str], way: str, scopes: list[str],
                shared_setting: str, seeds: list[int]) -> str:
-    """Rows: methods; columns: (model kind, metric) per scope; cells: lift over the baseline in %."""
-    head = ["method"] + [_col(k, m, s, scopes) for s in scopes for k in ("DNN", "LightGBM") for m in ("auc", "gauc")]
-    rows = []
-    for meth in methods:
-        cells = [meth]
-        for s in scopes:
-            for kind in ("dnn", "lgbm"):
-                for metric in ("auc", "gauc"):
-                    cells.append(lift_cell(df, setting, meth, way, kind, s, metric, shared_setting, seeds).fmt())
-        rows.append(cells)
-    return md(rows, head)
+    """Each method's lift over the baseline in %."""
+    return _table("method", methods, scopes, lambda m, kind, s, metric: lift_cell(
+        df, setting, m, way, kind, s, metric, shared_setting, seeds))
 
 
 def minus_table(df: pd.DataFrame, setting: str, rivals: list[str], way: str, scopes: list[str],
                 shared_setting: str, seeds: list[int], reference: str = "courier") -> str:
-    head = ["rival"] + [_col(k, m, s, scopes) for s in scopes for k in ("DNN", "LightGBM") for m in ("auc", "gauc")]
-    rows = []
-    for r in rivals:
-        cells = [r]
-        for s in scopes:
-            for kind in ("dnn", "lgbm"):
-                for metric in ("auc", "gauc"):
-                    cells.append(minus_cell(df, setting, reference, r, way, kind, s, metric, shared_setting,
-                                            seeds).fmt())
-        rows.append(cells)
-    return md(rows, head)
+    """``reference`` minus each rival, in lift points, paired."""
+    return _table("rival", rivals, scopes, lambda r, kind, s, metric: minus_cell(
+        df, setting, reference, r, way, kind, s, metric, shared_setting, seeds))
 
 
 def coverage(df: pd.DataFrame, setting: str, methods: list[str], way: str, shared_setting: str) -> str:
@@ -186,6 +178,6 @@ def coverage(df: pd.DataFrame, setting: str, methods: list[str], way: str, share
     parts = []
     for m in methods:
         got = _runs(df, setting, m, way, "dnn", "all", "auc", shared_setting)
-        seeds = sorted({"–" if e is None or e == -1 else str(e) for e, _ in got})
+        seeds = sorted({"–" if e is None or pd.isna(e) or e == -1 else str(int(e)) for e, _ in got})
         parts.append(f"{m} {len(got)} runs (seeds {', '.join(seeds) or 'none'})")
     return "; ".join(parts)
