@@ -12,7 +12,7 @@ import pytest
 
 from courier_spark import cli
 from courier_spark.config import load_config
-from courier_spark.errors import MissingTableError, VersionNotFoundError
+from courier_spark.errors import ArtifactNotFoundError, MissingTableError, VersionNotFoundError
 from courier_spark.paths import TablePaths
 from courier_spark.pipeline import preflight
 
@@ -90,7 +90,16 @@ def test_inputs_made_earlier_in_the_run_are_not_required(root, tmp_path):
         preflight(["validate"], cfg, bare)
     # a centroid version the same run's `cluster` makes cannot be checked yet: left to the stage
     c7 = load_config(None, ["features.centroid_version=c0007"])
+    with pytest.raises(ArtifactNotFoundError, match="no trained model for method 'courier'"):
+        preflight(["embed", "cluster", "features"], c7, root)          # embed needs a model (a listing)
+    v1 = Path(root.models) / "courier" / "v0001"
+    v1.mkdir(parents=True)
+    (v1 / "artifact.json").write_text("{}")                           # complete: its marker is written
     preflight(["embed", "cluster", "features"], c7, root)
+    with pytest.raises(ArtifactNotFoundError, match="courier/v0002 does not exist"):
+        preflight(["embed"], load_config(None, ["embed.model_version=v0002"]), root)
+    with pytest.raises(ArtifactNotFoundError, match="simclr/v0001 does not exist"):
+        preflight(["cluster"], load_config(None, ["cluster.model_version=simclr/v0001"]), root)
     with pytest.raises(VersionNotFoundError, match="c0007"):
         preflight(["features"], c7, root)
     assert not Path(bare.root).exists()

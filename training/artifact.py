@@ -17,7 +17,6 @@ reuses its number.
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +27,7 @@ from courier_spark import fs
 from courier_spark.errors import ArtifactCorruptError, ArtifactNotFoundError, CourierError  # noqa: F401 (re-exported)
 
 from .backbones import build_backbone
-
-_VERSION = re.compile(r"^v(\d{4,})$")
-_META = "artifact.json"     # the completion marker: written last
+from .model_versions import META as _META, VERSION as _VERSION, list_versions, resolve_version  # noqa: F401
 
 
 @dataclass
@@ -70,15 +67,6 @@ class ModelArtifact:
             raise ArtifactCorruptError(f"model {self.model_version}: {self.encoder_uri} is not a readable "
                                        f"{self.backbone} state dict (truncated or tampered?): {first}") from None
         return enc.eval()
-
-
-def list_versions(models_dir: str, method: str) -> list[str]:
-    """Complete versions of ``method`` (those with ``artifact.json``), oldest first."""
-    d = fs.join(models_dir, method)
-    if not fs.isdir(d):
-        return []
-    return sorted((v for v in fs.ls(d) if _VERSION.match(v) and fs.exists(fs.join(d, v, _META))),
-                  key=lambda v: int(v[1:]))
 
 
 def next_version(models_dir: str, method: str) -> str:
@@ -136,20 +124,7 @@ def copy_as_latest(models_dir: str, art: ModelArtifact, **metrics: Any) -> Model
 def load_artifact(models_dir: str, method: str, version: str = "latest") -> ModelArtifact:
     """The artifact of ``method`` at ``version`` (``latest`` = highest); a version
     that does not exist is an ``ArtifactNotFoundError`` listing the ones that do."""
-    have = list_versions(models_dir, method)
-    if version == "latest":
-        if not have:
-            raise ArtifactNotFoundError(
-                f"no trained model for method {method!r} under {models_dir}; run `courier train` first")
-        version = have[-1]
-    if not _VERSION.match(str(version)):
-        raise ArtifactNotFoundError(
-            f"model version {version!r} of {method!r} is not a version name: use 'latest' or vNNNN "
-            f"(available: {', '.join(have) or 'none'})")
-    if version not in have:
-        raise ArtifactNotFoundError(
-            f"model {method}/{version} does not exist under {models_dir}; "
-            f"available: {', '.join(have) or 'none'}")
+    version = resolve_version(models_dir, method, version)
     path = fs.join(models_dir, method, version)
     meta_uri = fs.join(path, _META)
     try:

@@ -6,7 +6,8 @@ layer, so remote roots work); and per stage what else can be known without
 Spark: the services it talks to answer (``online``: Redis, with a short
 timeout), the settings it needs are there and sound (``point_in_time``), the
 versions it is told to use exist (``features.centroid_version``: the
-partition values of ``gold/centroids``). Every failure is a ``CourierError``
+partition values of ``gold/centroids``; ``embed.model_version`` and
+``cluster.model_version``: a listing of models/). Every failure is a ``CourierError``
 with the same message the stage would give after Spark started. Nothing is
 written. Imports no stage module and neither torch nor a JVM.
 """
@@ -35,6 +36,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "online": ("feature_store/item_visual",),
     "point_in_time": ("feature_store/item_visual",),
     "feast": ("feature_store/item_visual",),
+    # The stream's source, the silver items its catch-up embeds, and the centroids that assign them.
+    "stream": ("bronze/items", "silver/items", "gold/centroids"),
 }
 # A Redis that does not answer within this many seconds fails the check (a
 # refused port answers at once); the stage itself uses online.timeout_seconds.
@@ -72,7 +75,35 @@ def _features(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
                                    f"available: {', '.join(have)}")
 
 
-CHECKS: dict[str, Check] = {"online": _online, "point_in_time": _point_in_time, "features": _features}
+def _model(method: str, version: str, paths: TablePaths, made: set) -> None:
+    """The model version a stage is told to use is a complete one under
+    models/ (a listing, no torch), unless ``train`` runs earlier in the same run."""
+    if "stage:train" in made:
+        return
+    from training.model_versions import resolve_version
+    resolve_version(paths.models, method, version)
+
+
+def _embed(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
+    _model(cfg.embed.method, cfg.embed.model_version, paths, made)
+
+
+def _cluster(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
+    if cfg.cluster.model_version:   # "" = the embeddings of embed.method / embed.model_version
+        method, version = cfg.cluster.model_version.split("/", 1)
+        _model(method, version, paths, made)
+
+
+def _stream(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
+    """The model and centroid versions it is told to serve exist; with stream.online, Redis answers."""
+    _features(cfg, paths, made)
+    if cfg.stream.online:
+        _online(cfg, paths, made)
+    _embed(cfg, paths, made)
+
+
+CHECKS: dict[str, Check] = {"online": _online, "point_in_time": _point_in_time, "features": _features,
+                            "embed": _embed, "cluster": _cluster, "stream": _stream}
 
 
 def preflight(names: Sequence[str], cfg: CourierConfig, paths: TablePaths) -> None:
@@ -85,4 +116,4 @@ def preflight(names: Sequence[str], cfg: CourierConfig, paths: TablePaths) -> No
                 raise missing_table(paths.of(table))
         if name in CHECKS:
             CHECKS[name](cfg, paths, made)
-        made |= {t for t, spec in CATALOG.items() if spec.made_by.split()[0] == name}
+        made |= {t for t, spec in CATALOG.items() if spec.made_by.split()[0] == name} | {f"stage:{name}"}
