@@ -48,6 +48,7 @@ from .schema import OnlineConfig, SparkConfig
 from .spark import flat_settings, launch_settings, session_settings
 
 FEAST_VERSION = "0.67.0"            # requirements/feast.txt pins the same
+WRITTEN_BY = "by `courier feast`"   # in the opening lines of every file it writes
 REPO_YAML = "feature_store.yaml"
 DEFINITIONS = "courier_features.py"
 
@@ -185,7 +186,7 @@ def repo_files(views: Sequence[FeastView], *, project: str, root: str, spark_con
                online: OnlineConfig, with_password: bool, env_vars: Sequence[str] = ()) -> FeastRepo:
     """The repository's two files: ``feature_store.yaml`` and the definitions."""
     yaml_lines = [
-        f"# Written by `courier feast` for the root {root}. Feast {FEAST_VERSION}:",
+        f"# Written {WRITTEN_BY} for the root {root}. Feast {FEAST_VERSION}:",
         "#   feast -c THIS_DIR apply && feast -c THIS_DIR materialize-incremental $(date -u +%FT%T)",
         *([f"# Needs in the environment: {', '.join(env_vars)}"] if env_vars else []),
         f"project: {project}",
@@ -202,7 +203,7 @@ def repo_files(views: Sequence[FeastView], *, project: str, root: str, spark_con
     base_types = sorted({name for v in views for t in (v.key_type, *(t for _, t in v.features))
                          for name in re.findall(r"\w+", t)})
     py = [
-        f'"""Feast definitions of the courier-spark root {root} (written by `courier feast`;',
+        f'"""Feast definitions of the courier-spark root {root} (written {WRITTEN_BY};',
         '    re-run it rather than editing: it follows the tables\' schemas)."""',
         "from datetime import timedelta",
         "",
@@ -240,11 +241,32 @@ def repo_files(views: Sequence[FeastView], *, project: str, root: str, spark_con
                      tuple(views), tuple(env_vars))
 
 
-def write_repo(repo: FeastRepo, directory: str) -> list[str]:
-    """Write the repository's files into a local ``directory`` (created; other
-    files there, Feast's registry included, are left alone). Returns the paths."""
+def check_repo_target(directory: str, overwrite: bool = False) -> None:
+    """``directory`` may take the repository's files: local, not a file, and
+    each file it would replace was written by ``courier feast`` (its opening
+    lines say so) unless ``overwrite``."""
     if "://" in directory and not directory.startswith("file://"):
         raise ConfigError(f"feast.repo must be a local directory (Feast reads its files locally), got {directory}")
+    if os.path.isfile(directory):
+        raise ConfigError(f"feast.repo {directory} is a file; choose a directory")
+    if overwrite:
+        return
+    for name in (REPO_YAML, DEFINITIONS):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                head = f.read(600)
+            if WRITTEN_BY not in head:
+                raise ConfigError(f"feast.repo {directory} holds a {name} that `courier feast` did not write; "
+                                  f"choose another feast.repo or --set feast.overwrite=true to replace it")
+
+
+def write_repo(repo: FeastRepo, directory: str, overwrite: bool = False) -> list[str]:
+    """Write the repository's files into a local ``directory`` (created; other
+    files there, Feast's registry included, are left alone; a file of the
+    same name that ``courier feast`` did not write is refused unless
+    ``overwrite``). Returns the paths."""
+    check_repo_target(directory, overwrite)
     os.makedirs(directory, exist_ok=True)
     written = []
     for name, text in repo.files.items():

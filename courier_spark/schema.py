@@ -544,6 +544,10 @@ class FeastConfig(Section):
     SECTION: ClassVar[str] = "feast"
     # Local directory the repository is written to (Feast reads its files locally).
     repo: str = text("feast_repo")
+    # Replace feature_store.yaml / courier_features.py there even when
+    # `courier feast` did not write them (without it such files are refused:
+    # a typo must not replace a team's own repository).
+    overwrite: bool = False
     # Feast project name (Feast allows letters, digits and underscores).
     project: str = text("courier", r"[A-Za-z0-9_]{1,100}", "letters, digits and underscores")
     # Master of the Feast process's Spark session (its offline store).

@@ -129,6 +129,16 @@ def test_repo_files_types_and_secrets(spark, tmp_path, monkeypatch):
     assert sorted(Path(w).name for w in written) == sorted([REPO_YAML, DEFINITIONS])
     with pytest.raises(ConfigError, match="local directory"):
         write_repo(repo, "s3a://bucket/repo")
+    # Its own files are replaced; a team's own repository is not, unless asked.
+    assert write_repo(repo, str(tmp_path / "repo")) == written
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / DEFINITIONS).write_text("# our own views\n")
+    with pytest.raises(ConfigError, match="courier_features.py that `courier feast` did not write"):
+        write_repo(repo, str(theirs))
+    assert (theirs / DEFINITIONS).read_text() == "# our own views\n" and not (theirs / REPO_YAML).exists()
+    write_repo(repo, str(theirs), overwrite=True)
+    assert "courier feast" in (theirs / DEFINITIONS).read_text()
 
 
 def test_feast_needs_the_feature_table(spark, tmp_path):

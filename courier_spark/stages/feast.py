@@ -28,7 +28,7 @@ def run(ctx: StageContext) -> FeastResult:
     repo = repo_files(views, project=cfg.feast.project, root=p.root, spark_conf=spark_conf, online=cfg.online,
                       with_password=with_password, env_vars=env_vars)
     directory = os.path.abspath(os.path.expanduser(cfg.feast.repo))
-    write_repo(repo, directory)
+    write_repo(repo, directory, cfg.feast.overwrite)
     names = [v.name for v in views]
     say("feast", f"wrote the Feast repository {directory} (project {cfg.feast.project}; feature views "
                  f"{', '.join(names)}); next: feast -c {directory} apply, then materialize-incremental"

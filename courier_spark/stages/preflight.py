@@ -94,6 +94,14 @@ def _cluster(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
         _model(method, version, paths, made)
 
 
+def _feast(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
+    """feast.repo may take the repository's files (none there that `courier feast` did not write)."""
+    import os
+
+    from ..feast_repo import check_repo_target
+    check_repo_target(os.path.abspath(os.path.expanduser(cfg.feast.repo)), cfg.feast.overwrite)
+
+
 def _stream(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
     """The model and centroid versions it is told to serve exist; with stream.online, Redis answers."""
     _features(cfg, paths, made)
@@ -103,7 +111,7 @@ def _stream(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
 
 
 CHECKS: dict[str, Check] = {"online": _online, "point_in_time": _point_in_time, "features": _features,
-                            "embed": _embed, "cluster": _cluster, "stream": _stream}
+                            "embed": _embed, "cluster": _cluster, "stream": _stream, "feast": _feast}
 
 
 def preflight(names: Sequence[str], cfg: CourierConfig, paths: TablePaths) -> None:

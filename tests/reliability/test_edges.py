@@ -66,6 +66,8 @@ def edge_root(spark, tmp_path_factory):
     (area / "folder").mkdir()
     (area / "folder" / "notes.txt").write_text("mine")
     (area / "a_file").write_text("x")
+    (area / "their_repo").mkdir()
+    (area / "their_repo" / "feature_store.yaml").write_text("project: theirs\n")
     (area / "mine.csv").write_text("precious\n")
     (area / "events.parquet").mkdir()
     (area / "bad.yaml").write_text("samples: [unclosed\n")
@@ -144,6 +146,26 @@ def cases(p: TablePaths, broken: dict, area: Path, sql: Path) -> list[Case]:
         "cannot be reached")
     add("online", "item_visual missing", ["online", "--root", missing], "feature_store/item_visual")
     add("online", "port out of range", ["online", *r, "--set", "online.port=70000"], "online.port must be within")
+    # ---- stream (each found before its query, and before Spark starts)
+    add("stream", "root missing", ["stream", "--root", missing], "/bronze/items; run `courier generate")
+    add("stream", "trigger not a choice", ["stream", *r, "--set", "stream.trigger=once"], "stream.trigger")
+    add("stream", "interval not positive", ["stream", *r, "--set", "stream.interval_seconds=0"],
+        "stream.interval_seconds")
+    add("stream", "files per trigger out of range", ["stream", *r, "--set", "stream.max_files_per_trigger=0"],
+        "stream.max_files_per_trigger")
+    add("stream", "centroid version absent", ["stream", *r, "--set", "features.centroid_version=c0999"],
+        "'c0999' is not in " + p.centroids + "; available: c0001, c0002")
+    add("stream", "online push, Redis not listening",
+        ["stream", *r, "--set", "stream.online=true", "--set", f"online.port={free_port()}"], "cannot be reached")
+    add("stream", "no trained model to serve", ["stream", *r], "no trained model for method 'courier'")
+    add("cli", "feast.repo holds a team's own repository",
+        ["feast", *r, "--set", f"feast.repo={area / 'their_repo'}"],
+        "holds a feature_store.yaml that `courier feast` did not write")
+    add("cli", "feast.repo is a file", ["feast", *r, "--set", f"feast.repo={area / 'a_file'}"], "is a file")
+    add("cli", "model version absent (embed)", ["embed", *r, "--set", "embed.model_version=v0042"],
+        "does not exist under")
+    add("cli", "model version absent (cluster)", ["cluster", *r, "--set", "cluster.model_version=simclr/v0007"],
+        "model simclr/v0007 does not exist under")
     # ---- point-in-time retrieval
     pit = ["point_in_time", *r]
     ev = str(area / "events.parquet")
