@@ -117,6 +117,7 @@ def run_distributed(fn: Callable, args: tuple, backend: str, num_proc: int, *,
         env = dict(os.environ)
         if horovod_cycle_time_ms is not None:
             env["HOROVOD_CYCLE_TIME"] = f"{horovod_cycle_time_ms:g}"
+        _horovod_ready()   # before the progress relay's thread starts: see _horovod_extension_checks
         if progress_file is None:
             return _run_horovod(fn, args, num_proc, timeout_s, forward_to, env, horovod_nics)
         with ProgressTail(progress_file, emit=progress_emit):
@@ -436,17 +437,49 @@ def horovod_nics(master: str | None, configured: Sequence[str] = ()) -> set[str]
     return None
 
 
-def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | None,
-                 forward_to: Callable[[str], None] | None = None, env: dict | None = None,
-                 nics: Sequence[str] = ()) -> list:
+def _horovod_extension_checks() -> None:
+    """Ask Horovod whether MPI / Gloo were built, once per process, with the
+    garbage collector off. Its launcher asks by forking a child
+    (multiprocessing 'fork', ``horovod.common.util._check_extension_lambda``)
+    from this process, which by then runs the JVM gateway's and the progress
+    relay's threads; a child whose collector finalises a py4j connection logs
+    from it and can wait forever on a lock another thread held at the fork
+    (seen on a loaded machine: a pipeline stuck in ``Handler.acquire`` under
+    ``gloo_built``). The answers are cached (``horovod.common.util._cache``,
+    keyed by ``verbose``, which ``horovod.spark.run`` passes as ours, 0), so
+    the launcher then forks nothing for them."""
+    import gc
+
+    from horovod.common import util
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
     try:
-        import horovod.spark
-        from horovod.spark.driver import job_id
+        util.mpi_built(verbose=0)
+        util.gloo_built(verbose=0)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _horovod_ready() -> None:
+    """Horovod importable (else one clear error) and its extension checks cached."""
+    try:
+        import horovod.spark  # noqa: F401
     except ImportError as e:   # built on first need, not by scripts/bootstrap.sh
         raise DistributedTrainingError(
             f"train.backend=horovod needs Horovod, which is not installed ({e}): run `bash scripts/horovod.sh` "
             f"(builds it once per machine, about 7 minutes on 2 cores), or use train.backend=torch_distributor "
             f"(the default)") from e
+    _horovod_extension_checks()
+
+
+def _run_horovod(fn: Callable, args: tuple, num_proc: int, timeout_s: float | None,
+                 forward_to: Callable[[str], None] | None = None, env: dict | None = None,
+                 nics: Sequence[str] = ()) -> list:
+    _horovod_ready()
+    import horovod.spark
+    from horovod.spark.driver import job_id
     from pyspark import SparkContext
 
     sc = SparkContext._active_spark_context
