@@ -640,6 +640,10 @@ def check_root(root: str, write: bool = True) -> None:
                 if fs.exists(p):
                     if not fs.isdir(p):
                         raise FilesystemError(f"dataset root {root} is under {p}, which is a file")
+                    if not write and proto not in _OBJECT_STORES:
+                        # A parent this user may not list hides whether the root
+                        # exists: say that (permission denied), not "missing".
+                        fs.ls(p, detail=False)
                     break
                 p = _parent(p)
             if proto in _OBJECT_STORES:
