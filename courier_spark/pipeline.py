@@ -12,15 +12,18 @@ from __future__ import annotations
 import importlib
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import fs
 from .errors import CourierError
 from .logs import say
 from .redact import redact_config, redact_tree
 from .stages.context import StageContext
-from .stages.preflight import preflight
 from .stages.results import StageResult
+
+if TYPE_CHECKING:
+    from .config import CourierConfig
+    from .paths import TablePaths
 
 __all__ = ["PIPELINE", "STAGES", "StageContext", "StageSpec", "pipeline_stages", "preflight", "run_stage",
            "stage_help", "write_summary"]
@@ -120,3 +123,10 @@ def pipeline_stages(start: str | None = None, until: str | None = None) -> list[
 
 def stage_help(name: str) -> str:
     return STAGES[name].help
+
+
+def preflight(names: Sequence[str], cfg: CourierConfig, paths: TablePaths) -> None:
+    """``courier_spark.stages.preflight.preflight``, imported when a command
+    runs (building the CLI's parser loads no module under stages/)."""
+    from .stages.preflight import preflight as check
+    check(names, cfg, paths)
