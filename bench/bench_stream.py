@@ -19,6 +19,26 @@ bronze, silver, gold, quarantine and models folders are copied to --work
    next trigger).
 3. A Redis server (Debian's redis-server) on loopback: a full materialisation
    of item_visual (rows/s), then a re-run (writes 0).
+
+Each micro-batch's health record is among the phases printed (``health``).
+``COURIER_HEALTH_INCREMENTAL=0`` in the environment makes every record a full
+computation over all current item_visual rows (the cost before incremental
+records).
+
+Health alone, against the table size (no model or source root needed):
+
+    .venv/bin/python bench/bench_stream.py --health-rows 20000,200000 [--new 200] [--batches 3]
+
+For each size N: an item_visual table of N current rows (written with
+``merge_history``, like the stream's writes) and bronze/items rows of those
+items; then --batches micro-batches of --new new items plus --new/4 changed
+items (their current rows closed), each merged as the stream merges it and
+its health record made as the stream makes it (``record_write(..., "stream",
+freshness=True)``), timed. Twice on identical data: ``incremental=False``
+(every record over all current rows: before) and ``incremental=True``
+(after). Printed: seconds per micro-batch's health record for each size and
+mode, the records' mode, and the largest differences between the two
+modes' records (counts must be equal, quantiles within SKETCH_ALPHA).
 """
 from __future__ import annotations
 
@@ -47,14 +67,97 @@ def png(rng, size=64) -> bytes:
     return buf.getvalue()
 
 
+def _health_run(spark, work: Path, n: int, new: int, batches: int, incremental: bool) -> list[tuple[float, dict]]:
+    """One table of ``n`` rows, ``batches`` micro-batches: (health seconds, record) per batch."""
+    import datetime as dt
+
+    import pandas as pd
+
+    from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, ITEM_VISUAL_KEYS, merge_history
+    from courier_spark.health import record_write
+    from courier_spark.paths import TablePaths
+
+    root = work / f"health-{n}-{'incremental' if incremental else 'full'}"
+    if root.exists():
+        shutil.rmtree(root)
+    p = TablePaths.for_root(str(root))
+    rng = np.random.default_rng(n)   # the same data for both modes
+
+    def rows(ids: np.ndarray, t: dt.datetime):
+        return pd.DataFrame({"item_id": ids.astype(np.int64),
+                             "courier_cluster_id": rng.integers(0, 64, len(ids)).astype(np.int32),
+                             "distance": rng.gamma(2.0, 0.3, len(ids)).astype(np.float32),
+                             "model_version": "courier/v0001", "centroid_version": "c0001",
+                             "item_updated_at": pd.Timestamp(t)})
+
+    def land_and_merge(df) -> None:
+        spark.createDataFrame(df[["item_id", "item_updated_at"]].rename(columns={"item_updated_at": "updated_at"})
+                              ).write.format("delta").mode("append").save(p.bronze_items)
+        merge_history(spark, spark.createDataFrame(df), p.item_visual_features, ITEM_VISUAL_KEYS,
+                      ITEM_VISUAL_COMMENTS)
+
+    now = lambda: dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # noqa: E731
+    land_and_merge(rows(np.arange(1, n + 1), now()))
+    record_write(spark, p, "features", incremental=incremental)
+    out, next_id = [], n + 1
+    for b in range(batches):
+        ids = np.r_[np.arange(next_id, next_id + new), rng.choice(np.arange(1, next_id), new // 4, replace=False)]
+        next_id += new
+        land_and_merge(rows(ids, now()))
+        t0 = time.perf_counter()
+        r = record_write(spark, p, "stream", batch_id=b, freshness=True, incremental=incremental)
+        out.append((time.perf_counter() - t0, r))
+    shutil.rmtree(root)
+    return out
+
+
+def health_bench(args) -> None:
+    """--health-rows: micro-batch health seconds against the table size, before and after."""
+    from courier_spark.config import load_config
+    from courier_spark.spark import get_spark
+
+    cfg = load_config(None, args.overrides)
+    spark = get_spark(cfg.spark)
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-health-"))
+    for mode in (False, True):   # warm-up (JIT, first Delta reads): not printed
+        _health_run(spark, work, 1000, 50, 1, mode)
+    summary = []
+    for n in (int(x) for x in args.health_rows.split(",")):
+        runs = {mode: _health_run(spark, work, n, args.new, args.batches, mode) for mode in (False, True)}
+        for mode, res in runs.items():
+            secs = [t for t, _ in res]
+            print(f"[bench health] {n} rows, {'incremental' if mode else 'full (before)'}: health per micro-batch "
+                  f"{', '.join(f'{t:.2f}' for t, _ in res)} s (median {np.median(secs):.2f} s); records: "
+                  f"{', '.join(r['stats_mode'] for _, r in res)}", flush=True)
+            summary.append((n, mode, float(np.median(secs))))
+        counts = ("rows", "written_rows", "null_cluster_id", "null_distance", "n_clusters", "cluster_size_min",
+                  "cluster_size_max", "cluster_sizes", "fresh_rows")
+        same = all(a[k] == b[k] for (_, a), (_, b) in zip(runs[False], runs[True]) for k in counts)
+        qerr = max(abs(b[k] - a[k]) / abs(a[k]) for (_, a), (_, b) in zip(runs[False], runs[True])
+                   for k in ("distance_p50", "distance_p90", "distance_p99"))
+        merr = max(abs(b["distance_mean"] - a["distance_mean"]) / abs(a["distance_mean"])
+                   for (_, a), (_, b) in zip(runs[False], runs[True]))
+        print(f"[bench health] {n} rows: counts and cluster sizes equal in both modes: {same}; largest relative "
+              f"difference: quantiles {qerr:.2e} (bound {runs[True][-1][1]['distance_q_rel_error']}), "
+              f"mean {merr:.1e}", flush=True)
+    print("[bench health] summary (median s per micro-batch): "
+          + "; ".join(f"{n} rows {'incremental' if m else 'full'} {s:.2f}" for n, m, s in summary), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("source")
+    ap.add_argument("source", nargs="?")
+    ap.add_argument("--health-rows", default=None,
+                    help="comma-separated item_visual sizes: time each micro-batch's health record only")
     ap.add_argument("--work", default=None)
     ap.add_argument("--new", type=int, default=200)
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
+    if args.health_rows:
+        return health_bench(args)
+    if not args.source:
+        ap.error("SOURCE_ROOT is needed (or --health-rows)")
 
     import datetime as dt
 

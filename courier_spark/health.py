@@ -11,6 +11,29 @@ version twice gives the same numbers.
 * statistics: over the current rows of the versions the write made (its
   ``model_version``/``centroid_version``): rows, nulls, cluster sizes, distance
   quantiles (exact, linear interpolation like ``numpy.quantile``);
+* incremental statistics (stream micro-batches): a ``stream`` record whose
+  ``model_version``/``centroid_version`` are those of the previous record (and
+  whose write closed no row of another version) is derived from that record
+  plus the rows the item_visual versions since then inserted and closed, read
+  from Delta's change data feed of those versions only (the commits' own
+  change/added files, not the table): its cost follows the batch, not the
+  table. rows, nulls, cluster sizes, n_clusters, cluster size min/median/max
+  are exact; ``distance_mean`` is exact up to double rounding (the record
+  keeps ``distance_sum``); the distance quantiles come from a sketch kept in
+  the record (``distance_sketch``: counts per log-spaced bucket, relative
+  accuracy ``SKETCH_ALPHA``), so an incremental p50/p90/p99 is within
+  ``SKETCH_ALPHA`` (0.1 %) of the exact quantile: ``|estimate - exact| <=
+  SKETCH_ALPHA * exact`` for non-negative distances (squared distances are),
+  ``SKETCH_ALPHA * max(|x_k|, |x_k+1|)`` in general, x_k and x_k+1 being the
+  two order statistics ``numpy.quantile`` interpolates between. The record
+  says which it is: ``stats_mode`` (``full`` | ``incremental``) and
+  ``distance_q_rel_error`` (0 for exact quantiles). The first record, a
+  ``features`` write, a version change (drift), a previous record without the
+  sketch (written by an older release, or with ``COURIER_HEALTH_INCREMENTAL=0``)
+  and a table without the change data feed keep the full computation.
+  ``COURIER_HEALTH_INCREMENTAL=0`` in the environment makes every record a
+  full computation without the sketch (today's cost: the stream bench's
+  "before");
 * drift: when the write closed rows of other versions, against those versions
   over the items present in both. Cluster ids of two k-means runs are
   arbitrary labels, so clusters are first matched one-to-one by their shared
@@ -27,10 +50,13 @@ version twice gives the same numbers.
 from __future__ import annotations
 
 import json
+import math
+import os
+from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -42,6 +68,16 @@ from .tables import table_exists, table_version
 PSI_EPS = 1e-4   # share given to a cluster one side does not have (PSI's log is otherwise infinite)
 DISTANCE_QUANTILES = (0.5, 0.9, 0.99)
 FRESHNESS_QUANTILES = (0.5, 0.95)
+# The distance sketch (incremental quantiles): bucket i of a positive value v is
+# ceil(log_gamma(v)), i.e. v in (gamma^(i-1), gamma^i], represented by
+# 2 gamma^i / (gamma + 1): within SKETCH_ALPHA of every value of its bucket,
+# relative (negative values mirrored, zero its own bucket: exact).
+SKETCH_ALPHA = 1e-3
+_GAMMA = (1 + SKETCH_ALPHA) / (1 - SKETCH_ALPHA)
+_LN_GAMMA = math.log(_GAMMA)
+# Columns added after the first release (nullable, at the end): an older
+# _health table gets them in place (ALTER TABLE ADD COLUMNS), its rows null.
+STATE_FIELDS = ("stats_mode", "distance_q_rel_error", "distance_sum", "distance_sketch")
 
 HEALTH_SCHEMA = T.StructType([
     T.StructField("item_visual_version", T.LongType(), False),   # the key: one row per table version
@@ -72,15 +108,69 @@ HEALTH_SCHEMA = T.StructType([
     T.StructField("fresh_rows", T.LongType(), True),              # freshness: rows matched to bronze
     T.StructField("freshness_p50_s", T.DoubleType(), True),
     T.StructField("freshness_p95_s", T.DoubleType(), True),
+    T.StructField("stats_mode", T.StringType(), True),            # full | incremental (null: older release)
+    T.StructField("distance_q_rel_error", T.DoubleType(), True),  # bound on p50/p90/p99, relative (0: exact)
+    T.StructField("distance_sum", T.DoubleType(), True),          # state: sum of the non-null distances
+    T.StructField("distance_sketch", T.StringType(), True),       # state: JSON {"alpha", "counts": {bucket: rows}}
 ])
 
 
+# --------------------------------------------------------------------------- distance sketch
+def sketch_key(distance: Column) -> Column:
+    """The sketch bucket of each distance (a string: ``p<i>``, ``n<i>``, ``z``;
+    null for a null or NaN distance). Always computed by this Spark expression,
+    so a row removed later falls into the bucket it was added to."""
+    d = distance.cast("double")
+
+    def idx(v: Column) -> Column:
+        return F.ceil(F.log(v) / F.lit(_LN_GAMMA)).cast("string")
+    return (F.when(d.isNull() | F.isnan(d), F.lit(None).cast("string"))
+            .when(d > 0, F.concat(F.lit("p"), idx(d)))
+            .when(d < 0, F.concat(F.lit("n"), idx(-d)))
+            .otherwise(F.lit("z")))
+
+
+def sketch_value(key: str) -> float:
+    """The value representing bucket ``key``."""
+    if key == "z":
+        return 0.0
+    v = 2.0 * _GAMMA ** int(key[1:]) / (_GAMMA + 1.0)
+    return v if key[0] == "p" else -v
+
+
+def sketch_quantiles(counts: dict, qs: Sequence[float] = DISTANCE_QUANTILES) -> list[Optional[float]]:
+    """Quantiles of the values counted in ``counts`` ({bucket: rows}), linear
+    interpolation between the order statistics like ``numpy.quantile``, each
+    order statistic replaced by its bucket's value (see SKETCH_ALPHA)."""
+    items = sorted((sketch_value(k), int(c)) for k, c in counts.items() if int(c) > 0)
+    if not items:
+        return [None] * len(qs)
+    vals = np.array([v for v, _ in items])
+    cum = np.cumsum([c for _, c in items])
+    n = int(cum[-1])
+    out = []
+    for p in qs:
+        h = (n - 1) * p
+        k = int(math.floor(h))
+        lo = vals[np.searchsorted(cum, k, side="right")]
+        hi = vals[np.searchsorted(cum, min(k + 1, n - 1), side="right")]
+        out.append(float(lo + (h - k) * (hi - lo)))
+    return out
+
+
+def _sketch_json(counts: dict) -> str:
+    return json.dumps({"alpha": SKETCH_ALPHA, "counts": {k: int(c) for k, c in sorted(counts.items()) if c}},
+                      separators=(",", ":"))
+
+
 # --------------------------------------------------------------------------- statistics
-def item_visual_stats(rows: DataFrame) -> dict:
+def item_visual_stats(rows: DataFrame, with_state: bool = False) -> dict:
     """rows, nulls, cluster sizes and distance quantiles of ``rows``
-    (item_visual rows: courier_cluster_id, distance, item_updated_at)."""
+    (item_visual rows: courier_cluster_id, distance, item_updated_at), exact;
+    with ``with_state``, also the distance sketch the next incremental record
+    starts from (one more pass)."""
     qs = list(DISTANCE_QUANTILES)
-    agg = rows.agg(F.count("*").alias("rows"),
+    agg = rows.agg(F.count("*").alias("rows"), F.sum(F.col("distance").cast("double")).alias("distance_sum"),
                    *[F.sum(F.col(c).isNull().cast("long")).alias(f"null_{n}")
                      for c, n in (("courier_cluster_id", "cluster_id"), ("distance", "distance"),
                                   ("item_updated_at", "item_updated_at"))],
@@ -90,7 +180,17 @@ def item_visual_stats(rows: DataFrame) -> dict:
              rows.filter(F.col("courier_cluster_id").isNotNull()).groupBy("courier_cluster_id").count().collect()}
     counts = np.array(sorted(sizes.values()), dtype=np.int64)
     q = agg["q"] or [None] * len(qs)
-    return {"rows": int(agg["rows"]),
+    sketch = None
+    if with_state:
+        buckets = {r["k"]: int(r["count"]) for r in
+                   rows.select(sketch_key(F.col("distance")).alias("k")).filter(F.col("k").isNotNull())
+                   .groupBy("k").count().collect()}
+        # NaN distances have no bucket: no sketch, so the next record is a full one too.
+        if sum(buckets.values()) == int(agg["rows"]) - int(agg["null_distance"] or 0):
+            sketch = _sketch_json(buckets)
+    return {"stats_mode": "full", "distance_q_rel_error": 0.0,
+            "distance_sum": float(agg["distance_sum"] or 0.0),
+            "distance_sketch": sketch, "rows": int(agg["rows"]),
             **{k: int(agg[k] or 0) for k in ("null_cluster_id", "null_distance", "null_item_updated_at")},
             "n_clusters": len(sizes),
             "cluster_size_min": int(counts.min()) if len(counts) else None,
@@ -184,10 +284,11 @@ def freshness_stats(seconds: DataFrame) -> dict:
 
 
 # --------------------------------------------------------------------------- one record per write
-def health_row(spark: SparkSession, paths: TablePaths, version: int, source: str,
-               batch_id: Optional[int] = None, freshness: bool = False) -> Optional[dict]:
-    """The health record of item_visual at ``version`` (None: that version
-    inserted no row, e.g. an upgrade)."""
+def _full_row(spark: SparkSession, paths: TablePaths, version: int, source: str, batch_id: Optional[int],
+              with_state: bool) -> Optional[tuple[dict, DataFrame]]:
+    """The record of ``version`` computed from item_visual as of that version
+    (time travel): statistics over every current row of its versions, drift
+    on a version change. With the rows it inserted (freshness), or None."""
     from delta.tables import DeltaTable
     iv_path = paths.item_visual_features
     snap = spark.read.format("delta").option("versionAsOf", int(version)).load(iv_path)
@@ -208,7 +309,7 @@ def health_row(spark: SparkSession, paths: TablePaths, version: int, source: str
                           & (F.col("centroid_version") == cv))
     row = {"item_visual_version": int(version), "written_at": commit["timestamp"], "source": source,
            "batch_id": None if batch_id is None else int(batch_id), "model_version": mv, "centroid_version": cv,
-           "written_rows": sum(int(r["count"]) for r in ins), **item_visual_stats(current),
+           "written_rows": sum(int(r["count"]) for r in ins), **item_visual_stats(current, with_state),
            "prev_model_version": None, "prev_centroid_version": None, "drift_items": None, "drift_psi": None,
            "drift_changed_share": None, "fresh_rows": None, "freshness_p50_s": None, "freshness_p95_s": None}
     # Rows this write closed that were of other versions: a version change -> drift.
@@ -223,39 +324,200 @@ def health_row(spark: SparkSession, paths: TablePaths, version: int, source: str
         row.update(prev_model_version=pmv, prev_centroid_version=pcv,
                    **cluster_drift(latest_old, current.select("item_id",
                                                               F.col("courier_cluster_id").alias("cluster_id"))))
+    return row, written
+
+
+def item_visual_changes(spark: SparkSession, path: str, start: int, end: int) -> DataFrame:
+    """The change data feed of item_visual versions ``start``..``end``: only
+    the files those commits wrote (their change files, or their added files
+    for an insert-only commit)."""
+    return (spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", int(start))
+            .option("endingVersion", int(end)).load(path))
+
+
+_ADDS = ("insert", "update_postimage")        # a row image that is there after the change
+_REMOVES = ("update_preimage", "delete")      # a row image that is gone after it
+
+
+def _incremental_row(spark: SparkSession, paths: TablePaths, version: int, source: str,
+                     batch_id: Optional[int], prev: dict) -> Optional[tuple[dict, DataFrame, object]]:
+    """The record of ``version`` derived from ``prev`` (the newest earlier
+    record, with its state) and the changes of the versions after it: with the
+    rows ``version`` inserted and their earliest ``item_updated_at``. None when
+    it cannot be derived (no state, no change data feed, no row inserted, a
+    version change): the caller computes it in full."""
+    pv = prev.get("item_visual_version")
+    if prev.get("distance_sketch") is None or prev.get("distance_sum") is None or pv is None or pv >= version:
+        return None
+    state = json.loads(prev["distance_sketch"])
+    if state.get("alpha") != SKETCH_ALPHA:
+        return None
+    mv, cv = prev["model_version"], prev["centroid_version"]
+    cur = F.col("valid_to").isNull()
+    try:
+        changes = item_visual_changes(spark, paths.item_visual_features, int(pv) + 1, int(version))
+        # One small aggregate over the changed rows only.
+        groups = (changes.groupBy("_commit_version", "_change_type", cur.alias("cur"), "model_version",
+                                  "centroid_version", "courier_cluster_id", sketch_key(F.col("distance")).alias("k"),
+                                  F.col("distance").isNull().alias("nd"), F.col("item_updated_at").isNull().alias("nu"))
+                  .agg(F.count("*").alias("n"), F.sum(F.col("distance").cast("double")).alias("s"),
+                       F.max("_commit_timestamp").alias("ts"), F.min("item_updated_at").alias("u0"))
+                  .collect())
+    except Exception:  # noqa: BLE001 - no change data feed for these versions (e.g. switched off): full record
+        return None
+    if any(g["_change_type"] not in _ADDS + _REMOVES for g in groups):
+        return None
+    mine = [g for g in groups if g["_commit_version"] == version]
+    inserted = Counter()
+    for g in mine:
+        if g["_change_type"] == "insert":
+            inserted[(g["model_version"], g["centroid_version"])] += int(g["n"])
+    if not inserted or inserted.most_common(1)[0][0] != (mv, cv):
+        return None
+    # A row of another version that this write changed (closed): a version change, drift -> full record.
+    if any((g["model_version"], g["centroid_version"]) != (mv, cv) and g["_change_type"] != "insert" for g in mine):
+        return None
+    rows, nc, nd, nu, dsum = (int(prev["rows"]), int(prev["null_cluster_id"]), int(prev["null_distance"]),
+                              int(prev["null_item_updated_at"]), float(prev["distance_sum"]))
+    sizes = Counter({int(k): int(v) for k, v in json.loads(prev["cluster_sizes"]).items()})
+    buckets = Counter({k: int(v) for k, v in state["counts"].items()})
+    for g in groups:
+        if (g["model_version"], g["centroid_version"]) != (mv, cv) or not g["cur"]:
+            continue   # only current rows of these versions count (a closed row's image has valid_to set)
+        w = int(g["n"]) * (1 if g["_change_type"] in _ADDS else -1)
+        rows += w
+        nc += w if g["courier_cluster_id"] is None else 0
+        nd += w if g["nd"] else 0
+        nu += w if g["nu"] else 0
+        if g["courier_cluster_id"] is not None:
+            sizes[int(g["courier_cluster_id"])] += w
+        if g["k"] is not None:
+            buckets[g["k"]] += w
+            dsum += w * float(g["s"])
+        elif not g["nd"]:
+            return None   # a NaN distance: no bucket
+    if min([rows, nc, nd, nu, *sizes.values(), *buckets.values()]) < 0:
+        return None   # the state does not match the table (should not happen): recompute
+    sizes = {k: v for k, v in sizes.items() if v}
+    buckets = {k: v for k, v in buckets.items() if v}
+    n_dist = rows - nd
+    if sum(buckets.values()) != n_dist:
+        return None
+    counts = np.array(sorted(sizes.values()), dtype=np.int64)
+    q = sketch_quantiles(buckets) if n_dist else [None] * len(DISTANCE_QUANTILES)
+    row = {"item_visual_version": int(version), "written_at": max(g["ts"] for g in mine), "source": source,
+           "batch_id": None if batch_id is None else int(batch_id), "model_version": mv, "centroid_version": cv,
+           "rows": rows, "written_rows": sum(inserted.values()), "null_cluster_id": nc, "null_distance": nd,
+           "null_item_updated_at": nu, "n_clusters": len(sizes),
+           "cluster_size_min": int(counts.min()) if len(counts) else None,
+           "cluster_size_median": float(np.median(counts)) if len(counts) else None,
+           "cluster_size_max": int(counts.max()) if len(counts) else None,
+           "cluster_sizes": json.dumps({str(k): v for k, v in sorted(sizes.items())}),
+           "distance_mean": dsum / n_dist if n_dist else None,
+           **{f"distance_p{round(p * 100)}": v for p, v in zip(DISTANCE_QUANTILES, q)},
+           "prev_model_version": None, "prev_centroid_version": None, "drift_items": None, "drift_psi": None,
+           "drift_changed_share": None, "fresh_rows": None, "freshness_p50_s": None, "freshness_p95_s": None,
+           "stats_mode": "incremental", "distance_q_rel_error": SKETCH_ALPHA,
+           "distance_sum": dsum if n_dist else 0.0, "distance_sketch": _sketch_json(buckets)}
+    written = (changes.filter((F.col("_commit_version") == int(version)) & (F.col("_change_type") == "insert"))
+               .select("item_id", "item_updated_at", "valid_from"))
+    u0 = [g["u0"] for g in mine if g["_change_type"] == "insert" and g["u0"] is not None]
+    return row, written, (min(u0) if u0 else None)
+
+
+def health_row(spark: SparkSession, paths: TablePaths, version: int, source: str,
+               batch_id: Optional[int] = None, freshness: bool = False, *, prev: Optional[dict] = None,
+               incremental: bool = False) -> Optional[dict]:
+    """The health record of item_visual at ``version`` (None: that version
+    inserted no row, e.g. an upgrade). With ``incremental``: a ``stream``
+    record derived from ``prev`` where it can be (see the module docstring),
+    otherwise computed in full with the state the next one starts from;
+    without: computed in full, no state (the cost of the first release)."""
+    row = written = since = None
+    if incremental and prev is not None and source == "stream":
+        got = _incremental_row(spark, paths, version, source, batch_id, prev)
+        if got is not None:
+            row, written, since = got
+    if row is None:
+        got = _full_row(spark, paths, version, source, batch_id, with_state=incremental)
+        if got is None:
+            return None
+        row, written = got
     if freshness and table_exists(spark, paths.bronze_items):
-        landing = bronze_landing(spark.read.format("delta").load(paths.bronze_items), written)
-        row.update(freshness_stats(freshness_seconds(written, landing)))
+        bronze = spark.read.format("delta").load(paths.bronze_items)
+        if since is not None:   # only bronze files that can hold these item versions (file statistics skip the rest)
+            bronze = bronze.filter(F.col("updated_at") >= F.lit(since))
+        row.update(freshness_stats(freshness_seconds(written, bronze_landing(bronze, written))))
     return row
 
 
+def incremental_default() -> bool:
+    """Whether records are incremental where they can be: yes, unless
+    ``COURIER_HEALTH_INCREMENTAL=0`` (benchmarks: today's full cost)."""
+    return os.environ.get("COURIER_HEALTH_INCREMENTAL", "1").strip() != "0"
+
+
+def _previous_record(spark: SparkSession, path: str, version: int) -> Optional[dict]:
+    """The newest record before ``version`` (normally ``version - 1``, which
+    the files' statistics find without reading the others)."""
+    h = spark.read.format("delta").load(path)
+    if "distance_sketch" not in h.columns:
+        return None
+    got = (h.filter(F.col("item_visual_version") == int(version) - 1).limit(1).collect()
+           or h.filter(F.col("item_visual_version") < int(version)).orderBy(F.desc("item_visual_version"))
+           .limit(1).collect())
+    return got[0].asDict() if got else None
+
+
+def _upgrade_health_table(spark: SparkSession, path: str) -> None:
+    """Add the columns of HEALTH_SCHEMA an older release's table lacks, in
+    place (one metadata commit; its rows read them as null)."""
+    have = set(spark.read.format("delta").load(path).columns)
+    missing = [f for f in HEALTH_SCHEMA.fields if f.name not in have]
+    if not missing:
+        return
+    cols = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
+    try:
+        spark.sql(f"ALTER TABLE delta.`{path.replace('`', '``')}` ADD COLUMNS ({cols})")
+    except Exception:  # noqa: BLE001 - another writer added them first
+        if set(f.name for f in missing) - set(spark.read.format("delta").load(path).columns):
+            raise
+
+
 def record_write(spark: SparkSession, paths: TablePaths, source: str, batch_id: Optional[int] = None,
-                 freshness: bool = False) -> Optional[dict]:
+                 freshness: bool = False, incremental: Optional[bool] = None) -> Optional[dict]:
     """Record the health of item_visual's newest version, once: nothing when
     that version already has its row (a re-run that committed nothing, a
-    replayed micro-batch). Returns the row written, or None."""
+    replayed micro-batch). Returns the row written, or None. ``incremental``
+    (default: ``incremental_default()``): see ``health_row``."""
     from delta.tables import DeltaTable
     path = paths.health_item_visual
     check_write(path, MERGE_UPSERT)
+    if incremental is None:
+        incremental = incremental_default()
     if not table_exists(spark, paths.item_visual_features):
         return None
     version = table_version(spark, paths.item_visual_features)
-    if table_exists(spark, path) and (spark.read.format("delta").load(path)
-                                      .filter(F.col("item_visual_version") == version).limit(1).count()):
+    have = table_exists(spark, path)
+    if have and (spark.read.format("delta").load(path)
+                 .filter(F.col("item_visual_version") == version).limit(1).count()):
         return None
-    row = health_row(spark, paths, version, source, batch_id, freshness)
+    prev = _previous_record(spark, path, version) if have and incremental and source == "stream" else None
+    row = health_row(spark, paths, version, source, batch_id, freshness, prev=prev, incremental=incremental)
     if row is None:
         return None
-    src = spark.createDataFrame([tuple(row[f.name] for f in HEALTH_SCHEMA.fields)], HEALTH_SCHEMA)
-    if not table_exists(spark, path):
+    src = spark.createDataFrame([tuple(row.get(f.name) for f in HEALTH_SCHEMA.fields)], HEALTH_SCHEMA)
+    if not have and not table_exists(spark, path):
         try:
             DeltaTable.createIfNotExists(spark).location(path).addColumns(HEALTH_SCHEMA).execute()
         except Exception:  # noqa: BLE001 - another writer created it first: merge into theirs
             if not table_exists(spark, path):
                 raise
-    # Insert-only MERGE on the version: two writers recording the same version add one row.
+    _upgrade_health_table(spark, path)
+    # Insert-only MERGE on the version: two writers recording the same version add one row. The
+    # literal lets Delta's file statistics skip the other records' files (one per micro-batch).
     (DeltaTable.forPath(spark, path).alias("t")
-     .merge(src.alias("s"), "t.item_visual_version = s.item_visual_version")
+     .merge(src.alias("s"), f"t.item_visual_version = s.item_visual_version AND t.item_visual_version = {int(version)}")
      .whenNotMatchedInsertAll().execute())
     return row
 

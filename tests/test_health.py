@@ -248,3 +248,125 @@ def test_report_plots_health(tmp_path):
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] > 1000
     assert set(HEALTH_TABLE_COLUMNS) <= set(h.columns)
+
+
+def test_sketch_quantiles_within_the_stated_error(spark):
+    """The distance sketch's quantiles against numpy.quantile (exact) on random
+    data: within SKETCH_ALPHA of the exact value, relative (distances >= 0)."""
+    from courier_spark.health import SKETCH_ALPHA, sketch_key, sketch_quantiles
+    rng = np.random.default_rng(11)
+    samples = [rng.gamma(2.0, 0.3, 4000), rng.uniform(0, 4, 3000),
+               np.r_[np.zeros(40), rng.lognormal(-3, 2, 2000)], rng.uniform(0.5, 0.5005, 999), np.array([0.7])]
+    pdf = pd.concat([pd.DataFrame({"s": j, "distance": x.astype(np.float32)}) for j, x in enumerate(samples)])
+    got = (spark.createDataFrame(pdf).select("s", sketch_key(F.col("distance")).alias("k"))
+           .groupBy("s", "k").count().collect())
+    qs = (0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0)
+    worst = 0.0
+    for j, x in enumerate(samples):
+        x = x.astype(np.float32).astype(float)
+        est = sketch_quantiles({r["k"]: r["count"] for r in got if r["s"] == j}, qs)
+        for p, e in zip(qs, est):
+            exact = float(np.quantile(x, p))
+            assert abs(e - exact) <= SKETCH_ALPHA * exact * (1 + 1e-9) + 1e-12, (j, p, e, exact)
+            worst = max(worst, abs(e - exact) / exact if exact else 0.0)
+    assert 0 < worst <= SKETCH_ALPHA   # an estimate indeed, within its bound
+
+
+def _hide_files_but_commit(table: str, version: int, where) -> list[tuple[str, str]]:
+    """Move every data file of ``table`` that commit ``version`` did not write
+    (its add and cdc actions) to ``where``: (original, moved) pairs."""
+    log = [json.loads(line) for line in open(os.path.join(table, "_delta_log", f"{version:020d}.json"))]
+    named = {os.path.basename(a[k]["path"]) for a in log for k in ("add", "cdc") if k in a}
+    os.makedirs(where, exist_ok=True)
+    moved = []
+    for f in glob.glob(os.path.join(table, "**", "*.parquet"), recursive=True):
+        if os.path.basename(f) not in named:
+            moved.append((f, os.path.join(str(where), os.path.basename(f))))
+            os.replace(*moved[-1])
+    return moved
+
+
+def test_incremental_record_equals_full_recomputation(spark, tmp_path):
+    """Stream micro-batches (new items, changed items whose rows are closed,
+    re-deliveries): each incremental record equals the full recomputation of
+    its version (counts exactly, the mean to rounding, quantiles within the
+    sketch's bound) and reads only the files its commit wrote (the table's
+    other files moved away while it is made). An older
+    release's _health table is upgraded in place; a previous record without
+    the sketch and a version change (drift) give full records."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import types as T
+
+    from courier_spark.health import HEALTH_SCHEMA, SKETCH_ALPHA, STATE_FIELDS, health_row
+    from courier_spark.tables import table_version
+    paths = TablePaths.for_root(str(tmp_path / "ds"))
+    old = T.StructType([f for f in HEALTH_SCHEMA.fields if f.name not in STATE_FIELDS])
+    DeltaTable.createIfNotExists(spark).location(paths.health_item_visual).addColumns(old).execute()
+    rng = np.random.default_rng(5)
+    cols = ["item_id", "courier_cluster_id", "distance", "model_version", "centroid_version", "item_updated_at"]
+
+    def item(i, cv="c0001"):
+        return (i, None if i % 17 == 0 else int(rng.integers(0, 5)),
+                None if i % 19 == 0 else float(np.float32(rng.gamma(2.0, 0.3))), "courier/v0001", cv,
+                None if i % 23 == 0 else T0 + dt.timedelta(minutes=i))
+
+    state = {i: item(i) for i in range(1, 81)}
+    _write(spark, paths, list(state.values()))
+    r0 = record_write(spark, paths, "features", incremental=False)   # no sketch: like an older release's record
+    assert r0["stats_mode"] == "full" and r0["distance_sketch"] is None
+    assert set(STATE_FIELDS) <= set(spark.read.format("delta").load(paths.health_item_visual).columns)
+    next_id, modes = 81, []
+    for b in range(3):
+        batch = []
+        for i in rng.choice(sorted(state), 10, replace=False):
+            state[int(i)] = item(int(i))                               # changed: its current row is closed
+            batch.append(state[int(i)])
+        batch += [state[int(i)] for i in rng.choice(sorted(state), 4, replace=False)
+                  if state[int(i)] not in batch]                       # re-delivered, unchanged
+        for i in range(next_id, next_id + 8):
+            state[i] = item(i)
+            batch.append(state[i])
+        next_id += 8
+        if b == 2:   # freshness: the batch's item versions land in bronze first
+            (spark.createDataFrame([(r[0], r[5]) for r in batch if r[5] is not None],
+                                   "item_id long, updated_at timestamp").write.format("delta").mode("append")
+             .save(paths.bronze_items))
+        _write(spark, paths, batch)
+        v = table_version(spark, paths.item_visual_features)
+        hidden = _hide_files_but_commit(paths.item_visual_features, v, tmp_path / "hidden") if b == 2 else []
+        try:   # b == 2: every data file the commit did not write is gone while the record is made
+            r = record_write(spark, paths, "stream", batch_id=b, freshness=b == 2)
+        finally:
+            for src, dst in hidden:
+                os.replace(dst, src)
+        modes.append(r["stats_mode"])
+        if b == 0:
+            continue
+        full = health_row(spark, paths, v, "stream", b, freshness=b == 2)   # exact, from every current row
+        assert full["stats_mode"] == "full" and full["distance_q_rel_error"] == 0.0
+        for k, want in full.items():
+            if k in ("stats_mode", "distance_q_rel_error", "distance_sketch"):
+                continue
+            if k.startswith("distance_p"):
+                assert abs(r[k] - want) <= SKETCH_ALPHA * want * (1 + 1e-9) + 1e-12, k
+            elif isinstance(want, float):
+                assert r[k] == pytest.approx(want, rel=1e-9, abs=1e-12), k
+            else:
+                assert r[k] == want, k
+        brute = _brute_stats(pd.DataFrame(list(state.values()), columns=cols))
+        exact_q = {k: brute.pop(k) for k in ("distance_p50", "distance_p90", "distance_p99")}
+        _check_row(r, brute)
+        for k, want in exact_q.items():
+            assert abs(r[k] - want) <= SKETCH_ALPHA * want * (1 + 1e-9) + 1e-12, k
+        if b == 2:
+            assert r["fresh_rows"] == full["fresh_rows"] > 0
+    assert modes == ["full", "incremental", "incremental"]   # the first starts from a record without the sketch
+    assert len(hidden) >= 3   # the table's other files (earlier commits), not read
+    assert read_health(spark, paths)["distance_q_rel_error"].tolist() == [0.0, 0.0, SKETCH_ALPHA, SKETCH_ALPHA]
+
+    # A version change: full record with drift.
+    for i in list(state):
+        state[i] = (*state[i][:4], "c0002", state[i][5])
+    _write(spark, paths, list(state.values()))
+    r = record_write(spark, paths, "stream", batch_id=3)
+    assert r["stats_mode"] == "full" and r["prev_centroid_version"] == "c0001" and r["distance_sketch"]

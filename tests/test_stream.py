@@ -179,3 +179,16 @@ def test_stream_appends_kill_restart_exactly_once(spark, stream_root, tmp_path):
     cur2 = hist2[hist2["valid_to"].isna()]
     assert cur2["item_id"].is_unique and set(cur2["centroid_version"]) == {"c0002"} and len(cur2) == 57
     assert len(hist2) == len(hist) + 57                             # exactly one new row per item
+
+    # Health: one record per item_visual version. The first (catch-up) is computed in full; every
+    # later c0001 record (micro-batches, the restart's catch-up) is incremental, from the one before;
+    # the version change to c0002 is a full record with drift.
+    from courier_spark.health import read_health
+    h = read_health(spark, p)
+    assert h["item_visual_version"].is_unique and set(h["source"]) == {"stream"}
+    c1 = h[h["centroid_version"] == "c0001"]
+    assert list(c1["stats_mode"]) == ["full"] + ["incremental"] * (len(c1) - 1) and len(c1) >= 3
+    assert list(c1["rows"])[-1] == 57 and list(c1["written_rows"])[-1] == 1   # item 5's new row
+    last = h.iloc[-1]
+    assert (last["stats_mode"], last["centroid_version"], last["prev_centroid_version"], last["rows"]) == \
+           ("full", "c0002", "c0001", 57)
