@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from courier_spark.config import DEFAULT_CONFIG
@@ -42,7 +43,7 @@ def _leaks(blob: bytes) -> list[str]:
     return [s for s in SECRETS if s.encode() in blob]
 
 
-def test_no_secret_given_by_any_route_is_written_printed_or_logged(tmp_path):
+def test_no_secret_given_by_any_route_is_written_printed_or_logged(spark, tmp_path):
     root, cwd = tmp_path / "root", tmp_path / "cwd"
     cwd.mkdir()
     config = tmp_path / "cluster.yaml"
@@ -64,23 +65,23 @@ def test_no_secret_given_by_any_route_is_written_printed_or_logged(tmp_path):
     runs.append(ok)
     assert ok.returncode == 0, ok.stderr[-3000:]
 
-    # 2. A stage that fails after Spark started, with the --set secret inside a URI that
-    #    Hadoop (JVM console), the traceback in the log file and the error line all echo;
-    #    --verbose puts every DEBUG line on the console too.
-    bad_uri = f"hdfs://courier:{S3_SECRET_SET}@127.0.0.1:9/events"
+    # 2. A stage that fails after Spark started (the checks before Spark pass: the feature table is
+    #    there, the events too), with the --set secret inside the error it raises: the events' odd
+    #    column is named with it, and the error line, the traceback in the log file and --verbose's
+    #    DEBUG lines on the console all echo the columns. (A secret inside an input URI fails before
+    #    Spark now, in the pre-Spark checks: run 3 covers that route.)
+    spark.createDataFrame([(1, "c0001")], "item_id long, centroid_version string").write.format("delta") \
+        .save(str(root / "feature_store" / "item_visual"))
+    events = tmp_path / "events"
+    events.mkdir()
+    pd.DataFrame({"item_id": [1], f"note_{S3_SECRET_SET}": ["x"]}).to_parquet(events / "part-0.parquet")
     failed = _courier(cwd, env, "point_in_time", "--root", str(root), *common, "-v",
-                      "--set", "online.password_env=COURIER_T_REDIS_PW2",
-                      "--set", f"retrieval.input={bad_uri}", "--set", f"retrieval.output={tmp_path / 'out'}")
+                      "--set", "online.password_env=COURIER_T_REDIS_PW2", "--set", "retrieval.input_format=parquet",
+                      "--set", f"retrieval.input={events}", "--set", f"retrieval.output={tmp_path / 'out'}")
     runs.append(failed)
     assert failed.returncode == 2, failed.stderr[-3000:]
     error = [ln for ln in failed.stderr.splitlines() if ln.startswith("courier: error:")]
-    assert len(error) == 1 and "point_in_time" in error[0] and f"hdfs://courier:{REDACTED}@" in error[0], error
-    jvm = [ln for ln in failed.stderr.splitlines() if not ln.startswith(("courier:", "[courier"))]
-    # Hadoop echoes the URI on the JVM console when Spark's logging is on; with fs.s3a.* keys set,
-    # hadoop-aws's SDK bundle (unshaded slf4j 1.x) silences it on a local driver (courier_spark.spark),
-    # so the echo is not required here, only masked wherever it appears (and grepped for below).
-    echoed = [ln for ln in jvm if "hdfs://courier:" in ln]
-    assert all(f"hdfs://courier:{REDACTED}@" in ln for ln in echoed), echoed
+    assert len(error) == 1 and "stage point_in_time failed" in error[0] and f"note_{REDACTED}" in error[0], error
 
     # 3. A command that fails before Spark: the root URI holds the YAML's access key and
     #    the Redis password; the access key is masked only because the config brought it.
@@ -110,4 +111,4 @@ def test_no_secret_given_by_any_route_is_written_printed_or_logged(tmp_path):
     assert summary["config"]["synthetic"]["n_items"] == 60
     # The failed run's log holds its traceback (masked), so masking did not drop it.
     failed_log = next(p for p in logs if p.name.endswith("-point_in_time.log")).read_text()
-    assert "Traceback" in failed_log and f"hdfs://courier:{REDACTED}@" in failed_log
+    assert "Traceback" in failed_log and f"note_{REDACTED}" in failed_log
