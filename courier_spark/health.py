@@ -384,7 +384,8 @@ def _incremental_row(spark: SparkSession, paths: TablePaths, version: int, sourc
     for g in groups:
         if (g["model_version"], g["centroid_version"]) != (mv, cv) or not g["cur"]:
             continue   # only current rows of these versions count (a closed row's image has valid_to set)
-        w = int(g["n"]) * (1 if g["_change_type"] in _ADDS else -1)
+        sign = 1 if g["_change_type"] in _ADDS else -1
+        w = sign * int(g["n"])
         rows += w
         nc += w if g["courier_cluster_id"] is None else 0
         nd += w if g["nd"] else 0
@@ -393,7 +394,7 @@ def _incremental_row(spark: SparkSession, paths: TablePaths, version: int, sourc
             sizes[int(g["courier_cluster_id"])] += w
         if g["k"] is not None:
             buckets[g["k"]] += w
-            dsum += w * float(g["s"])
+            dsum += sign * float(g["s"])   # s sums the group's n rows already
         elif not g["nd"]:
             return None   # a NaN distance: no bucket
     if min([rows, nc, nd, nu, *sizes.values(), *buckets.values()]) < 0:

@@ -306,9 +306,12 @@ def test_incremental_record_equals_full_recomputation(spark, tmp_path):
     cols = ["item_id", "courier_cluster_id", "distance", "model_version", "centroid_version", "item_updated_at"]
 
     def item(i, cv="c0001"):
-        return (i, None if i % 17 == 0 else int(rng.integers(0, 5)),
-                None if i % 19 == 0 else float(np.float32(rng.gamma(2.0, 0.3))), "courier/v0001", cv,
-                None if i % 23 == 0 else T0 + dt.timedelta(minutes=i))
+        # Every third item shares cluster 2 and distance 0.5: a change-feed group of several rows
+        # (each batch's new ids hold two or three of them), whose distance sum counts once.
+        shared = i % 3 == 0 and i % 17 and i % 19
+        return (i, None if i % 17 == 0 else 2 if shared else int(rng.integers(0, 5)),
+                None if i % 19 == 0 else 0.5 if shared else float(np.float32(rng.gamma(2.0, 0.3))),
+                "courier/v0001", cv, None if i % 23 == 0 else T0 + dt.timedelta(minutes=i))
 
     state = {i: item(i) for i in range(1, 81)}
     _write(spark, paths, list(state.values()))
