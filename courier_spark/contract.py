@@ -8,7 +8,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from .errors import ContractError, CourierError  # noqa: F401 (re-exported)
+from .errors import ContractError
 
 ITEMS_SCHEMA = T.StructType([
     T.StructField("item_id", T.LongType(), False),

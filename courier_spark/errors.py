@@ -19,7 +19,7 @@ standard-library base callers may catch (``ValueError``, ``LookupError``,
     |   +-- FeatureVersionError     ... of a feature table
     |   +-- ArtifactNotFoundError   ... of a model
     +-- CorruptArtifactError        a model or checkpoint file is truncated or not ours
-    |   +-- ArtifactCorruptError    a model artifact
+    |   +-- CorruptModelError       a model artifact
     |   +-- CheckpointError         a training checkpoint
     |   +-- TamperedCacheError      a training-loader cache file that would run code
     +-- ServiceError                a system the platform runs on failed or refused
@@ -92,7 +92,7 @@ class CorruptArtifactError(CourierError, ValueError):
     """A stored file of ours is truncated, tampered with or not ours (message names the file)."""
 
 
-class ArtifactCorruptError(CorruptArtifactError):
+class CorruptModelError(CorruptArtifactError):
     """A model artefact's files are truncated, tampered with or not ours (message names the file)."""
 
 

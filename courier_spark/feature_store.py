@@ -32,7 +32,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .errors import ConcurrentWriteError, CourierError, DataError, FeatureTableSchemaError, FeatureVersionError  # noqa: F401 (re-exported)
+from .errors import ConcurrentWriteError, DataError, FeatureTableSchemaError, FeatureVersionError
 from .catalog import MERGE_HISTORY, MERGE_UPSERT, check_write
 from .logs import say
 from . import fs

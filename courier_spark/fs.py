@@ -48,7 +48,7 @@ from typing import IO, Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import CourierError, FilesystemError, MissingRootError  # noqa: F401 (re-exported)
+from .errors import FilesystemError, MissingRootError
 
 __all__ = [
     "FilesystemError", "join", "to_fsspec", "filesystem", "is_local", "to_local_path",

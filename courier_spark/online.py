@@ -33,7 +33,6 @@ from typing import Iterator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .errors import CourierError, OnlineStoreError  # noqa: F401 (re-exported)
 from .feature_store import current_rows
 from .logs import say
 # The key layout and encoding live in the serving client (no Spark there); re-exported here.

@@ -6,7 +6,7 @@ from typing import Sequence
 from pyspark.sql import DataFrame, SparkSession
 
 from .catalog import OVERWRITE, check_write, spec_for_path
-from .errors import CourierError, MissingTableError, TableVersionError  # noqa: F401 (re-exported)
+from .errors import MissingTableError, TableVersionError
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:

@@ -11,9 +11,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from courier_spark.cluster import choose_centroid_version, train_kmeans
-from courier_spark.feature_store import (ITEM_VISUAL_COMMENTS, FeatureVersionError, column_comments,
-                                         join_visual_features, merge_history, merge_upsert,
-                                         read_features)
+from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, column_comments, join_visual_features, merge_history, merge_upsert, read_features
+from courier_spark.errors import FeatureVersionError
 from courier_spark.features import assign_cluster_ids, item_visual_rows, similarity_features
 from courier_spark.serving import ServingVersions, assign_new_items
 

@@ -12,8 +12,8 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from courier_spark.feature_store import (ITEM_VISUAL_COMMENTS, FeatureTableSchemaError, current_rows,
-                                         merge_history)
+from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, current_rows, merge_history
+from courier_spark.errors import FeatureTableSchemaError
 from courier_spark.retrieval import point_in_time_features
 
 UTC = dt.timezone.utc

@@ -22,7 +22,7 @@ _REGISTRY = sys.modules["fsspec.registry"]._registry   # fsspec.registry is shad
 
 from courier_spark import fs
 from courier_spark.errors import CourierError
-from courier_spark.fs import FilesystemError
+from courier_spark.errors import FilesystemError
 
 
 @pytest.fixture
@@ -365,7 +365,8 @@ def test_check_root_missing_package_names_root(monkeypatch):
 @pytest.mark.parametrize("kind", ["memory", "local"])
 def test_artifact_round_trip(kind, mem_root, tmp_path):
     torch = pytest.importorskip("torch")
-    from training.artifact import ArtifactNotFoundError, list_versions, load_artifact, next_version, save_artifact
+    from training.artifact import list_versions, load_artifact, next_version, save_artifact
+    from courier_spark.errors import ArtifactNotFoundError
     from training.backbones import build_backbone
 
     models = fs.join(mem_root, "models") if kind == "memory" else str(tmp_path / "models")

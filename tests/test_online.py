@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, current_rows, merge_history
-from courier_spark.online import OnlineStoreError, RedisSettings, connect, lookup, materialise_item_visual
+from courier_spark.online import RedisSettings, connect, lookup, materialise_item_visual
+from courier_spark.errors import OnlineStoreError
 
 from .daemons import free_port
 

@@ -13,7 +13,8 @@ from courier_spark.evaluate.metrics import per_category_auc, per_category_lift
 from courier_spark.evaluate.sql_runner import (SQL_DIR, referenced_tables, render_sql, run_sql_file,
                                                write_predictions, _single_statement)
 from courier_spark.paths import TablePaths
-from courier_spark.tables import MissingTableError, write_table
+from courier_spark.tables import write_table
+from courier_spark.errors import MissingTableError
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from courier_spark.config import ValidateConfig
-from courier_spark.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA, ContractError
+from courier_spark.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
+from courier_spark.errors import ContractError
 from courier_spark.validate import validate_bronze, validate_impressions, validate_items
 
 T0 = dt.datetime(2026, 9, 1)

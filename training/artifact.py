@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from courier_spark import fs
-from courier_spark.errors import ArtifactCorruptError, ArtifactNotFoundError, CourierError  # noqa: F401 (re-exported)
+from courier_spark.errors import ArtifactNotFoundError, CorruptModelError
 
 from .backbones import build_backbone
 from .model_versions import META as _META, VERSION as _VERSION, list_versions, resolve_version  # noqa: F401
@@ -64,7 +64,7 @@ class ModelArtifact:
             enc.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - read back from a shared store: data only, clear error
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ArtifactCorruptError(f"model {self.model_version}: {self.encoder_uri} is not a readable "
+            raise CorruptModelError(f"model {self.model_version}: {self.encoder_uri} is not a readable "
                                        f"{self.backbone} state dict (truncated or tampered?): {first}") from None
         return enc.eval()
 
@@ -132,5 +132,5 @@ def load_artifact(models_dir: str, method: str, version: str = "latest") -> Mode
         meta["path"] = path
         return ModelArtifact(**meta)
     except (ValueError, TypeError) as exc:  # JSON that does not parse, or not an artefact's fields
-        raise ArtifactCorruptError(f"model {method}/{version}: {meta_uri} is not a valid artefact "
+        raise CorruptModelError(f"model {method}/{version}: {meta_uri} is not a valid artefact "
                                    f"description ({str(exc)[:200]})") from None

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from courier_spark import fs
-from courier_spark.errors import CheckpointError, CourierError  # noqa: F401 (re-exported)
+from courier_spark.errors import CheckpointError
 from courier_spark.schema import TrainConfig, TrainLaunch
 
 # Settings that do not change what is trained: a resumed run may change them.

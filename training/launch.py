@@ -28,7 +28,7 @@ import uuid
 from typing import Callable, Sequence
 
 from courier_spark import fs
-from courier_spark.errors import CourierError, DistributedTrainingError  # noqa: F401 (re-exported)
+from courier_spark.errors import DistributedTrainingError
 
 
 class ProgressTail:

@@ -34,10 +34,10 @@ from pyspark.sql import types as T
 
 from .. import delta_log
 from ..catalog import CATALOG
-from ..errors import ReadOnlySqlError, SqlFileError
+from ..errors import MissingTableError, ReadOnlySqlError, SqlFileError
 from ..paths import TablePaths
 from ..resources import data_dir
-from ..tables import MissingTableError, table_exists, write_table
+from ..tables import table_exists, write_table
 
 # The shipped queries: the checkout's sql/ or the installed wheel's copy.
 SQL_DIR = data_dir("sql")

@@ -6,7 +6,7 @@ import dataclasses
 import time
 
 from .. import fs
-from ..errors import CourierError, StreamError  # noqa: F401 (re-exported)
+from ..errors import StreamError
 from ..logs import say, step
 from ..online import RedisSettings, connect, materialise_item_visual
 from ..serving import load_serving

@@ -38,7 +38,8 @@ def _rank_fn(mode: str):
 def main(out_path: str) -> None:
     from courier_spark.spark import get_spark
     from training.gradcheck import make_batch, max_abs_diff, single_process_gradients, worker_gradients
-    from training.launch import DistributedTrainingError, run_distributed
+    from training.launch import run_distributed
+    from courier_spark.errors import DistributedTrainingError
 
     spark = get_spark()
     out: dict = {"master": spark.sparkContext.master}

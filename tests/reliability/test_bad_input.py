@@ -12,11 +12,12 @@ import pytest
 from pyspark.sql import functions as F
 
 from courier_spark.config import ConfigError, WindowsConfig, load_config
-from courier_spark.contract import ContractError
+from courier_spark.errors import ContractError
 from courier_spark.paths import TablePaths
 from courier_spark.samples import resolve_windows
 from courier_spark.pipeline import StageContext, run_stage
-from courier_spark.tables import MissingTableError, read_table
+from courier_spark.tables import read_table
+from courier_spark.errors import MissingTableError
 
 from ..conftest import tiny_config
 from .helpers import (DAY, EXPECTED_IMP_REASONS, EXPECTED_ITEM_REASONS, GOOD, T0, bad_bronze as _bronze,

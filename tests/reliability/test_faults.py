@@ -178,7 +178,8 @@ def _horovod_fn(mode: str):
     ("raise", r"rank 1 raised ValueError: corrupt shard on rank 1"),
 ])
 def test_horovod_worker_death_fails_with_clear_message(spark, mode, message, reliability):
-    from training.launch import DistributedTrainingError, run_distributed
+    from training.launch import run_distributed
+    from courier_spark.errors import DistributedTrainingError
     t0 = time.time()
     with pytest.raises(DistributedTrainingError, match=r"horovod training failed after \d+s with 2 workers: "
                                                        + message):
@@ -191,7 +192,8 @@ def test_horovod_worker_death_fails_with_clear_message(spark, mode, message, rel
 
 @pytest.mark.slow
 def test_horovod_hung_worker_is_cancelled_by_watchdog(spark, reliability):
-    from training.launch import DistributedTrainingError, run_distributed
+    from training.launch import run_distributed
+    from courier_spark.errors import DistributedTrainingError
     t0 = time.time()
     with pytest.raises(DistributedTrainingError, match=r"did not finish within 20s and was cancelled"):
         run_distributed(_horovod_fn("hang"), (), "horovod", 2, timeout_s=20)
@@ -201,7 +203,8 @@ def test_horovod_hung_worker_is_cancelled_by_watchdog(spark, reliability):
 
 
 def test_horovod_more_workers_than_slots_is_a_clear_error(spark, reliability):
-    from training.launch import DistributedTrainingError, run_distributed
+    from training.launch import run_distributed
+    from courier_spark.errors import DistributedTrainingError
     slots = spark.sparkContext.defaultParallelism
     with pytest.raises(DistributedTrainingError, match=rf"train.num_proc={slots + 1} but Spark master .* runs "
                                                        rf"only {slots} task\(s\) at once"):

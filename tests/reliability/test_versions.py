@@ -107,8 +107,10 @@ def test_older_versions_stay_readable(spark, two_versions, reliability):
 def test_missing_versions_are_clear_errors(spark, two_versions, reliability):
     from courier_spark.cluster import load_centroids
     from courier_spark.embed import read_embeddings
-    from courier_spark.feature_store import FeatureVersionError, read_features
-    from training.artifact import ArtifactNotFoundError, load_artifact
+    from courier_spark.feature_store import read_features
+    from courier_spark.errors import FeatureVersionError
+    from training.artifact import load_artifact
+    from courier_spark.errors import ArtifactNotFoundError
 
     paths, _ = two_versions
     with pytest.raises(ArtifactNotFoundError, match=r"model courier/v0042 does not exist .*available: v0001, v0002"):
@@ -136,7 +138,7 @@ def test_missing_versions_are_clear_errors(spark, two_versions, reliability):
     last = table_version(spark, paths.item_visual_features)
     with pytest.raises(FeatureVersionError, match=rf"has no version 99; available versions: 0\.\.{last}"):
         read_features(spark, paths.item_visual_features, version=99)
-    from courier_spark.tables import TableVersionError
+    from courier_spark.errors import TableVersionError
     with pytest.raises(TableVersionError, match=r"silver/items has no version 5; available versions: 0\.\.0"):
         read_table(spark, paths.silver_items, version=5)
     assert read_table(spark, paths.silver_items, version=0).count() == 16

@@ -1,5 +1,5 @@
 """Model artefacts read back from a (shared) store are data: a truncated or
-tampered file is an ArtifactCorruptError naming it, and no code runs."""
+tampered file is an CorruptModelError naming it, and no code runs."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,8 @@ import pickle
 import pytest
 import torch
 
-from training.artifact import ArtifactCorruptError, load_artifact, save_artifact
+from courier_spark.errors import CorruptModelError
+from training.artifact import load_artifact, save_artifact
 from training.backbones import build_backbone
 
 
@@ -35,7 +36,7 @@ def test_truncated_encoder_is_a_clear_error(saved):
     path = art.encoder_uri
     data = open(path, "rb").read()
     open(path, "wb").write(data[:100])
-    with pytest.raises(ArtifactCorruptError, match=r"courier/v0001: .*encoder.pt is not a readable small_cnn"):
+    with pytest.raises(CorruptModelError, match=r"courier/v0001: .*encoder.pt is not a readable small_cnn"):
         load_artifact(models, "courier").load_encoder()
 
 
@@ -44,7 +45,7 @@ def test_encoder_with_code_is_refused(saved, capsys):
     buf = io.BytesIO()
     torch.save({"x": _Evil()}, buf, pickle_module=pickle)
     open(art.encoder_uri, "wb").write(buf.getvalue())
-    with pytest.raises(ArtifactCorruptError, match="truncated or tampered"):
+    with pytest.raises(CorruptModelError, match="truncated or tampered"):
         load_artifact(models, "courier").load_encoder()
     assert "code ran on load" not in capsys.readouterr().out
 
@@ -53,8 +54,8 @@ def test_tampered_description_is_a_clear_error(saved):
     models, art = saved
     meta = f"{art.path}/artifact.json"
     open(meta, "w").write('{"method": "courier", "version": ')
-    with pytest.raises(ArtifactCorruptError, match=r"artifact.json is not a valid artefact description"):
+    with pytest.raises(CorruptModelError, match=r"artifact.json is not a valid artefact description"):
         load_artifact(models, "courier")
     open(meta, "w").write('{"method": "courier", "version": "v0001", "evil": 1}')
-    with pytest.raises(ArtifactCorruptError, match="not a valid artefact description"):
+    with pytest.raises(CorruptModelError, match="not a valid artefact description"):
         load_artifact(models, "courier")

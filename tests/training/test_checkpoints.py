@@ -7,7 +7,8 @@ import pickle
 import pytest
 import torch
 
-from training.checkpoints import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from courier_spark.errors import CheckpointError
 
 
 def _save(d):
