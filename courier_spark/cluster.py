@@ -27,7 +27,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .catalog import REPLACE_VERSION, check_write
 from .errors import DataError, VersionNotFoundError
 from .schema import ClusterConfig  # noqa: F401 (re-exported for callers)
 
@@ -225,26 +224,6 @@ def centroids_frame(spark: SparkSession, centroids: np.ndarray, centroid_version
     rows = [(centroid_version, model_version, i, [float(v) for v in c], pj, now)
             for i, c in enumerate(np.asarray(centroids, dtype=np.float32))]
     return spark.createDataFrame(rows, CENTROIDS_SCHEMA)
-
-
-def _sql_str(v: str) -> str:
-    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def replace_rows(df: DataFrame, path: str, column: str, value: str) -> int:
-    """Atomically replace the rows with ``column = value`` (creating the
-    table partitioned by ``column`` on first write). Returns the table version."""
-    from .tables import table_exists, table_version
-
-    check_write(path, REPLACE_VERSION)
-    spark = df.sparkSession
-    w = df.write.format("delta")
-    if table_exists(spark, path):
-        # Delta checks that every written row satisfies the predicate.
-        w.mode("overwrite").option("replaceWhere", f"{column} = {_sql_str(value)}").save(path)
-    else:
-        w.mode("overwrite").partitionBy(column).save(path)
-    return table_version(spark, path)
 
 
 def existing_versions(spark: SparkSession, path: str) -> dict[str, dict]:

@@ -12,6 +12,7 @@ feature row of these versions and of their current item version", used by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
@@ -20,6 +21,9 @@ from pyspark.sql import functions as F
 from .errors import VersionNotFoundError
 from .paths import TablePaths
 
+if TYPE_CHECKING:
+    from .schema import CourierConfig
+
 
 @dataclass(frozen=True)
 class ServingVersions:
@@ -27,6 +31,13 @@ class ServingVersions:
     method: str
     model_version: str      # "<method>/vNNNN"
     centroid_version: str   # "cNNNN"
+
+
+def requested_versions(cfg: "CourierConfig") -> tuple[str, str, str]:
+    """What a config asks to serve: (``embed.method``, ``embed.model_version``,
+    ``features.centroid_version``), "latest" meaning the newest. The one reader
+    of these settings for ``serving_versions`` / ``load_serving``."""
+    return cfg.embed.method, cfg.embed.model_version, cfg.features.centroid_version
 
 
 def model_version_of(paths: TablePaths, method: str, model_version: str = "latest") -> str:

@@ -115,11 +115,9 @@ class FeatureStore:
         """The encoder and centroid versions whose features serve for ``method``
         (default ``embed.method``; versions default to ``embed.model_version`` and
         ``features.centroid_version``): ``courier_spark.serving.serving_versions``."""
-        from .serving import serving_versions
-        cfg = self.config
-        return serving_versions(self.spark, self.paths, method or cfg.embed.method,
-                                model_version or cfg.embed.model_version,
-                                centroid_version or cfg.features.centroid_version)
+        from .serving import requested_versions, serving_versions
+        m, mv, cv = requested_versions(self.config)
+        return serving_versions(self.spark, self.paths, method or m, model_version or mv, centroid_version or cv)
 
     # ------------------------------------------------------------------ offline reads
     def read(self, name: str = "item_visual", version: int | None = None) -> "DataFrame":

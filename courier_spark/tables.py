@@ -5,7 +5,7 @@ from typing import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from .catalog import OVERWRITE, check_write, spec_for_path
+from .catalog import OVERWRITE, REPLACE_VERSION, check_write, spec_for_path
 from .errors import MissingTableError, TableVersionError
 
 
@@ -87,3 +87,20 @@ def table_version(spark: SparkSession, path: str) -> int:
     from delta.tables import DeltaTable
     return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
 
+
+def _sql_str(v: str) -> str:
+    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def replace_rows(df: DataFrame, path: str, column: str, value: str) -> int:
+    """Atomically replace the rows with ``column = value`` (creating the
+    table partitioned by ``column`` on first write). Returns the table version."""
+    check_write(path, REPLACE_VERSION)
+    spark = df.sparkSession
+    w = df.write.format("delta")
+    if table_exists(spark, path):
+        # Delta checks that every written row satisfies the predicate.
+        w.mode("overwrite").option("replaceWhere", f"{column} = {_sql_str(value)}").save(path)
+    else:
+        w.mode("overwrite").partitionBy(column).save(path)
+    return table_version(spark, path)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..cluster import (assignment_stats, centroid_change, centroids_frame, check_k, choose_centroid_version,
-                       existing_versions, load_centroids, replace_rows, train_kmeans, training_sample)
+                       existing_versions, load_centroids, train_kmeans, training_sample)
 from ..embed import embeddings_to_numpy, read_embeddings
 from ..features import assign_cluster_ids
 from ..logs import say, step, warn
 from ..serving import model_version_of
-from ..tables import table_version
+from ..tables import replace_rows, table_version
 from .context import StageContext
 from .results import ClusterResult
 

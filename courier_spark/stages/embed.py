@@ -5,7 +5,7 @@ import time
 
 from training.artifact import load_artifact
 
-from ..cluster import replace_rows
+from ..tables import replace_rows
 from ..embed import embed_items, embedding_accounting, read_embeddings
 from ..logs import say, step
 from ..tables import read_table

@@ -15,7 +15,7 @@ from ..features import (assign_cluster_ids, impression_visual_rows, impression_v
                         similarity_features)
 from ..health import record_write
 from ..logs import say, step
-from ..serving import assign_new_items, serving_versions
+from ..serving import assign_new_items, requested_versions, serving_versions
 from ..tables import read_table
 from .context import StageContext
 from .results import FeaturesResult, ItemVisualWrite
@@ -25,7 +25,7 @@ def run(ctx: StageContext) -> FeaturesResult:
     """centroids + embeddings + ctr_samples -> feature_store/item_visual, impression_visual (MERGE)."""
     cfg = ctx.cfg.features
     spark, p = ctx.spark, ctx.paths
-    serving = serving_versions(spark, p, ctx.cfg.embed.method, ctx.cfg.embed.model_version, cfg.centroid_version)
+    serving = serving_versions(spark, p, *requested_versions(ctx.cfg))
     cv, mv = serving.centroid_version, serving.model_version
     _, _, centroids = load_centroids(spark, p.centroids, cv)
     emb = read_embeddings(spark, p.item_embeddings, mv)

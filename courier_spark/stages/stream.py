@@ -9,7 +9,7 @@ from .. import fs
 from ..errors import StreamError
 from ..logs import say, step
 from ..online import RedisSettings, connect, materialise_item_visual
-from ..serving import load_serving
+from ..serving import load_serving, requested_versions
 from ..stream import catch_up, process_item_batch, read_ledger, record_batch, txn_app_id
 from .context import StageContext
 from .results import StreamResult
@@ -21,8 +21,7 @@ def run(ctx: StageContext) -> StreamResult:
     cfg, spark, p = ctx.cfg.stream, ctx.spark, ctx.paths
 
     def resolve_serving():   # embed.method's versions that serve now (re-read every micro-batch)
-        return load_serving(spark, p, ctx.cfg.embed.method, ctx.cfg.embed.model_version,
-                            ctx.cfg.features.centroid_version)
+        return load_serving(spark, p, *requested_versions(ctx.cfg))
 
     serving, art, centroids = resolve_serving()
     art.load_encoder()  # a missing or corrupt model is one clear error now, not failed micro-batches
