@@ -14,7 +14,11 @@ SDK bundle on its classpath when ``scripts/s3_jars.sh`` listed them for the
 running PySpark's Hadoop version (``<venv>/courier-s3a-jars.txt``) and
 ``spark.extra`` names an ``fs.s3a.*`` setting: on the
 classpath, not in ``spark.jars``, so the ~560 MB bundle is not copied to the
-executor's scratch at every start. Clusters bring their own connector.
+executor's scratch at every start, and *after* Spark's own jars
+(``SPARK_DIST_CLASSPATH``, which Spark's launcher appends), because the bundle
+also carries an unshaded slf4j 1.x API: first on the classpath (as
+``spark.driver.extraClassPath`` puts it), it turns every JVM log line into
+slf4j's no-operation logger. Clusters bring their own connector.
 
 Local starts also get ``conf/log4j2.properties`` (console at WARN, known-noisy
 loggers at ERROR) through the driver's JVM options, and
@@ -105,16 +109,24 @@ def pyspark_hadoop_version() -> str | None:
     return found[0].name[len("hadoop-client-api-"):-len(".jar")] if found else None
 
 
-def s3a_jar_settings(list_file: str | os.PathLike | None = None) -> dict[str, str]:
-    """``spark.driver.extraClassPath`` with hadoop-aws and its SDK bundle when
-    ``scripts/s3_jars.sh`` resolved them for this PySpark's Hadoop; else nothing
-    (``s3a://`` then fails in Spark with ClassNotFoundException S3AFileSystem)."""
+def s3a_classpath(list_file: str | os.PathLike | None = None) -> list[str]:
+    """hadoop-aws and its SDK bundle when ``scripts/s3_jars.sh`` resolved them
+    for this PySpark's Hadoop; else nothing (``s3a://`` then fails in Spark with
+    ClassNotFoundException S3AFileSystem)."""
     version = pyspark_hadoop_version()
     if version is None:
-        return {}
-    jars = read_delta_jars(Path(sys.prefix) / S3A_JARS_FILE_NAME if list_file is None else list_file,
-                           f"org.apache.hadoop:hadoop-aws:{version}")
-    return {"spark.driver.extraClassPath": os.pathsep.join(jars)} if jars else {}
+        return []
+    return read_delta_jars(Path(sys.prefix) / S3A_JARS_FILE_NAME if list_file is None else list_file,
+                           f"org.apache.hadoop:hadoop-aws:{version}") or []
+
+
+def appended_classpath(jars: list[str], current: str | None) -> str | None:
+    """``SPARK_DIST_CLASSPATH`` with ``jars`` after what it already holds (Spark's
+    launcher puts it after Spark's own jars); None when there is nothing to add."""
+    missing = [j for j in jars if j not in (current or "").split(os.pathsep)]
+    if not missing:
+        return None
+    return os.pathsep.join([*filter(None, [current]), *missing])
 
 
 def driver_java_options(log4j2_file: str | os.PathLike | None = LOG4J2_PROPERTIES) -> str:
@@ -186,16 +198,16 @@ def launch_settings(cfg: SparkConfig) -> dict[str, str]:
         log.debug("no resolved Delta jar list at %s: Spark resolves %s at start",
                   delta_jars_file(cfg.delta_jars_file), cfg.delta_package)
     settings.update(jars)
-    # Only for a config that names S3A settings: the SDK bundle carries an
-    # slf4j 1.x API that, first on the classpath, turns the driver's own
-    # slf4j logging into NOP ("SLF4J: Defaulting to no-operation logger").
-    if (cfg.master or "local").startswith("local") and any(
-            k.startswith("spark.hadoop.fs.s3a.") for k in flat_settings(cfg.extra or {})):
-        settings.update(s3a_jar_settings())
     # JVM options only take effect here because pyspark launches the
     # driver JVM (spark-submit) with these settings after this point.
     settings["spark.driver.extraJavaOptions"] = driver_java_options()
     return settings
+
+
+def wants_s3a_jars(cfg: SparkConfig) -> bool:
+    """A local driver whose config names S3A settings gets the s3a connector's jars."""
+    return (cfg.master or "local").startswith("local") and any(
+        k.startswith("spark.hadoop.fs.s3a.") for k in flat_settings(cfg.extra or {}))
 
 
 def _mute_query_context_echo() -> None:
@@ -237,6 +249,11 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         # reads the worker interpreter from this variable, not from conf.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         settings.update(launch_settings(cfg))
+        if wants_s3a_jars(cfg):
+            # Set before the JVM starts: the launcher reads it from the environment.
+            dist = appended_classpath(s3a_classpath(), os.environ.get("SPARK_DIST_CLASSPATH"))
+            if dist is not None:
+                os.environ["SPARK_DIST_CLASSPATH"] = dist
     for k, v in {**settings, **flat_settings(cfg.extra or {})}.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

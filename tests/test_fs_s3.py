@@ -57,14 +57,23 @@ def test_configure_exports_the_same_store_to_child_processes(clean_s3):
 
 def test_s3a_jars_only_for_this_hadoop(tmp_path):
     pytest.importorskip("pyspark")
-    from courier_spark.spark import pyspark_hadoop_version, s3a_jar_settings
+    from courier_spark.spark import pyspark_hadoop_version, s3a_classpath
     version = pyspark_hadoop_version()
     assert version and version[0].isdigit()
     jar = tmp_path / "hadoop-aws.jar"
     jar.write_bytes(b"")
     f = tmp_path / "list.txt"
     f.write_text(f"# package: org.apache.hadoop:hadoop-aws:{version}\n{jar}\n")
-    assert s3a_jar_settings(f) == {"spark.driver.extraClassPath": str(jar)}
+    assert s3a_classpath(f) == [str(jar)]
     f.write_text(f"# package: org.apache.hadoop:hadoop-aws:0.0.1\n{jar}\n")    # another Hadoop: ignored
-    assert s3a_jar_settings(f) == {}
-    assert s3a_jar_settings(tmp_path / "missing.txt") == {}
+    assert s3a_classpath(f) == []
+    assert s3a_classpath(tmp_path / "missing.txt") == []
+
+
+def test_s3a_jars_go_after_sparks_own():
+    """Appended to SPARK_DIST_CLASSPATH (after Spark's jars), once, keeping what a user set."""
+    from courier_spark.spark import appended_classpath
+    assert appended_classpath(["/a.jar", "/b.jar"], None) == os.pathsep.join(["/a.jar", "/b.jar"])
+    assert appended_classpath(["/a.jar"], "/mine.jar") == os.pathsep.join(["/mine.jar", "/a.jar"])
+    assert appended_classpath(["/a.jar"], os.pathsep.join(["/mine.jar", "/a.jar"])) is None
+    assert appended_classpath([], "/mine.jar") is None
