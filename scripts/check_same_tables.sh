@@ -7,9 +7,13 @@
 # need not be bit-identical between runs; the feature code is what changed).
 # Default settings: conf/local.yaml with a tiny world and 20 training steps;
 # --demo: the main command's own world (conf/local.yaml as is), 20 training steps.
+# Two environments (a dependency upgrade): COURIER_OLD_PYTHON / COURIER_NEW_PYTHON
+# name each commit's interpreter (default: this checkout's .venv for both); the
+# new one compares (a newer Delta reads the older one's tables).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="$REPO/.venv/bin/python"
+PY_OLD="${COURIER_OLD_PYTHON:-$REPO/.venv/bin/python}"
+PY="${COURIER_NEW_PYTHON:-$REPO/.venv/bin/python}"
 OLD="$1"; shift
 NEW="HEAD"; if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then NEW="$1"; shift; fi
 DEMO=0; if [ "${1:-}" = "--demo" ]; then DEMO=1; shift; fi
@@ -21,7 +25,10 @@ W="$(mktemp -d)"; trap 'git -C "$REPO" worktree remove --force "$W/old" >/dev/nu
                      git -C "$REPO" worktree remove --force "$W/new" >/dev/null 2>&1 || true' EXIT
 git -C "$REPO" worktree add -f --detach "$W/old" "$OLD" >/dev/null
 git -C "$REPO" worktree add -f --detach "$W/new" "$NEW" >/dev/null
-run() { (cd "$W/$1" && shift && "$PY" -m courier_spark.cli "$@" "${SETS[@]}"); }   # that commit's code
+run() {   # that commit's code, in that commit's environment
+  local py="$PY"; [ "$1" = old ] && py="$PY_OLD"
+  (cd "$W/$1" && shift && "$py" -m courier_spark.cli "$@" "${SETS[@]}")
+}
 run new pipeline --root "$W/A" --until train
 cp -r "$W/A" "$W/B"
 run old pipeline --root "$W/C" --until samples
