@@ -10,10 +10,15 @@ REPO = Path(__file__).resolve().parents[1]
 COURIER = [str(Path(sys.executable).with_name("courier"))]  # the venv's console script
 
 
+DEMO_CONFIG = REPO / "conf" / "demo.yaml"   # the benches' worlds are the demo's (or extend it)
+
+
 def courier(*args: str) -> None:
-    """One courier command; its console output goes to ours."""
+    """One courier command, with the demo's config unless ``args`` name one;
+    its console output goes to ours."""
     t0 = time.perf_counter()
-    subprocess.run([*COURIER, *args], check=True, cwd=REPO)
+    config = [] if "--config" in args else ["--config", str(DEMO_CONFIG)]
+    subprocess.run([*COURIER, *args, *config], check=True, cwd=REPO)
     print(f"[bench] courier {args[0]} done in {time.perf_counter() - t0:.0f}s", flush=True)
 
 

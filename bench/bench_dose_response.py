@@ -121,7 +121,7 @@ def main() -> None:
     if args.methods[0] != "courier":
         ap.error("--methods must start with courier (differences are COURIER minus each other method)")
 
-    from courier_spark.config import load_config
+    from courier_spark.config import DEMO_CONFIG, load_config
     from courier_spark.evaluate.cluster_variants import paired_difference
     from courier_spark.spark import get_spark
 
@@ -135,7 +135,7 @@ def main() -> None:
             root = point_root(args.base, ts, nu)
             tp = time.perf_counter()
             versions = build_point(root, sets, args.methods, args.encoder_seeds)
-            cfg = load_config(None, [s for s in sets if s != "--set"])
+            cfg = load_config(DEMO_CONFIG, [s for s in sets if s != "--set"])
             spark = spark or get_spark(cfg.spark)
             for kind in args.model_kinds:
                 runs = evaluate_point(spark, root, cfg, versions, args.kmeans_seeds, cfg.cluster.k, kind)

@@ -57,7 +57,7 @@ PLAN = {
     # Each model's held-out loss curve goes into its ledger line.
     "budget_same_in_every_setting": True,
     "settings": {
-        # As before: pre-training on the five visual categories (conf/local.yaml's list).
+        # As before: pre-training on the five visual categories (conf/demo.yaml's list).
         "v2_all": {"categories": VISUAL, "restrict_histories": False},
         # The paper's transfer: women's clothing only, page views and histories.
         "v2_transfer": {"categories": ["womens_clothing"], "restrict_histories": True},
@@ -192,11 +192,11 @@ class Evaluator:
     """The root's CTR frames, read once, and one fit per call (the evaluate stage's models)."""
 
     def __init__(self, root: str) -> None:
-        from courier_spark.config import load_config
+        from courier_spark.config import DEMO_CONFIG, load_config
         from courier_spark.evaluate.ctr_frames import catalogue_items, ctr_base_frame
         from courier_spark.paths import TablePaths
         from courier_spark.spark import get_spark
-        self.cfg = load_config(None, [])
+        self.cfg = load_config(DEMO_CONFIG, [])
         self.spark = get_spark(self.cfg.spark)
         self.paths = TablePaths.for_root(root)
         base = ctr_base_frame(self.spark, self.paths).toPandas()
@@ -362,7 +362,7 @@ def preregister(args: argparse.Namespace) -> None:
     """Data checks that involve no method's result, and the plan, written for commit."""
     from pyspark.sql import functions as F
 
-    from courier_spark.config import load_config
+    from courier_spark.config import DEMO_CONFIG, load_config
     from courier_spark.paths import TablePaths
     from courier_spark.spark import get_spark
     from courier_spark.tables import read_table
@@ -373,7 +373,7 @@ def preregister(args: argparse.Namespace) -> None:
         courier("pipeline", "--root", root, "--until", "samples", *setting_sets("v2_all", 0))
         state["samples"] = True
         _save_state(root, state)
-    spark = get_spark(load_config(None, []).spark)
+    spark = get_spark(load_config(DEMO_CONFIG, []).spark)
     p = TablePaths.for_root(root)
     samples, items = read_table(spark, p.pretrain_samples), read_table(spark, p.silver_items)
     checks: dict = {}

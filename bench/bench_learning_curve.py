@@ -108,7 +108,7 @@ def main() -> None:
         a.root = os.path.abspath(a.root)   # Spark and petastorm need absolute local paths
     t_start = time.perf_counter()
     from courier_spark import fs
-    from courier_spark.config import load_config
+    from courier_spark.config import DEMO_CONFIG, load_config
     from courier_spark.evaluate.report import md_table
     from courier_spark.paths import TablePaths
     from courier_spark.schema import TrainConfig
@@ -126,7 +126,7 @@ def main() -> None:
         courier("train", "--root", a.root, *sets, "--set", f"train.method={m}", "--set", f"train.steps={a.steps}",
                 "--set", f"train.checkpoint_every={a.every}", "--set", "train.keep_checkpoints=true")
         arts[m] = load_artifact(p.models, m, "latest")
-    spark = get_spark(load_config(overrides=a.sets).spark)
+    spark = get_spark(load_config(DEMO_CONFIG, overrides=a.sets).spark)
     truth_path = p.truth_item_factors
     synthetic = fs.exists(fs.join(truth_path, "_delta_log"))
     first = next(iter(arts.values()))
@@ -163,7 +163,7 @@ def main() -> None:
     steps, flat = budget({m: list(zip(g["step"], g["heldout_loss"])) for m, g in df.groupby("method")})
     elapsed = time.perf_counter() - t_start
     md = [f"# Learning curves ({a.steps} steps, checkpoints every {a.every}; root {a.root})\n",
-          f"Bench run time: {elapsed / 60:.1f} min. Settings: {' '.join(a.sets) or 'conf/local.yaml'}.\n",
+          f"Bench run time: {elapsed / 60:.1f} min. Settings: {' '.join(a.sets) or 'conf/demo.yaml'}.\n",
           "Held-out loss: the method's own loss on held-out pre-training page views (global-batch-sized "
           "batches, rank 0). Probes: 3-fold logistic regression on 3,000 items; NMI: k = 64 k-means of "
           "all item embeddings against the hidden factor (pattern = the print).\n",

@@ -19,9 +19,10 @@ import time
 
 
 def main() -> None:
+    from courier_spark.config import DEMO_CONFIG
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", required=True)
-    ap.add_argument("--config", default=None)
+    ap.add_argument("--config", default=str(DEMO_CONFIG))
     ap.add_argument("--materialise", action="store_true")
     a = ap.parse_args()
 

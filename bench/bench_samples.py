@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from courier_spark.config import load_config
+from courier_spark.config import DEMO_CONFIG, load_config
 from courier_spark.paths import TablePaths
 from courier_spark.spark import get_spark
 from courier_spark.pipeline import StageContext, run_stage
@@ -19,7 +19,7 @@ from courier_spark.tables import read_table
 
 
 def time_samples(spark, root: str, n_users: int, n_items: int, days: int) -> tuple[int, float]:
-    cfg = load_config(None, [f"synthetic.n_users={n_users}", f"synthetic.n_items={n_items}",
+    cfg = load_config(DEMO_CONFIG, [f"synthetic.n_users={n_users}", f"synthetic.n_items={n_items}",
                              f"synthetic.n_days={days}", "synthetic.image_size=16",
                              "validate.check_images=false"])
     ctx = StageContext(spark, cfg, TablePaths.for_root(root))
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--root", default="/tmp/courier-bench")
     a = ap.parse_args()
-    spark = get_spark(load_config().spark)
+    spark = get_spark(load_config(DEMO_CONFIG).spark)
     # warm-up run so JVM start and JIT do not count against the first size
     time_samples(spark, f"{a.root}/warm", 200, 400, a.days)
     runs = []

@@ -113,10 +113,10 @@ def _health_run(spark, work: Path, n: int, new: int, batches: int, incremental: 
 
 def health_bench(args) -> None:
     """--health-rows: micro-batch health seconds against the table size, before and after."""
-    from courier_spark.config import load_config
+    from courier_spark.config import DEMO_CONFIG, load_config
     from courier_spark.spark import get_spark
 
-    cfg = load_config(None, args.overrides)
+    cfg = load_config(DEMO_CONFIG, args.overrides)
     spark = get_spark(cfg.spark)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-health-"))
     for mode in (False, True):   # warm-up (JIT, first Delta reads): not printed
@@ -164,7 +164,7 @@ def main() -> None:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from courier_spark.config import load_config
+    from courier_spark.config import DEMO_CONFIG, load_config
     from courier_spark.contract import ITEMS_SCHEMA
     from courier_spark.feature_store import current_rows
     from courier_spark.online import RedisSettings, materialise_item_visual
@@ -179,7 +179,7 @@ def main() -> None:
     for d in ("bronze", "silver", "gold", "quarantine", "models"):
         shutil.copytree(Path(args.source) / d, root / d)
     p = TablePaths.for_root(str(root))
-    cfg = load_config(None, args.overrides)
+    cfg = load_config(DEMO_CONFIG, args.overrides)
     spark = get_spark(cfg.spark)
     n_catalogue = spark.read.format("delta").load(p.silver_items).count()
     print(f"[bench stream] root {root}: {n_catalogue} catalogue items", flush=True)

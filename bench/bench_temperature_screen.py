@@ -57,7 +57,7 @@ def main() -> None:
     if len(taus["courier"]) != len(taus["simclr"]):
         ap.error("equal budgets: give both methods the same number of temperatures")
 
-    from courier_spark.config import load_config
+    from courier_spark.config import DEMO_CONFIG, load_config
     from courier_spark.embed import embeddings_to_numpy, read_embeddings
     from courier_spark.evaluate.cluster_variants import kmeans_clusters, paired_difference, with_cluster_ids
     from courier_spark.evaluate.ctr_dnn import score_dnn, train_dnn
@@ -79,7 +79,7 @@ def main() -> None:
                 continue
             sets = [*extra, *(x for key in GRIDS[method] for x in ("--set", f"{key}={tau}"))]
             versions[(method, tau)] = train_embed_cluster(args.root, [method], sets)[method]
-    cfg = load_config(None, args.set)
+    cfg = load_config(DEMO_CONFIG, args.set)
     spark = get_spark(cfg.spark)
     p = TablePaths.for_root(args.root)
     items = read_table(spark, p.silver_items).select("item_id", "category", "title").toPandas()

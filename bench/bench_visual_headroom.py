@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--kmeans-seeds", type=int, nargs="*", default=[1234])
     args = ap.parse_args()
 
-    from courier_spark.config import load_config
+    from courier_spark.config import DEMO_CONFIG, load_config
     from courier_spark.evaluate.ctr_dnn import score_dnn, train_dnn
     from courier_spark.evaluate.ctr_frames import ctr_base_frame, sequence_cluster_ids
     from courier_spark.evaluate.lgbm import score_lgbm, train_lgbm
@@ -76,7 +76,7 @@ def main() -> None:
     from training.backbones import build_backbone
     from training.images import decode_image
 
-    spark = get_spark(load_config().spark)
+    spark = get_spark(load_config(DEMO_CONFIG).spark)
     p = TablePaths.for_root(args.root)
     truth = read_table(spark, p.truth_item_factors).toPandas()
     base = ctr_base_frame(spark, p).toPandas()

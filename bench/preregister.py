@@ -92,9 +92,10 @@ def taste_separation(params, pre: pd.DataFrame, truth: pd.DataFrame, users: pd.D
 
 
 def main() -> None:
+    from courier_spark.config import DEMO_CONFIG
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True)
-    ap.add_argument("--config", default=None)
+    ap.add_argument("--config", default=str(DEMO_CONFIG))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--model-kinds", nargs="*", default=["dnn", "lgbm"])

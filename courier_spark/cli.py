@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--root", required=True, help="dataset root (local path or Hadoop URI)")
-        p.add_argument("--config", default=None, help="YAML config (default conf/local.yaml)")
+        p.add_argument("--config", default=None, help="YAML config (default: none, the schema's defaults; the demo's is conf/demo.yaml)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set samples.l_pv=5 (repeatable)")
         loud = p.add_mutually_exclusive_group()

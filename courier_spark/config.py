@@ -1,8 +1,9 @@
 """Loading the one typed configuration (schema in ``courier_spark.schema``)
 from YAML files in ``conf/`` plus ``--set key=value`` overrides.
 
-Precedence (later wins): dataclass defaults < ``conf/local.yaml`` (or the
-``--config`` file, which may ``extends:`` another file) < ``--set`` overrides.
+Precedence (later wins): dataclass defaults < the ``--config`` file (none by
+default; it may ``extends:`` another file) < ``--set`` overrides. The demo's
+file is ``conf/demo.yaml`` (``DEMO_CONFIG``), passed by ``scripts/demo.sh``.
 The whole config is built and checked at once, so a typo in a late stage's
 key fails before the first stage runs. Unknown keys are errors naming the
 nearest valid key; a wrong type names the expected type. Standard library +
@@ -28,7 +29,8 @@ from .schema import (ClusterConfig, CourierConfig, DnnConfig, EmbedConfig, Evalu
                      ValidateConfig, WindowsConfig)
 
 CONF_DIR = data_dir("conf")   # the checkout's conf/ or the wheel's copy (courier_spark.resources)
-DEFAULT_CONFIG = CONF_DIR / "local.yaml"
+# The demo world's settings (scripts/demo.sh passes it); a run without --config has none.
+DEMO_CONFIG = CONF_DIR / "demo.yaml"
 
 
 class _Loader(yaml.SafeLoader):
@@ -171,9 +173,9 @@ def build_section(cls: type, data: Mapping, prefix: str) -> Any:
 
 def load_config(config_file: str | Path | None = None,
                 overrides: Iterable[str] = ()) -> CourierConfig:
-    """Build and check the whole config: defaults < YAML file (default conf/local.yaml) < overrides."""
-    path = Path(config_file) if config_file else DEFAULT_CONFIG
-    data = _read_yaml(path) if (config_file or path.exists()) else {}
+    """Build and check the whole config: the schema's defaults < YAML file (none
+    by default) < overrides."""
+    data = _read_yaml(Path(config_file)) if config_file else {}
     for item in overrides:
         keys, value = parse_override(item)
         node, section = data, CourierConfig

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import unquote
 from dataclasses import dataclass, field
 
 from . import fs
@@ -49,13 +50,16 @@ def commit_versions(path: str) -> list[int]:
 
 @dataclass
 class Snapshot:
-    """The live state of a table at its newest version: the partition values
-    of its live files, its properties (``metaData.configuration``) and the
-    table features its protocol names."""
+    """The live state of a table at its newest version: its live files (paths
+    relative to the table, as the log names them) and their partition values,
+    its properties (``metaData.configuration``), the table features its
+    protocol names, and whether a live file carries a deletion vector."""
     version: int
     partitions: list[dict[str, str | None]] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
     features: set[str] = field(default_factory=set)
+    files: list[str] = field(default_factory=list)
+    deletion_vectors: bool = False
 
     def partition_values(self, column: str) -> set[str]:
         return {p[column] for p in self.partitions if p.get(column) is not None}
@@ -75,10 +79,12 @@ def snapshot(path: str) -> Snapshot | None:
     files: dict[str, dict] = {}
     props: dict[str, str] = {}
     features: set[str] = set()
+    with_dv: set[str] = set()
     start = 0
     if checkpoints:
         start = checkpoints[-1] + 1
-        files, props, features = _read_checkpoint(fs.join(log_dir(path), f"{checkpoints[-1]:020d}.checkpoint.parquet"))
+        files, props, features, with_dv = _read_checkpoint(
+            fs.join(log_dir(path), f"{checkpoints[-1]:020d}.checkpoint.parquet"))
     todo = [v for v in commits if v >= start]
     if todo and todo != list(range(start, todo[-1] + 1)):
         return None     # a gap (cleaned-up log, partial listing): cannot replay honestly
@@ -91,21 +97,26 @@ def snapshot(path: str) -> Snapshot | None:
             action = json.loads(line)
             if "add" in action:
                 files[action["add"]["path"]] = action["add"].get("partitionValues") or {}
+                if action["add"].get("deletionVector"):
+                    with_dv.add(action["add"]["path"])
+                else:
+                    with_dv.discard(action["add"]["path"])
             elif "remove" in action:
                 files.pop(action["remove"]["path"], None)
+                with_dv.discard(action["remove"]["path"])
             elif "metaData" in action:
                 props = dict(action["metaData"].get("configuration") or {})
             elif "protocol" in action:
                 features = _features(action["protocol"])
     version = max(todo[-1] if todo else -1, checkpoints[-1] if checkpoints else -1)
-    return Snapshot(version, list(files.values()), props, features)
+    return Snapshot(version, list(files.values()), props, features, list(files), bool(with_dv & set(files)))
 
 
 def _features(protocol: dict) -> set[str]:
     return set(protocol.get("readerFeatures") or []) | set(protocol.get("writerFeatures") or [])
 
 
-def _read_checkpoint(uri: str) -> tuple[dict[str, dict], dict[str, str], set[str]]:
+def _read_checkpoint(uri: str) -> tuple[dict[str, dict], dict[str, str], set[str], set[str]]:
     import pyarrow.parquet as pq
 
     with fs.open_read(uri) as f:
@@ -114,12 +125,45 @@ def _read_checkpoint(uri: str) -> tuple[dict[str, dict], dict[str, str], set[str
     files: dict[str, dict] = {}
     props: dict[str, str] = {}
     features: set[str] = set()
+    with_dv: set[str] = set()
     for row in table.to_pylist():
         add, meta, protocol = row.get("add"), row.get("metaData"), row.get("protocol")
         if add:
             files[add["path"]] = dict(add.get("partitionValues") or [])
+            if add.get("deletionVector"):
+                with_dv.add(add["path"])
         if meta:
             props = dict(meta.get("configuration") or [])
         if protocol:
             features = _features(protocol)
-    return files, props, features
+    return files, props, features, with_dv
+
+
+# Reading a column without Spark is for checks that must answer in a second or
+# two; a table of more files than this is left to the stage's own check.
+COLUMN_READ_MAX_FILES = 64
+
+
+def column_values(path: str, column: str, max_files: int = COLUMN_READ_MAX_FILES) -> set | None:
+    """The distinct non-null values of ``column`` over the table's live rows,
+    read from its data files with pyarrow; None when this reader cannot tell
+    (no replayable log, more than ``max_files`` files, deletion vectors, column
+    mapping, a partition column, a file without the column)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    snap = snapshot(path)
+    if (snap is None or len(snap.files) > max_files or snap.deletion_vectors
+            or snap.properties.get("delta.columnMapping.mode", "none") != "none"
+            or any(column in p for p in snap.partitions)):
+        return None
+    values: set = set()
+    for rel in snap.files:
+        if "://" in rel or rel.startswith("/"):
+            return None      # absolute paths (shallow clones): left to Spark
+        with fs.open_read(fs.join(path, *unquote(rel).split("/"))) as f:
+            pf = pq.ParquetFile(f)
+            if column not in pf.schema_arrow.names:
+                return None
+            values |= set(pc.unique(pf.read(columns=[column]).column(column)).drop_null().to_pylist())
+    return values

@@ -1,5 +1,5 @@
 """Where the files that ship with the code live: the analyst SQL (``sql/``)
-and the configs (``conf/``: ``local.yaml`` defaults, ``log4j2.properties``).
+and the configs (``conf/``: ``demo.yaml`` for the demo world, presets, ``log4j2.properties``).
 
 Two layouts, one answer. In a checkout (and an editable install) they are the
 top-level ``sql/`` and ``conf/`` folders next to ``courier_spark/``. In a

@@ -39,8 +39,8 @@ INTRO = '''\
 
 One typed config: every section, with each field's type, range and
 choices, is declared in `courier_spark/schema.py` (standard library only);
-`courier_spark/config.py` loads dataclass defaults < `conf/local.yaml` (or
-`--config`, which may `extends:` another file) < `--set a.b=c`. The whole
+`courier_spark/config.py` loads dataclass defaults < the `--config` file
+(none by default; it may `extends:` another file) < `--set a.b=c`. The whole
 config, later stages' keys included, is built and checked when any command
 starts, before Spark: an unknown key exits 2 at once naming the nearest
 valid one (`--set cluster.kk=8` -> `did you mean cluster.k?`), a wrong type
@@ -61,7 +61,7 @@ from courier_spark.config import load_config
 from courier_spark.errors import ConfigError
 from courier_spark.schema import TrainConfig
 
-cfg = load_config(overrides=["cluster.k=8"])     # defaults < conf/local.yaml < --set
+cfg = load_config(overrides=["cluster.k=8"])     # defaults < --set (no --config file)
 assert cfg.cluster.k == 8
 
 for overrides, message in [(["cluster.kk=8"], "did you mean cluster.k?"),
@@ -80,10 +80,13 @@ except ConfigError as exc:
 ```
 
 The tables below list the **schema's defaults**, the values a key has when
-no file sets it. `conf/local.yaml`, the file every command reads unless
-`--config` names another, sets several keys differently (the synthetic
-world, the training recipe and budget, the compared methods): read it beside
-these tables. In YAML a key is written nested (`train:` then `steps: 800`);
+no file sets it: a command without `--config` runs on exactly these, which
+suit your own data. `conf/demo.yaml`, the demo world's file (`bash
+scripts/demo.sh` passes it; `conf/world_v1.yaml` and `conf/large.yaml`
+extend it), sets the keys where the demo differs, each with its reason: read
+it beside these tables. A setting that can be checked against the data
+(`train.categories` against the items' categories, a named model or centroid
+version) is checked before Spark starts. In YAML a key is written nested (`train:` then `steps: 800`);
 on the command line, dotted (`--set train.steps=800`). `null` means unset.
 '''
 

@@ -1,5 +1,6 @@
-"""One set of defaults: the schema's. The demo config (conf/local.yaml) lists
-only the keys where the demo differs, each with its reason."""
+"""One set of defaults: the schema's, what a command without --config runs on.
+The demo config (conf/demo.yaml, passed by scripts/demo.sh) lists only the
+keys where the demo world differs, each with its reason."""
 from __future__ import annotations
 
 import re
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from courier_spark.config import load_config
+from courier_spark.config import DEMO_CONFIG, load_config
 from courier_spark.schema import CourierConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -32,12 +33,12 @@ def _default(key: str) -> object:
 
 
 def test_demo_config_holds_only_differences_each_with_a_reason():
-    text = (CONF / "local.yaml").read_text()
+    text = (CONF / "demo.yaml").read_text()
     listed = _leaves(yaml.safe_load(text))
-    assert listed, "conf/local.yaml lists no keys"
+    assert listed, "conf/demo.yaml lists no keys"
     lines = text.splitlines()
     for key, value in listed.items():
-        assert value != _default(key), f"{key}: equals the schema default ({value!r}); drop it from local.yaml"
+        assert value != _default(key), f"{key}: equals the schema default ({value!r}); drop it from demo.yaml"
         name = key.rsplit(".", 1)[1]
         at = next(i for i, ln in enumerate(lines) if re.match(rf"\s*{re.escape(name)}:", ln))
         comments = []
@@ -50,8 +51,8 @@ def test_demo_config_holds_only_differences_each_with_a_reason():
 
 
 def test_loaded_demo_config_is_the_defaults_plus_the_listed_keys():
-    listed = _leaves(yaml.safe_load((CONF / "local.yaml").read_text()))
-    cfg, defaults = load_config(None, []), CourierConfig()
+    listed = _leaves(yaml.safe_load((CONF / "demo.yaml").read_text()))
+    cfg, defaults = load_config(DEMO_CONFIG, []), CourierConfig()
 
     def walk(a, b, prefix=""):
         for name in a.__dataclass_fields__:
@@ -62,11 +63,20 @@ def test_loaded_demo_config_is_the_defaults_plus_the_listed_keys():
             elif key in listed:
                 assert x == listed[key], key
             else:
-                assert x == y, f"{key}: {x!r} from local.yaml but the schema says {y!r}"
+                assert x == y, f"{key}: {x!r} from demo.yaml but the schema says {y!r}"
     walk(cfg, defaults)
 
 
 @pytest.mark.parametrize("name", ["cluster.yaml", "large.yaml", "world_v1.yaml"])
-def test_other_configs_extend_the_demo_and_load(name):
+def test_other_configs_load(name):
     cfg = load_config(CONF / name, [])
     assert cfg.train.steps == CourierConfig().train.steps
+
+
+def test_no_config_is_the_schemas_defaults():
+    """A user's own data: no demo setting applies (the demo's categories would
+    not be categories of it)."""
+    assert load_config(None, []) == CourierConfig()
+    assert load_config(CONF / "cluster.yaml", []).train.categories == []
+    for preset in ("large.yaml", "world_v1.yaml"):     # synthetic worlds: the demo's categories
+        assert load_config(CONF / preset, []).train.categories == load_config(DEMO_CONFIG, []).train.categories

@@ -103,3 +103,48 @@ def test_inputs_made_earlier_in_the_run_are_not_required(root, tmp_path):
     with pytest.raises(VersionNotFoundError, match="c0007"):
         preflight(["features"], c7, root)
     assert not Path(bare.root).exists()
+
+
+@pytest.fixture(scope="module")
+def items_root(spark, tmp_path_factory) -> TablePaths:
+    """silver/items whose log holds an overwrite (files removed) and an append;
+    bronze/items with another category; bronze/impressions and the
+    pre-training samples (present: only their existence is checked)."""
+    p = TablePaths.for_root(str(tmp_path_factory.mktemp("categories") / "ds"))
+    items = "item_id long, category string"
+    spark.createDataFrame([(1, "old_gone")], items).write.format("delta").save(p.silver_items)
+    spark.createDataFrame([(1, "shoes"), (2, None)], items).write.format("delta").mode("overwrite").save(p.silver_items)
+    spark.createDataFrame([(3, "bags")], items).write.format("delta").mode("append").save(p.silver_items)
+    spark.createDataFrame([(1, "shoes"), (4, "hats")], items).write.format("delta").save(p.bronze_items)
+    spark.createDataFrame([(1, "x")], "request_id long, b string").write.format("delta").save(p.bronze_impressions)
+    spark.createDataFrame([(1, "x")], "request_id long, b string").write.format("delta").save(p.pretrain_samples)
+    return p
+
+
+def test_train_categories_checked_against_the_items_before_spark(items_root, spark, capsys, no_spark):
+    from courier_spark import delta_log
+    # the live rows' categories, as Spark reads them (the overwritten file's value is gone)
+    assert delta_log.column_values(items_root.silver_items, "category") == {"shoes", "bags"} == {
+        r[0] for r in spark.read.format("delta").load(items_root.silver_items).dropna().select("category").collect()}
+    assert delta_log.column_values(items_root.silver_items, "category", max_files=1) is None   # left to Spark
+    assert delta_log.column_values(items_root.silver_items, "no_such_column") is None
+    r = ["--root", items_root.root]
+    cases = [
+        (["train", *r, "--set", "train.categories=[shoes,nope]"],
+         "train.categories names nope, not a category of silver/items (have: bags, shoes)"),
+        # silver/items is remade by this run's validate: bronze/items is what it will hold
+        (["pipeline", "--from", "validate", "--until", "train", *r, "--set", "train.categories=[bags]"],
+         "train.categories names bags, not a category of bronze/items (have: hats, shoes)"),
+        (["train", *r, "--set", "train.restrict_histories=true"],
+         "train.restrict_histories needs train.categories"),
+    ]
+    for args, expected in cases:
+        t0 = time.perf_counter()
+        rc = cli.main(args)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and expected in lines[0], (args, lines)
+        assert time.perf_counter() - t0 < 2.0, args
+    cfg = load_config(None, ["train.categories=[shoes, bags]"])
+    preflight(["train"], cfg, items_root)                               # known categories: no error
+    preflight(["comparisons"], cfg, items_root)
+    preflight(["generate", "validate", "samples", "train"], cfg, items_root)   # both made in the run: the stage checks

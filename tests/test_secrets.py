@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from courier_spark.config import DEFAULT_CONFIG
+from courier_spark.config import DEMO_CONFIG
 from courier_spark.redact import REDACTED
 
 pytestmark = pytest.mark.slow   # three CLI runs, two of them start Spark
@@ -48,7 +48,7 @@ def test_no_secret_given_by_any_route_is_written_printed_or_logged(spark, tmp_pa
     cwd.mkdir()
     config = tmp_path / "cluster.yaml"
     config.write_text(
-        f"extends: {DEFAULT_CONFIG}\n"
+        f"extends: {DEMO_CONFIG}\n"
         "spark:\n  extra:\n"
         f"    spark.hadoop.fs.s3a.access.key: {S3_ACCESS_YAML}\n"
         f"    spark:\n      hadoop:\n        fs:\n          s3a:\n            session:\n"

@@ -1,7 +1,7 @@
 """The wheel is the product: `pip wheel` of the checkout, installed into a
 fresh venv, runs every stage of the tiny pipeline, `courier sql NAME` and
-`report` from an empty working directory, with the shipped defaults
-(conf/local.yaml) and Spark logging config (conf/log4j2.properties) found
+`report` from an empty working directory, with the shipped demo config
+(conf/demo.yaml) and Spark logging config (conf/log4j2.properties) found
 inside the installed package, never in the checkout.
 
 The new venv gets only the wheel; the dependencies (pyspark, torch, ...) come
@@ -117,7 +117,7 @@ def test_wheel_carries_sql_and_conf(wheel_venv):
     names = set(zipfile.ZipFile(wheel_venv["wheel"]).namelist())
     for f in sorted((ROOT / "sql").glob("*.sql")):
         assert f"courier_spark/_data/sql/{f.name}" in names
-    for f in ("local.yaml", "cluster.yaml", "world_v1.yaml", "large.yaml", "log4j2.properties"):
+    for f in ("demo.yaml", "cluster.yaml", "world_v1.yaml", "large.yaml", "log4j2.properties"):
         assert f"courier_spark/_data/conf/{f}" in names
     # nothing lands at the top of site-packages but the two packages
     assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"courier_spark", "training"}
@@ -130,13 +130,13 @@ def test_wheel_runs_pipeline_sql_and_report_from_an_empty_directory(wheel_venv):
     # 1. what the installed code finds: all inside the new venv, none in the checkout
     probe = run([str(w["python"]), "-c", """if True:
         import json, courier_spark, training
-        from courier_spark.config import DEFAULT_CONFIG, load_config
+        from courier_spark.config import DEMO_CONFIG, load_config
         from courier_spark.evaluate.sql_runner import SQL_DIR, shipped_queries
         from courier_spark.spark import LOG4J2_PROPERTIES, driver_java_options
         print(json.dumps({"courier_spark": courier_spark.__file__, "training": training.__file__,
-                          "config": str(DEFAULT_CONFIG), "sql": str(SQL_DIR), "queries": shipped_queries(),
+                          "config": str(DEMO_CONFIG), "sql": str(SQL_DIR), "queries": shipped_queries(),
                           "log4j2": str(LOG4J2_PROPERTIES), "log4j2_file": LOG4J2_PROPERTIES.is_file(),
-                          "java_opts": driver_java_options(), "defaults": load_config().to_dict()}, default=str))
+                          "java_opts": driver_java_options(), "demo": load_config(DEMO_CONFIG).to_dict()}, default=str))
         """], timeout=120, cwd=cwd, env=env)
     assert probe.returncode == 0, probe.stderr[-3000:]
     found = json.loads(probe.stdout)
@@ -145,11 +145,11 @@ def test_wheel_runs_pipeline_sql_and_report_from_an_empty_directory(wheel_venv):
     assert found["queries"] == sorted(p.name for p in (ROOT / "sql").glob("*.sql"))
     assert found["log4j2_file"]
     assert f"-Dlog4j2.configurationFile={Path(found['log4j2']).as_uri()}" in found["java_opts"]
-    # the wheel's conf/local.yaml is read as the defaults: the same config as
-    # the checkout's, which differs from the bare schema defaults
-    from courier_spark.config import CourierConfig, load_config
+    # the wheel's conf/demo.yaml reads as the checkout's, which differs from
+    # the bare schema defaults
+    from courier_spark.config import DEMO_CONFIG, CourierConfig, load_config
     as_json = lambda cfg: json.loads(json.dumps(cfg.to_dict(), default=str))  # noqa: E731
-    assert found["defaults"] == as_json(load_config()) != as_json(CourierConfig())
+    assert found["demo"] == as_json(load_config(DEMO_CONFIG)) != as_json(CourierConfig())
 
     # 2. every stage of the tiny pipeline, with the installed `courier`
     root = str(w["venv"].parent / "ds")

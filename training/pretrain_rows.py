@@ -24,6 +24,17 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from courier_spark.errors import DataError
+
+
+def check_categories(requested: Sequence[str], known: set, table: str) -> None:
+    """``train.categories`` must name categories of the data: raises the
+    DataError the train stage and the check before Spark both give."""
+    unknown = sorted(set(requested) - known)
+    if unknown:
+        raise DataError(f"train.categories names {', '.join(unknown)}, not a category of {table} "
+                        f"(have: {', '.join(sorted(c for c in known if c is not None))})")
+
 
 def page_categories(samples: DataFrame, items: DataFrame) -> DataFrame:
     """``request_id, category``: each page view's majority category of its

@@ -7,7 +7,8 @@ Spark: the services it talks to answer (``online``: Redis, with a short
 timeout), the settings it needs are there and sound (``point_in_time``), the
 versions it is told to use exist (``features.centroid_version``: the
 partition values of ``gold/centroids``; ``embed.model_version`` and
-``cluster.model_version``: a listing of models/). Every failure is a ``CourierError``
+``cluster.model_version``: a listing of models/), ``train.categories`` names
+categories of the items (their files' ``category`` column). Every failure is a ``CourierError``
 with the same message the stage would give after Spark started. Nothing is
 written. Imports no stage module and neither torch nor a JVM.
 """
@@ -20,7 +21,7 @@ from typing import Callable, Sequence
 from .. import delta_log
 from ..catalog import CATALOG
 from ..config import CourierConfig
-from ..errors import VersionNotFoundError
+from ..errors import ConfigError, VersionNotFoundError
 from ..paths import TablePaths
 from ..tables import missing_table
 
@@ -94,6 +95,26 @@ def _cluster(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
         _model(method, version, paths, made)
 
 
+def _train(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
+    """train.restrict_histories needs train.categories; the categories named
+    are categories of silver/items, or of bronze/items when this run remakes
+    silver/items (read from the tables' files, no Spark; a table this reader
+    cannot tell about is left to the stage)."""
+    tcfg = cfg.train
+    if not tcfg.categories:
+        if tcfg.restrict_histories:
+            raise ConfigError("train.restrict_histories needs train.categories (the categories to keep)")
+        return
+    from training.pretrain_rows import check_categories
+    for table in ("silver/items", "bronze/items"):
+        if table in made:
+            continue
+        known = delta_log.column_values(paths.of(table), "category")
+        if known is not None:
+            check_categories(tcfg.categories, known, table)
+        return
+
+
 def _feast(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
     """feast.repo may take the repository's files (none there that `courier feast` did not write)."""
     import os
@@ -111,7 +132,7 @@ def _stream(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
 
 
 CHECKS: dict[str, Check] = {"online": _online, "point_in_time": _point_in_time, "features": _features,
-                            "embed": _embed, "cluster": _cluster, "stream": _stream, "feast": _feast}
+                            "train": _train, "comparisons": _train, "embed": _embed, "cluster": _cluster, "stream": _stream, "feast": _feast}
 
 
 def preflight(names: Sequence[str], cfg: CourierConfig, paths: TablePaths) -> None:

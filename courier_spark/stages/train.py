@@ -15,7 +15,8 @@ from training.checkpoints import checkpoint_dir, latest_checkpoint, load_checkpo
 from training.launch import run_distributed
 from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame, split_heldout
 from training.objectives import build_model, initial_encoder, needs_ctr_fields
-from training.pretrain_rows import restrict_history_clicks, restrict_to_categories, shuffle_histories
+from training.pretrain_rows import (check_categories, restrict_history_clicks, restrict_to_categories,
+                                    shuffle_histories)
 from training.similarity import co_click_similarity
 from training.train import PROGRESS_FILE, PROGRESS_PREFIX, train_worker, training_metrics
 from training.trunk import ensure_trunk
@@ -145,11 +146,8 @@ def _chosen_rows(samples: DataFrame, items: DataFrame, categories: list[str],
         if restrict_histories:
             raise ConfigError("train.restrict_histories needs train.categories (the categories to keep)")
         return samples
-    known = {r["category"] for r in items.select("category").distinct().collect()}
-    unknown = sorted(set(categories) - known)
-    if unknown:
-        raise DataError(f"train.categories names {', '.join(unknown)}, not a category of silver/items "
-                        f"(have: {', '.join(sorted(c for c in known if c is not None))})")
+    check_categories(categories, {r["category"] for r in items.select("category").distinct().collect()},
+                     "silver/items")
     rows = restrict_to_categories(samples, items, categories)
     if restrict_histories:
         rows = restrict_history_clicks(rows, items, categories)

@@ -40,8 +40,7 @@ def _config(settings: dict[str, str], d: Path) -> list[str]:
     keys: YAML carries ``fs.s3a.endpoint`` beside ``fs.s3a.endpoint.region``,
     which ``--set`` cannot (a key cannot be both a value and a section)."""
     path = d / "s3.yaml"
-    path.write_text(json.dumps({"extends": str(s3proxy.REPO / "conf" / "local.yaml"),
-                                "spark": {"extra": settings}}))   # JSON is YAML
+    path.write_text(json.dumps({"spark": {"extra": settings}}))   # JSON is YAML
     return ["--config", str(path)]
 
 
