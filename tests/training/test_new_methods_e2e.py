@@ -33,10 +33,10 @@ def root(tiny_dataset, tmp_path_factory):
 
 
 def test_comparisons_with_the_new_methods(spark, root, monkeypatch):
-    import courier_spark.stages.train as train_stage   # the stage's own binding of the launcher
+    import training.pretrain as pretrain_module   # pre-training's own binding of the launcher
     launched = []
-    real = train_stage.run_distributed
-    monkeypatch.setattr(train_stage, "run_distributed",
+    real = pretrain_module.run_distributed
+    monkeypatch.setattr(pretrain_module, "run_distributed",
                         lambda fn, args, *a, **k: launched.append(args[0].method) or real(fn, args, *a, **k))
     cfg = tiny_config(**TRAIN, **{"evaluate.methods": "[courier, random_init, generic, courier_shuffled]"})
     ctx = StageContext(spark, cfg, TablePaths.for_root(root))

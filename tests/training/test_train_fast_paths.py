@@ -1,4 +1,4 @@
-"""The train stage's fast paths (random_init, generic: no optimisation, no
+"""Pre-training's fast paths (random_init, generic: no optimisation, no
 distributed launch) and the generic initialisation's wiring, on tiny
 in-memory tables."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from PIL import Image
 from courier_spark import fs
 from courier_spark.errors import ConfigError, DataError
 from courier_spark.schema import TrainConfig
-from courier_spark.stages import train as train_stage
+from training import pretrain
 from training.artifact import list_versions, load_artifact
 from training.objectives import initial_encoder
 
@@ -51,8 +51,8 @@ def test_random_init_saves_the_seeded_start(tables, tmp_path):
     samples, items = tables
     models = str(tmp_path / "models")
     cfg = TrainConfig(method="random_init", seed=4, **TINY).resolved()
-    out = train_stage._untrained(cfg, models, samples, items, {"silver/items": 0}, None)
-    assert out.complete and out.model_version == "random_init/v0001"
+    out = pretrain.untrained(cfg, models, samples, items, {"silver/items": 0}, None)
+    assert out.complete and out.artifact.model_version == "random_init/v0001"
     art = load_artifact(models, "random_init")
     assert _same(art.load_encoder().state_dict(), initial_encoder(cfg).state_dict())
     assert not fs.exists(fs.join(art.path, "model.pt"))          # nothing but the encoder exists
@@ -60,7 +60,7 @@ def test_random_init_saves_the_seeded_start(tables, tmp_path):
     assert art.metrics["steps"] == 0 and -1.0 <= art.metrics["co_click_cosine"] <= 1.0
     assert out.metrics == art.metrics
     # a re-run is a new version, like any method
-    train_stage._untrained(cfg, models, samples, items, {}, None)
+    pretrain.untrained(cfg, models, samples, items, {}, None)
     assert list_versions(models, "random_init") == ["v0001", "v0002"]
 
 
@@ -69,15 +69,15 @@ def test_generic_method_is_the_trunk(tables, tmp_path):
     models = str(tmp_path / "models")
     cfg = TrainConfig(method="generic", **TINY).resolved()
     data_versions: dict = {}
-    cfg2, trunk = train_stage._with_init(cfg, models, data_versions)
+    cfg2, trunk = pretrain.with_init(cfg, models, data_versions)
     assert trunk.model_version == "generic/v0001" and cfg2.weights_path == trunk.encoder_uri
     assert data_versions == {"models/generic": "generic/v0001"}
-    out = train_stage._untrained(cfg2, models, samples, items, data_versions, trunk)
-    assert out.model_version == "generic/v0001" and out.path == trunk.path
+    out = pretrain.untrained(cfg2, models, samples, items, data_versions, trunk)
+    assert out.artifact.model_version == "generic/v0001" and out.artifact.path == trunk.path
     assert list_versions(models, "generic") == ["v0001"]           # no second artifact
     # any other method under init=generic starts from the trunk's weights
-    cfg3, again = train_stage._with_init(dataclasses.replace(cfg, method="courier", objective="courier"),
-                                         models, {})
+    cfg3, again = pretrain.with_init(dataclasses.replace(cfg, method="courier", objective="courier"),
+                                     models, {})
     assert again.version == "v0001"
     assert _same(initial_encoder(cfg3).state_dict(), trunk.load_encoder().state_dict())
 
@@ -85,12 +85,12 @@ def test_generic_method_is_the_trunk(tables, tmp_path):
 def test_generic_init_and_weights_path_conflict(tmp_path):
     cfg = TrainConfig(init="generic", weights_path="/some/imagenet.pt", **TINY).resolved()
     with pytest.raises(ConfigError, match="weights_path"):
-        train_stage._with_init(cfg, str(tmp_path / "models"), {})
+        pretrain.with_init(cfg, str(tmp_path / "models"), {})
 
 
 def test_unknown_category_is_named(tables):
     samples, items = tables
     with pytest.raises(DataError, match="womens_clothing.*have: a, b"):
-        train_stage._chosen_rows(samples, items, ["womens_clothing"])
-    assert train_stage._chosen_rows(samples, items, []) is samples
-    assert train_stage._chosen_rows(samples, items, ["a"]).count() <= samples.count()
+        pretrain.chosen_rows(samples, items, ["womens_clothing"])
+    assert pretrain.chosen_rows(samples, items, []) is samples
+    assert pretrain.chosen_rows(samples, items, ["a"]).count() <= samples.count()
