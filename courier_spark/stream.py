@@ -2,8 +2,8 @@
 rows -> ``silver/items``, ``quarantine/items``, ``gold/item_embeddings`` and
 ``feature_store/item_visual``, with the serving model and centroids.
 
-``process_item_batch`` is the body of the Structured Streaming query's
-``foreachBatch`` (``courier stream``). Exactly once across restarts: Spark
+``run_items_stream`` runs the Structured Streaming query (``courier stream``);
+``process_item_batch`` is the body of its ``foreachBatch``. Exactly once across restarts: Spark
 replays a micro-batch whose commit did not land (a killed driver), so every
 write here is idempotent, whatever point the previous attempt reached:
 
@@ -35,12 +35,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from . import fs
 from .catalog import APPEND_ONCE, MERGE_NEWER, MERGE_UPSERT, check_write
+from .errors import StreamError
 from .health import record_write
-from .logs import say
+from .logs import say, step
+from .online import RedisSettings, connect, materialise_item_visual
 from .paths import TablePaths
 from .schema import CourierConfig
-from .serving import ServingVersions
+from .serving import ServingVersions, load_serving, requested_versions
 from .tables import table_exists
 
 LEDGER_SCHEMA = T.StructType([
@@ -276,3 +279,92 @@ def read_ledger(spark: SparkSession, paths: TablePaths) -> list[dict]:
     rows = spark.read.format("delta").load(paths.stream_ledger).orderBy("batch_id").collect()
     return [{"batch_id": r["batch_id"], "finished_at": r["finished_at"], "model_version": r["model_version"],
              "centroid_version": r["centroid_version"], **json.loads(r["counts"])} for r in rows]
+
+
+@dataclass
+class StreamRun:
+    """What one ``run_items_stream`` did: the serving versions at its end, the
+    catch-up's counts, the ledger rows of the micro-batches it finished, the
+    query's seconds and the online store's counts per batch."""
+    serving: ServingVersions
+    catch_up: BatchCounts
+    batches: list[dict]
+    seconds: float
+    online: list
+
+
+def run_items_stream(spark: SparkSession, paths: TablePaths, cfg: CourierConfig) -> StreamRun:
+    """The Structured Streaming query over ``bronze/items``: a catch-up first
+    (every silver item gets features of the serving versions), then
+    ``process_item_batch`` per micro-batch, re-reading the serving versions at
+    every batch (a new model or centroid version re-assigns every item once);
+    with ``stream.online`` each batch's changed rows go to Redis too. Runs
+    until the trigger's end (``available_now``) or ``stream.run_seconds``."""
+    scfg = cfg.stream
+
+    def resolve_serving():   # embed.method's versions that serve now (re-read every micro-batch)
+        return load_serving(spark, paths, *requested_versions(cfg))
+
+    serving, art, centroids = resolve_serving()
+    art.load_encoder()  # a missing or corrupt model is one clear error now, not failed micro-batches
+    online = RedisSettings.from_config(cfg.online) if scfg.online else None
+    if online:
+        connect(online)  # wrong password or host: fail before the query starts
+    app_id = txn_app_id(paths)
+    state = {"serving": serving}
+    with step("stream", f"catching up: every silver item gets features of {serving.model_version}/"
+                        f"{serving.centroid_version}"):
+        first = catch_up(spark, paths, cfg, serving, art, centroids)
+    say("stream", f"catch-up embedded {first.embedded}, assigned {first.assigned} item(s)")
+    online_counts: list = []
+
+    def on_batch(batch, batch_id: int) -> None:
+        t0 = time.perf_counter()
+        s, a, c = resolve_serving()
+        serving_s = time.perf_counter() - t0
+        if s != state["serving"]:
+            # A new model or centroid version takes effect here: every item once.
+            say("stream", f"serving versions changed to {s.model_version}/{s.centroid_version}: re-assigning")
+            a.load_encoder()
+            catch_up(spark, paths, cfg, s, a, c)
+            state["serving"] = s
+        counts = process_item_batch(spark, batch, batch_id, paths, cfg, s, a, c, app_id)
+        counts.seconds["resolve_serving"] = round(serving_s, 3)
+        if online and counts.rows_in:
+            online_counts.append(materialise_item_visual(spark, paths.item_visual_features, online,
+                                                         batch_size=cfg.online.batch_size))
+        record_batch(spark, paths, batch_id, s, counts, app_id)
+        say("stream", f"batch {batch_id}: {counts.rows_in} row(s) in: new {counts.new}, changed {counts.changed}, "
+                      f"quarantined {counts.quarantined}; embedded {counts.embedded}, assigned {counts.assigned} "
+                      f"({time.perf_counter() - t0:.1f}s)")
+
+    reader = (spark.readStream.format("delta").option("maxFilesPerTrigger", scfg.max_files_per_trigger)
+              # a rewrite of bronze (`generate` again) is not new items: the batch stages own that case
+              .option("skipChangeCommits", "true"))
+    fresh_checkpoint = not fs.exists(fs.join(paths.stream_checkpoint, "offsets"))
+    if fresh_checkpoint:
+        # A new query starts after what `validate` already took into silver.
+        reader = reader.option("startingVersion", "latest")
+    writer = (reader.load(paths.bronze_items).writeStream.foreachBatch(on_batch)
+              .option("checkpointLocation", paths.stream_checkpoint).queryName("courier_stream_items"))
+    writer = (writer.trigger(availableNow=True) if scfg.trigger == "available_now"
+              else writer.trigger(processingTime=f"{scfg.interval_seconds} seconds"))
+    before = {b["batch_id"] for b in read_ledger(spark, paths)}
+    t0 = time.perf_counter()
+    say("stream", f"{scfg.trigger} query on bronze/items "
+                  f"({'new checkpoint, from the latest version' if fresh_checkpoint else 'resuming its checkpoint'})")
+    query = writer.start()
+    try:
+        if scfg.trigger == "processing_time" and scfg.run_seconds:
+            query.awaitTermination(scfg.run_seconds)
+            query.stop()
+        else:
+            query.awaitTermination()
+    except Exception as e:  # noqa: BLE001 - the query's error, as one line
+        raise StreamError(f"streaming query failed: {str(e).splitlines()[0][:500]}") from e
+    finally:
+        if query.isActive:
+            query.stop()
+    secs = time.perf_counter() - t0
+    batches = [b for b in read_ledger(spark, paths) if b["batch_id"] not in before]
+    return StreamRun(state["serving"], first, batches, secs, online_counts)
