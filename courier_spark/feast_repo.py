@@ -47,7 +47,7 @@ from .redact import is_secret_key
 from .schema import OnlineConfig, SparkConfig
 from .spark import flat_settings, launch_settings, session_settings
 
-FEAST_VERSION = "0.67.0"            # requirements/feast.txt pins the same
+FEAST_VERSION = "0.67.0"            # requirements/base.txt pins the same
 WRITTEN_BY = "by `courier feast`"   # in the opening lines of every file it writes
 REPO_YAML = "feature_store.yaml"
 DEFINITIONS = "courier_features.py"

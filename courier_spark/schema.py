@@ -131,7 +131,8 @@ class SparkConfig(Section):
     app_name: str = "courier-spark"
     shuffle_partitions: int = num(8, 1, 100_000)
     driver_memory: str = text("4g", r"\d+[kmgt]?", "a JVM memory size such as 4g or 512m")
-    delta_package: str = "io.delta:delta-spark_2.13:4.0.0"
+    # Delta names the Spark line in its artifact from 4.1 on; keep equal to bootstrap.sh's DELTA_PACKAGE.
+    delta_package: str = "io.delta:delta-spark_4.1_2.13:4.4.0"
     # Jars to use instead of resolving delta_package (machines without Maven
     # Central access); comma-separated paths.
     jars: str = ""

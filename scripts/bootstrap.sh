@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the project-local environment (.venv at the repo root).
 #
-# * Python deps from requirements/*.txt (pinned where environment.md says so).
-# * petastorm 0.13.1 installed --no-deps: it declares setuptools<70 while torch
-#   2.13 needs >=77; its real runtime deps are listed in requirements/base.txt.
+# * Python deps: requirements/base.txt (the direct ones, exact pins), with every
+#   transitive package held at requirements/lock.txt's pin (pip freeze of that
+#   set, resolved once). Feast 0.67 is part of it (one venv).
+# * petastorm 0.13.1 patched for pyarrow >= 15 and numpy 2 (third_party/petastorm,
+#   built by scripts/petastorm.sh), installed --no-deps: the wheel as released
+#   declares setuptools<70 while torch 2.13 needs >=77; its real runtime deps are
+#   listed in requirements/base.txt.
 # * horovod 0.28.1 is not installed here: scripts/horovod.sh builds it on
 #   first need (train.backend=horovod, the Horovod tests; COURIER_WITH_HOROVOD=1
 #   builds it here too).
@@ -23,10 +27,13 @@ VENV="$ROOT/.venv"
 CACHE="${COURIER_CACHE:-$HOME/.cache/courier-spark}"
 WHEELS="$CACHE/wheels"
 STAMP="$VENV/.courier-installed"
-HASH="$(cat requirements/*.txt pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+# The patch is hashed too: a changed patch means a new petastorm wheel to install.
+HASH="$(cat requirements/*.txt pyproject.toml scripts/bootstrap.sh scripts/petastorm.sh \
+          third_party/petastorm/*.patch | sha256sum | cut -c1-16)"
 
 # Keep equal to SparkConfig.delta_package (spark.py ignores a list resolved for another package).
-DELTA_PACKAGE="${COURIER_DELTA_PACKAGE:-io.delta:delta-spark_2.13:4.0.0}"
+# From Delta 4.1 on, the artifact names the Spark line it is built for (_4.1_2.13).
+DELTA_PACKAGE="${COURIER_DELTA_PACKAGE:-io.delta:delta-spark_4.1_2.13:4.4.0}"
 JARS_DIR="$CACHE/jars"
 JARS_LIST="$VENV/courier-delta-jars.txt"
 
@@ -115,8 +122,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip wheel "setuptools>=77"
 
 log "installing pinned dependencies (torch is large: 1-2 minutes on a fresh machine)"
-"${PIP[@]}" install -q -r requirements/base.txt
-"${PIP[@]}" install -q --no-deps petastorm==0.13.1
+"${PIP[@]}" install -q -r requirements/base.txt -c requirements/lock.txt
+PETASTORM_WHEEL="$(PYTHON="$VENV/bin/python" bash "$ROOT/scripts/petastorm.sh")"
+"${PIP[@]}" install -q --no-deps --force-reinstall "$PETASTORM_WHEEL"
 
 # --- horovod: not here. Only train.backend=horovod needs it (the default is
 # TorchDistributor): scripts/horovod.sh builds it on first need (~7 min, once

@@ -39,7 +39,7 @@ if [ -z "$whl" ]; then
   whl="$(ls "$WHEELS"/horovod-0.28.1-*.whl | head -1)"
 fi
 log "installing cached $whl"
-# no [spark] extra: it pins pyarrow<11, which petastorm's pyarrow range excludes
+# no [spark] extra: it pins pyarrow<11 (the platform pins pyarrow 23.0.1, requirements/base.txt)
 "${PIP[@]}" install -q --no-deps "$whl"
 "${PIP[@]}" install -q cloudpickle psutil pyyaml cffi
 "$VENV/bin/python" -c "import horovod.torch, horovod.spark; print('[horovod] installed', horovod.__version__)" >&2

@@ -1,5 +1,5 @@
-"""Run by tests/test_feast.py in Feast's own venv (.venv-feast; Feast cannot share
-the platform's venv, see requirements/feast.txt): apply the repository
+"""Run by tests/test_feast.py as a separate process (a consumer's own Feast
+program, in the platform's venv, where Feast is installed): apply the repository
 `courier feast` wrote, materialize it into Redis, then write what Feast
 returns for a consumer's events (get_historical_features) and for item ids
 (get_online_features) as JSON.

@@ -225,26 +225,6 @@ def load_decoded_items(url: str, size: int) -> DecodedItems:
     return _DECODED[key]
 
 
-def _legacy_filesystem(url: str):
-    """The project's fsspec filesystem for ``url`` behind pyarrow's legacy
-    filesystem API. petastorm 0.13 builds ``ParquetDataset(...,
-    validate_schema=False)``, which pyarrow 14 accepts only on the legacy path,
-    and it takes that path only for a legacy filesystem; on a remote cache
-    (webhdfs, s3, gcs, abfs) it would otherwise hand pyarrow a plain fsspec
-    one and fail. pyarrow's own ``DaskFileSystem`` wrapper leaves
-    ``isdir``/``isfile`` unimplemented; these two are all it misses."""
-    from pyarrow.filesystem import DaskFileSystem
-
-    class _Legacy(DaskFileSystem):
-        def isdir(self, path):
-            return self.fs.isdir(path)
-
-        def isfile(self, path):
-            return self.fs.isfile(path)
-
-    return _Legacy(fs.filesystem(url)[0])
-
-
 def guard_petastorm_end_of_read() -> None:
     """Close a race in petastorm 0.13.1's thread pool that ends a finite read
     early. ``ThreadPool.get_results`` stops when every worker has returned
@@ -254,7 +234,10 @@ def guard_petastorm_end_of_read() -> None:
     without them: a one-epoch read in CI once gave 0 of 64 rows. Here
     "done" also requires the ventilator to have finished *before* the
     workers were counted. Infinite reads (training) never end this way;
-    the guard is idempotent."""
+    the guard is idempotent. third_party/petastorm's patch makes the same
+    check inside the pool, so with the patched wheel (what bootstrap.sh
+    installs) this is redundant; it stays for a petastorm as released (an
+    executor image that installed its own)."""
     from petastorm.workers_pool.thread_pool import ThreadPool
     if getattr(ThreadPool, "_courier_end_of_read_guard", False):
         return
@@ -445,7 +428,10 @@ class SampleLoader:
         url = self.converter.cache_dir_url
         if fs.is_local(url) or fs.to_fsspec(url)[0] == "hdfs":
             return {}   # petastorm's own local / libhdfs paths
-        return {"filesystem": _legacy_filesystem(url)}
+        # The project's fsspec filesystem (store options, credentials) as it is:
+        # the patched petastorm (third_party/petastorm, compat.as_fsspec) reads
+        # through fsspec, so no pyarrow legacy wrapper (gone in pyarrow 16) is needed.
+        return {"filesystem": fs.filesystem(url)[0]}
 
     def batches(self, shard: int = 0, num_shards: int = 1, num_epochs: int | None = None,
                 workers: int = 2, seed: int | None = None) -> Iterator[dict[str, torch.Tensor]]:

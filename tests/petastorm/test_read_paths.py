@@ -246,11 +246,6 @@ def test_tampered_cache_read_as_a_file_list_never_opens_the_planted_pickle(tampe
 def test_tampered_cache_read_as_a_directory_is_refused_by_the_guard(tampered):
     """Read as a directory, petastorm unpickles ``_common_metadata``; the
     project's guard refuses the payload in one line, and nothing runs."""
-    import pyarrow as pa
-    if not hasattr(pa, "PyExtensionType"):
-        pytest.xfail("training.loader.guard_petastorm_unpickling calls pa.PyExtensionType.set_auto_load, which "
-                     "pyarrow 23 no longer has (pickled extension types are gone with it): the guard needs that "
-                     "call made conditional before the platform moves on (issue 31)")
     from courier_spark.errors import TamperedCacheError
     from training.loader import guard_petastorm_unpickling
 

@@ -1,11 +1,17 @@
 """The petastorm cache under a (shared) root is data, never code: a pickle
 planted where petastorm or pyarrow would unpickle one (a dataset's
 ``_common_metadata``: the Unischema and row-group index keys; a Parquet
-footer's ``PyExtensionType``) does not run. The payload writes a marker file
-through ``builtins.exec``, which petastorm's own "restricted" unpickler lets
-through; the first test shows that it does, without the guard."""
+footer's pickled extension type, ``arrow.py_extension_type``) does not run.
+The payload writes a marker file through ``builtins.exec``, which
+petastorm's own "restricted" unpickler lets through; the first test shows
+that it does, without the guard. A pyarrow that still has
+``PyExtensionType`` (14) unpickles the footer's type when its auto-load is on
+(the guard switches it off);
+newer pyarrow (the pinned 23.0.1) has no ``PyExtensionType`` and reads such a
+column as its plain storage type, which the tests check there instead."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -28,8 +34,23 @@ from training.loader import LoaderSpec, SampleLoader, guard_petastorm_unpickling
 UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"           # petastorm.etl.dataset_metadata
 ROWGROUPS_INDEX_KEY = b"dataset-toolkit.rowgroups_index.v1"   # petastorm.etl.rowgroup_indexing
 REPO = Path(__file__).resolve().parents[2]
-# petastorm 0.13.1 on pyarrow 14 and the deprecated PyExtensionType the payload needs
+# petastorm 0.13.1 on pyarrow 14 and the deprecated PyExtensionType
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+# Whether this pyarrow can unpickle a footer's extension type at all (gone in newer releases).
+PICKLED_EXTENSIONS = hasattr(pa, "PyExtensionType")
+
+
+def extension_auto_load(on: bool) -> None:
+    """Switch pickled extension types' auto-load, where this pyarrow still has it."""
+    if PICKLED_EXTENSIONS:
+        pa.PyExtensionType.set_auto_load(on)
+
+
+def reading_pickled_extensions():
+    """pyarrow that knows pickled extension types warns when it keeps one undeserialised."""
+    if PICKLED_EXTENSIONS:
+        return pytest.warns(RuntimeWarning, match="pickle-based deserialization")
+    return contextlib.nullcontext()
 
 
 def exec_payload(marker: Path) -> bytes:
@@ -48,19 +69,15 @@ def plant_metadata(dataset_dir: Path, schema: pa.Schema, marker: Path) -> None:
 
 
 def add_extension_column(path: Path, marker: Path) -> None:
-    """Rewrite a Parquet file with one more column whose ``PyExtensionType``
-    is the payload (pyarrow stores it pickled in the footer's Arrow schema)."""
-    class WritesOnLoad(pa.PyExtensionType):
-        def __init__(self):
-            super().__init__(pa.int64())
-
-        def __reduce__(self):
-            return exec, (f"open({str(marker)!r}, 'w').write('code ran')",)
-
+    """Rewrite a Parquet file with one more column whose type is a pickled
+    extension type holding the payload: the field metadata pyarrow writes for
+    a ``PyExtensionType`` (its name and its pickle, stored in the footer's
+    Arrow schema), written directly so it works on every pyarrow."""
     t = pq.read_table(str(path))
-    with pytest.warns(FutureWarning):   # PyExtensionType is deprecated
-        ext = pa.ExtensionArray.from_storage(WritesOnLoad(), pa.array(range(t.num_rows), pa.int64()))
-    pq.write_table(t.append_column("evil", ext), str(path))
+    field = pa.field("evil", pa.int64(), metadata={
+        b"ARROW:extension:name": b"arrow.py_extension_type",
+        b"ARROW:extension:metadata": exec_payload(marker)})
+    pq.write_table(t.append_column(field, pa.array(range(t.num_rows), pa.int64())), str(path))
 
 
 @pytest.fixture
@@ -80,7 +97,8 @@ def planted(tmp_path):
 def test_without_the_guard_the_planted_pickles_run(planted):
     """Control: petastorm opening the dataset runs the metadata payload, and
     pyarrow with extension auto-load on runs the footer's (a fresh process:
-    the guard is process-wide once installed)."""
+    the guard is process-wide once installed). pyarrow without pickled
+    extension types (23.0.1, the pin) never runs the footer's."""
     ds, meta_marker, ext_marker = planted
     script = textwrap.dedent(f"""
         import pyarrow as pa, pyarrow.parquet as pq
@@ -89,7 +107,8 @@ def test_without_the_guard_the_planted_pickles_run(planted):
             make_batch_reader({"file://" + str(ds)!r}, workers_count=1).stop()
         except Exception:
             pass   # the payload returns None, not a schema: petastorm fails after it ran
-        pa.PyExtensionType.set_auto_load(True)
+        if hasattr(pa, "PyExtensionType"):
+            pa.PyExtensionType.set_auto_load(True)
         try:
             pq.read_table({str(ds / "part-0.parquet")!r})
         except AttributeError:
@@ -97,7 +116,10 @@ def test_without_the_guard_the_planted_pickles_run(planted):
     """)
     subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, capture_output=True, timeout=120)
     assert meta_marker.read_text() == "code ran"
-    assert ext_marker.read_text() == "code ran"
+    if PICKLED_EXTENSIONS:
+        assert ext_marker.read_text() == "code ran"
+    else:
+        assert not ext_marker.exists()
 
 
 # --------------------------------------------------------------------------- the guard
@@ -115,12 +137,17 @@ def test_guarded_petastorm_refuses_the_planted_metadata_in_one_line(planted):
 
 def test_guard_keeps_pickled_extension_types_undeserialised(planted):
     ds, meta_marker, ext_marker = planted
-    pa.PyExtensionType.set_auto_load(True)   # as a careless library might
-    guard_petastorm_unpickling()             # idempotent: switches it off again
-    with pytest.warns(RuntimeWarning, match="pickle-based deserialization"):
+    extension_auto_load(True)        # as a careless library might
+    guard_petastorm_unpickling()     # idempotent: switches it off again
+    with reading_pickled_extensions():
         t = pq.read_table(str(ds / "part-0.parquet"))
         assert t.column("x").to_pylist() == list(range(6))       # the data is still read
-        assert type(t.schema.field("evil").type).__name__ == "UnknownExtensionType"
+        evil = t.schema.field("evil")
+        if PICKLED_EXTENSIONS:
+            assert type(evil.type).__name__ == "UnknownExtensionType"
+        else:   # no pickled extension types: the plain storage column, the pickle left as bytes
+            assert evil.type == pa.int64() and t.column("evil").to_pylist() == list(range(6))
+            assert evil.metadata[b"ARROW:extension:name"] == b"arrow.py_extension_type"
     assert not ext_marker.exists()
 
 
@@ -218,8 +245,8 @@ def test_loader_on_a_tampered_cache_runs_no_code(spark, frames, tmp_path):
         plant_metadata(cache, schema, meta_marker)
         for f in files + sorted(Path(loader.images_url.removeprefix("file:")).glob("*.parquet")):
             add_extension_column(f, ext_marker)   # the id frame's files and the images table's
-        pa.PyExtensionType.set_auto_load(True)
-        with pytest.warns(RuntimeWarning, match="pickle-based deserialization"):
+        extension_auto_load(True)
+        with reading_pickled_extensions():
             batches = list(loader.batches(num_epochs=1, workers=1, seed=0))
         assert sum(b["pv_labels"].shape[0] for b in batches) == 24          # every row, once
         assert sum(int(b["pv_labels"].sum()) for b in batches) == 24        # one click per page
@@ -241,7 +268,7 @@ def test_loader_on_a_tampered_cache_runs_no_code(spark, frames, tmp_path):
         assert "builtins.exec" in msg and "delete it and re-run" in msg
         assert not meta_marker.exists()
     finally:
-        pa.PyExtensionType.set_auto_load(False)
+        extension_auto_load(False)
         if single is not None:
             single.converter.delete()
         loader.delete()
