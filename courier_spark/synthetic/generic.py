@@ -17,6 +17,12 @@ image statistics, not the click world's factors.
 Deterministic: image ``i`` of seed ``s`` depends only on ``(s, i)`` (its own
 child of ``np.random.SeedSequence(s)``), so ``n`` images are the prefix of
 any larger set and rendering could be split across workers.
+
+NumPy scalars that meet float32 arrays are passed as Python floats
+(``float(rng.uniform(...))``): NumPy 2 computes a float32 array times a NumPy
+float64 scalar in float64 (NEP 50), NumPy 1 in float32, so the pixels would
+move with the stack; with Python floats both compute in float32 and draw the
+same images (``tests/test_synthetic_world_v2.py`` pins them).
 """
 from __future__ import annotations
 
@@ -52,8 +58,8 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
 
 def _pattern(kind: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     """[size, size] mix weight in [0, 1] between a texture's two colours (u, v: rotated coordinates)."""
-    freq = rng.uniform(3.0, 12.0)
-    phase = rng.uniform(0.0, 2 * np.pi)
+    freq = float(rng.uniform(3.0, 12.0))
+    phase = float(rng.uniform(0.0, 2 * np.pi))
     if kind == "solid":
         return np.zeros_like(u)
     if kind == "stripes":
@@ -63,17 +69,17 @@ def _pattern(kind: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator, 
     if kind == "dots":
         du = np.sin(freq * np.pi * u + phase)
         dv = np.sin(freq * np.pi * v + phase)
-        return ((du * du + dv * dv) > rng.uniform(1.0, 1.6)).astype(np.float32)
+        return ((du * du + dv * dv) > float(rng.uniform(1.0, 1.6))).astype(np.float32)
     if kind == "noise":
         return _smooth_noise(rng, size, int(rng.integers(2, 9)))
-    return np.clip(0.5 + 0.5 * u * rng.uniform(0.5, 1.5), 0.0, 1.0)   # gradient
+    return np.clip(0.5 + 0.5 * u * float(rng.uniform(0.5, 1.5)), 0.0, 1.0)   # gradient
 
 
 def _fill(rng: np.random.Generator, kind: str, u: np.ndarray, v: np.ndarray, size: int) -> np.ndarray:
     """[size, size, 3] texture of ``kind`` in two random colours."""
     a = _colour(rng)
     # the second colour: near the first (a shade) or unrelated, both occur in photos
-    b = np.clip(a * rng.uniform(0.3, 0.8), 0, 255) if rng.random() < 0.5 else _colour(rng)
+    b = np.clip(a * float(rng.uniform(0.3, 0.8)), 0, 255) if rng.random() < 0.5 else _colour(rng)
     w = _pattern(kind, u, v, rng, size)[..., None]
     return a * (1.0 - w) + b * w
 
@@ -81,11 +87,11 @@ def _fill(rng: np.random.Generator, kind: str, u: np.ndarray, v: np.ndarray, siz
 def _shape_mask(kind: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
                 size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Soft [size, size] coverage of one object, plus its rotated coordinates (u, v)."""
-    cx, cy = rng.uniform(-0.6, 0.6, 2)
-    scale = rng.uniform(0.15, 0.7)                 # radius, as a share of the half image
-    aspect = np.exp(rng.uniform(-0.6, 0.6))
+    cx, cy = (float(t) for t in rng.uniform(-0.6, 0.6, 2))
+    scale = float(rng.uniform(0.15, 0.7))          # radius, as a share of the half image
+    aspect = float(np.exp(rng.uniform(-0.6, 0.6)))
     angle = rng.uniform(0.0, 2 * np.pi)
-    c, s = np.cos(angle), np.sin(angle)
+    c, s = float(np.cos(angle)), float(np.sin(angle))
     u = ((x - cx) * c + (y - cy) * s) / (scale * aspect)
     v = (-(x - cx) * s + (y - cy) * c) * aspect / scale
     edge = size * scale / 2.0                      # ~1 pixel of soft edge, in shape units
@@ -94,21 +100,21 @@ def _shape_mask(kind: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generato
         if kind == "polygon":
             k = int(rng.integers(3, 9))
             sector = 2 * np.pi / k
-            r = np.cos(np.pi / k) / np.cos(np.mod(theta, sector) - np.pi / k)
+            r = float(np.cos(np.pi / k)) / np.cos(np.mod(theta, sector) - np.pi / k)
         elif kind == "star":
             k = int(rng.integers(4, 9))
-            r = 1.0 - rng.uniform(0.3, 0.6) * (0.5 + 0.5 * np.cos(k * theta))
+            r = 1.0 - float(rng.uniform(0.3, 0.6)) * (0.5 + 0.5 * np.cos(k * theta))
         elif kind == "blob":
             r = np.ones_like(theta)
             for h in range(2, 6):
-                r = r + rng.uniform(-0.15, 0.15) * np.cos(h * theta + rng.uniform(0, 2 * np.pi))
+                r = r + float(rng.uniform(-0.15, 0.15)) * np.cos(h * theta + float(rng.uniform(0, 2 * np.pi)))
         else:
             r = np.ones_like(theta)
         cover = np.clip((r - rho) * edge, 0.0, 1.0)
         if kind == "ring":
-            cover = cover * np.clip((rho - rng.uniform(0.4, 0.8)) * edge, 0.0, 1.0)
+            cover = cover * np.clip((rho - float(rng.uniform(0.4, 0.8))) * edge, 0.0, 1.0)
     else:
-        half = rng.uniform(0.15, 0.4)
+        half = float(rng.uniform(0.15, 0.4))
         bar_u = np.clip((1.0 - np.abs(u)) * edge, 0.0, 1.0) * np.clip((half - np.abs(v)) * edge, 0.0, 1.0)
         if kind == "cross":
             bar_v = np.clip((1.0 - np.abs(v)) * edge, 0.0, 1.0) * np.clip((half - np.abs(u)) * edge, 0.0, 1.0)
@@ -125,11 +131,11 @@ def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, size: in
     b = _colour(rng, val=(0.2, 1.0))
     if kind == "gradient":
         d = rng.uniform(0, 2 * np.pi)
-        w = np.clip(0.5 + 0.5 * (x * np.cos(d) + y * np.sin(d)), 0.0, 1.0)
+        w = np.clip(0.5 + 0.5 * (x * float(np.cos(d)) + y * float(np.sin(d))), 0.0, 1.0)
     elif kind == "noise":
         w = _smooth_noise(rng, size, int(rng.integers(2, 7)))
     else:   # faint stripes
-        w = 0.25 * (np.sin(rng.uniform(2, 10) * np.pi * (x + rng.uniform(0, 1) * y)) > 0)
+        w = 0.25 * (np.sin(float(rng.uniform(2, 10)) * np.pi * (x + float(rng.uniform(0, 1)) * y)) > 0)
     return a * (1.0 - w[..., None]) + b * w[..., None]
 
 
@@ -145,9 +151,10 @@ def render_generic_image(rng: np.random.Generator, size: int) -> np.ndarray:
         img = img * (1.0 - cover[..., None]) + tex * cover[..., None]
     # lighting: exposure, a directional light across the scene and a colour cast
     d = rng.uniform(0, 2 * np.pi)
-    light = rng.uniform(0.6, 1.3) * (1.0 + rng.uniform(0.0, 0.4) * (x * np.cos(d) + y * np.sin(d)))
+    light = float(rng.uniform(0.6, 1.3)) * (1.0 + float(rng.uniform(0.0, 0.4))
+                                            * (x * float(np.cos(d)) + y * float(np.sin(d))))
     img = img * light[..., None] + rng.uniform(-15.0, 15.0, 3).astype(np.float32)
-    img = img + rng.uniform(0.0, 6.0) * rng.standard_normal(img.shape, dtype=np.float32)
+    img = img + float(rng.uniform(0.0, 6.0)) * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 

@@ -109,6 +109,12 @@ Determinism: one ``np.random.SeedSequence(seed)`` is split into independent
 streams (items, images, users, pages, clicks, bad rows), so e.g. changing
 ``n_days`` leaves the items and their images unchanged; every image has its
 own child seed (so rendering could be parallelised without changing bytes).
+
+NumPy scalars that meet float32 arrays are passed as Python floats
+(``float(rng.uniform(...))``): NumPy 2 computes a float32 array times a NumPy
+float64 scalar in float64 (NEP 50), NumPy 1 in float32, so the pixels would
+move with the stack; with Python floats both compute in float32 and draw the
+same images (``tests/test_synthetic_world_v2.py`` pins them).
 """
 from __future__ import annotations
 
@@ -276,14 +282,14 @@ def _texture(pattern: int, size: int, primary: np.ndarray, secondary: np.ndarray
              rng: np.random.Generator) -> np.ndarray:
     """size x size x 3 texture of the pattern in primary/secondary colours."""
     yy, xx = _grid(size)
-    period = size * rng.uniform(0.12, 0.2)
-    px, py = rng.uniform(0, period, 2)  # pattern phase jitter
+    period = float(size * rng.uniform(0.12, 0.2))
+    px, py = (float(v) for v in rng.uniform(0, period, 2))  # pattern phase jitter
     name = PATTERNS[pattern]
     if name == "solid":
         sec = np.zeros((size, size), dtype=bool)
     elif name == "stripes":
         orient = rng.integers(3)  # horizontal, vertical or diagonal
-        coord = (yy + py, xx + px, (xx + yy) / np.sqrt(2) + px)[orient]
+        coord = (yy + py, xx + px, (xx + yy) / float(np.sqrt(2)) + px)[orient]
         sec = ((coord / period) % 1.0) < 0.5
     elif name == "dots":
         dx = ((xx + px) % period) - period / 2
@@ -336,7 +342,7 @@ def _backdrop_base(backdrop: int, size: int) -> np.ndarray:
     style = backdrop_style(backdrop)
     yy, xx = _grid(size) / max(size - 1, 1)
     t = {"vertical": yy, "horizontal": xx, "diagonal": (xx + yy) / 2,
-         "radial": np.sqrt((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * np.sqrt(2)}[style.gradient]
+         "radial": np.sqrt((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * float(np.sqrt(2))}[style.gradient]
     img = (np.asarray(style.tone_a, np.float32)[None, None, :] * (1.0 - t[..., None])
            + np.asarray(style.tone_b, np.float32)[None, None, :] * t[..., None])
     period = style.period * size
@@ -373,14 +379,14 @@ def render_item_image(colour: int, pattern: int, shape: int, size: int,
     grey = rng.uniform(200.0, 245.0)
     bg = np.clip(grey + rng.uniform(-6.0, 6.0, 3), 0, 255).astype(np.float32)[None, None, :]
     if backdrop is not None:
-        bg = _backdrop_base(backdrop, size) * rng.uniform(0.95, 1.05)  # per-photo exposure
+        bg = _backdrop_base(backdrop, size) * float(rng.uniform(0.95, 1.05))  # per-photo exposure
     mask = _shape_mask(shape, size, rng, pose=nuisance or 0.0)[..., None]
     tex = _texture(pattern, size, primary, secondary, rng)
     img = bg * (1.0 - mask) + tex * mask
     if nuisance:
         # lighting: exposure 0.7-1.1 and a cast of at most +-6 levels per channel,
         # small enough that the saturated pixels' hue still names the colour
-        img = img * rng.uniform(1.0 - 0.3 * nuisance, 1.0 + 0.1 * nuisance) \
+        img = img * float(rng.uniform(1.0 - 0.3 * nuisance, 1.0 + 0.1 * nuisance)) \
             + rng.uniform(-6.0, 6.0, 3).astype(np.float32) * nuisance
     img += 3.0 * rng.standard_normal(img.shape, dtype=np.float32)  # pixel noise: no two images identical
     arr = np.clip(np.rint(img), 0, 255).astype(np.uint8)
