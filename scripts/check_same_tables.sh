@@ -5,8 +5,8 @@
 # tables compared); the new commit trains one model, and each commit then runs
 # embed -> cluster -> features from that same model (training on 2 processes
 # need not be bit-identical between runs; the feature code is what changed).
-# Default settings: conf/local.yaml with a tiny world and 20 training steps;
-# --demo: the main command's own world (conf/local.yaml as is), 20 training steps.
+# Default settings: the schema's defaults with a tiny world and 20 training steps;
+# --demo: the main command's own world (conf/demo.yaml as is), 20 training steps.
 # Two environments (a dependency upgrade): COURIER_OLD_PYTHON / COURIER_NEW_PYTHON
 # name each commit's interpreter (default: this checkout's .venv for both); the
 # new one compares (a newer Delta reads the older one's tables).
@@ -20,7 +20,7 @@ DEMO=0; if [ "${1:-}" = "--demo" ]; then DEMO=1; shift; fi
 SETS=(--set synthetic.n_users=60 --set synthetic.n_items=120 --set synthetic.n_days=5 --set synthetic.image_size=32
       --set synthetic.sessions_per_user_day=1.0 --set spark.shuffle_partitions=4 --set train.steps=20
       --set train.checkpoint_every=10 --set "train.categories=[]" --set train.init=random --set cluster.k=8 "$@")
-[ "$DEMO" = 1 ] && SETS=(--set train.steps=20 --set train.checkpoint_every=10 "$@")
+[ "$DEMO" = 1 ] && SETS=(--config "$REPO/conf/demo.yaml" --set train.steps=20 --set train.checkpoint_every=10 "$@")
 W="$(mktemp -d)"; trap 'git -C "$REPO" worktree remove --force "$W/old" >/dev/null 2>&1 || true;
                      git -C "$REPO" worktree remove --force "$W/new" >/dev/null 2>&1 || true' EXIT
 git -C "$REPO" worktree add -f --detach "$W/old" "$OLD" >/dev/null
