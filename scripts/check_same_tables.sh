@@ -34,9 +34,12 @@ cp -r "$W/A" "$W/B"
 run old pipeline --root "$W/C" --until samples
 run old pipeline --root "$W/B" --from embed --until features
 run new pipeline --root "$W/A" --from embed --until features
+# Both comparisons run whatever the first finds; the exit status says whether any table differed.
+status=0
 echo "== sample tables: $NEW (A) vs $OLD (C)"
 "$PY" "$REPO/scripts/compare_roots.py" "$W/A" "$W/C" bronze/items bronze/impressions quarantine/items \
-  quarantine/impressions silver/items silver/impressions silver/pretrain_samples silver/ctr_samples
+  quarantine/impressions silver/items silver/impressions silver/pretrain_samples silver/ctr_samples || status=1
 echo "== embeddings, centroids and features from one model: $NEW (A) vs $OLD (B)"
 "$PY" "$REPO/scripts/compare_roots.py" "$W/A" "$W/B" gold/item_embeddings gold/centroids \
-  feature_store/item_visual feature_store/impression_visual
+  feature_store/item_visual feature_store/impression_visual || status=1
+exit "$status"
