@@ -24,7 +24,8 @@ from .checkpoints import checkpoint_dir, latest_checkpoint, load_checkpoint
 from .launch import run_distributed
 from .loader import LoaderSpec, SampleLoader, pretrain_training_frame, split_heldout
 from .objectives import build_model, initial_encoder, needs_ctr_fields
-from .pretrain_rows import check_categories, restrict_history_clicks, restrict_to_categories, shuffle_histories
+from .pretrain_rows import (check_categories, check_restrict_histories, restrict_history_clicks, restrict_to_categories,
+                            shuffle_histories)
 from .similarity import co_click_similarity
 from .train import PROGRESS_FILE, PROGRESS_PREFIX, train_worker, training_metrics
 from .trunk import ensure_trunk
@@ -159,9 +160,8 @@ def chosen_rows(samples: DataFrame, items: DataFrame, categories: list[str],
                 restrict_histories: bool = False) -> DataFrame:
     """``train.categories``: only the page views of those categories (all when
     empty); with ``train.restrict_histories`` only their history clicks too."""
+    check_restrict_histories(categories, restrict_histories)
     if not categories:
-        if restrict_histories:
-            raise ConfigError("train.restrict_histories needs train.categories (the categories to keep)")
         return samples
     check_categories(categories, {r["category"] for r in items.select("category").distinct().collect()},
                      "silver/items")

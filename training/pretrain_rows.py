@@ -24,7 +24,13 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from courier_spark.errors import DataError
+from courier_spark.errors import ConfigError, DataError
+
+
+def check_restrict_histories(categories: Sequence[str], restrict_histories: bool) -> None:
+    """train.restrict_histories keeps the history clicks of train.categories: it needs some."""
+    if restrict_histories and not categories:
+        raise ConfigError("train.restrict_histories needs train.categories (the categories to keep)")
 
 
 def check_categories(requested: Sequence[str], known: set, table: str) -> None:

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 from .. import delta_log
 from ..catalog import CATALOG
 from ..config import CourierConfig
-from ..errors import ConfigError, VersionNotFoundError
+from ..errors import VersionNotFoundError
 from ..paths import TablePaths
 from ..tables import missing_table
 
@@ -100,12 +100,11 @@ def _train(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
     are categories of silver/items, or of bronze/items when this run remakes
     silver/items (read from the tables' files, no Spark; a table this reader
     cannot tell about is left to the stage)."""
+    from training.pretrain_rows import check_categories, check_restrict_histories
     tcfg = cfg.train
+    check_restrict_histories(tcfg.categories, tcfg.restrict_histories)
     if not tcfg.categories:
-        if tcfg.restrict_histories:
-            raise ConfigError("train.restrict_histories needs train.categories (the categories to keep)")
         return
-    from training.pretrain_rows import check_categories
     for table in ("silver/items", "bronze/items"):
         if table in made:
             continue
