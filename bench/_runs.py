@@ -25,8 +25,8 @@ def courier(*args: str) -> None:
 def train_embed_cluster(root: str, methods: list[str], sets: list[str]) -> dict[str, str]:
     """``courier comparisons`` for ``methods`` (serving a method not among them,
     so all are trained) -> {method: its new model version}."""
-    from courier_spark.paths import TablePaths
-    from courier_spark.schema import METHODS
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.schema import METHODS
     from training.artifact import load_artifact
     serving = next(m for m in METHODS if m not in methods)
     courier("comparisons", "--root", root, *sets, "--set", f"embed.method={serving}",

@@ -94,10 +94,10 @@ def main() -> None:
     from pyspark.ml.clustering import KMeans
     from pyspark.ml.functions import array_to_vector
 
-    from courier_spark.cluster import train_kmeans
-    from courier_spark.config import SparkConfig
-    from courier_spark.features import assign_cluster_ids
-    from courier_spark.spark import get_spark
+    from courier_spark.features.cluster import train_kmeans
+    from courier_spark.core.config import SparkConfig
+    from courier_spark.features.assignment import assign_cluster_ids
+    from courier_spark.core.spark import get_spark
 
     os.makedirs(a.data_dir, exist_ok=True)
     path = os.path.join(a.data_dir, f"vectors_n{a.n}_d{a.d}_s{a.seed}.parquet")

@@ -56,14 +56,14 @@ def evaluate_point(spark, root: str, cfg, versions: dict, kmeans_seeds: list[int
     """{variant: {"auc": [...], "gauc": [...]}} of CTR model ``kind`` (dnn | lgbm)
     with runs in (encoder seed, k-means seed) order; the baseline's list holds
     one run per CTR seed (= k-means seed index)."""
-    from courier_spark.embed import embeddings_to_numpy, read_embeddings
+    from courier_spark.features.embed import embeddings_to_numpy, read_embeddings
     from courier_spark.evaluate.cluster_variants import kmeans_clusters, with_cluster_ids
     from courier_spark.evaluate.ctr_dnn import score_dnn, train_dnn
     from courier_spark.evaluate.lgbm import score_lgbm, train_lgbm
     from courier_spark.evaluate.ctr_frames import ctr_base_frame
     from courier_spark.evaluate.metrics import auc, gauc
-    from courier_spark.paths import TablePaths
-    from courier_spark.tables import read_table
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.tables import read_table
 
     p = TablePaths.for_root(root)
     base = ctr_base_frame(spark, p).toPandas()
@@ -121,9 +121,9 @@ def main() -> None:
     if args.methods[0] != "courier":
         ap.error("--methods must start with courier (differences are COURIER minus each other method)")
 
-    from courier_spark.config import DEMO_CONFIG, load_config
+    from courier_spark.core.config import DEMO_CONFIG, load_config
     from courier_spark.evaluate.cluster_variants import paired_difference
-    from courier_spark.spark import get_spark
+    from courier_spark.core.spark import get_spark
 
     t0 = time.perf_counter()
     extra = [x for kv in args.set for x in ("--set", kv)]

@@ -192,10 +192,10 @@ class Evaluator:
     """The root's CTR frames, read once, and one fit per call (the evaluate stage's models)."""
 
     def __init__(self, root: str) -> None:
-        from courier_spark.config import DEMO_CONFIG, load_config
+        from courier_spark.core.config import DEMO_CONFIG, load_config
         from courier_spark.evaluate.ctr_frames import catalogue_items, ctr_base_frame
-        from courier_spark.paths import TablePaths
-        from courier_spark.spark import get_spark
+        from courier_spark.core.paths import TablePaths
+        from courier_spark.core.spark import get_spark
         self.cfg = load_config(DEMO_CONFIG, [])
         self.spark = get_spark(self.cfg.spark)
         self.paths = TablePaths.for_root(root)
@@ -228,7 +228,7 @@ class Evaluator:
         return out, time.perf_counter() - t0
 
     def embeddings(self, model_version: str):
-        from courier_spark.embed import embeddings_to_numpy, read_embeddings
+        from courier_spark.features.embed import embeddings_to_numpy, read_embeddings
         return embeddings_to_numpy(read_embeddings(self.spark, self.paths.item_embeddings, model_version))
 
     def with_sim_scores(self, model_version: str):
@@ -236,10 +236,10 @@ class Evaluator:
         import pandas as pd
         from pyspark.sql import functions as F
 
-        from courier_spark.embed import read_embeddings
+        from courier_spark.features.embed import read_embeddings
         from courier_spark.evaluate.frames import stack_fixed
-        from courier_spark.features import similarity_features
-        from courier_spark.tables import read_table
+        from courier_spark.features.assignment import similarity_features
+        from courier_spark.core.tables import read_table
         emb = read_embeddings(self.spark, self.paths.item_embeddings, model_version)
         ctr = read_table(self.spark, self.paths.ctr_samples)
         no_clusters = emb.select("item_id", F.lit(-1).alias("cluster_id"))
@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _train_metrics(root: str, model_version: str) -> dict:
     """What the artifact recorded of its training: rows, losses, held-out curve, speed."""
-    from courier_spark.paths import TablePaths
+    from courier_spark.core.paths import TablePaths
     from training.artifact import load_artifact
     method, version = model_version.split("/", 1)
     m = load_artifact(TablePaths.for_root(root).models, method, version).metrics
@@ -362,10 +362,10 @@ def preregister(args: argparse.Namespace) -> None:
     """Data checks that involve no method's result, and the plan, written for commit."""
     from pyspark.sql import functions as F
 
-    from courier_spark.config import DEMO_CONFIG, load_config
-    from courier_spark.paths import TablePaths
-    from courier_spark.spark import get_spark
-    from courier_spark.tables import read_table
+    from courier_spark.core.config import DEMO_CONFIG, load_config
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.spark import get_spark
+    from courier_spark.core.tables import read_table
     from training.pretrain_rows import restrict_history_clicks, restrict_to_categories
     root = world_root(args.base)
     state = _state(root)

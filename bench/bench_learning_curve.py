@@ -61,7 +61,7 @@ def budget(curves: dict[str, list[tuple[int, float]]]) -> tuple[int, dict[str, i
 
 # --------------------------------------------------------------------------- what the embeddings know
 def item_pixels(spark, root: str, size: int):
-    from courier_spark.paths import TablePaths
+    from courier_spark.core.paths import TablePaths
     from training.loader import DecodedItems
     pdf = spark.read.format("delta").load(TablePaths.for_root(root).silver_items).select("item_id", "image").toPandas()
     return DecodedItems.decode(pdf["item_id"].to_numpy(np.int64), list(pdf["image"]), size)
@@ -107,12 +107,12 @@ def main() -> None:
     if "://" not in a.root:
         a.root = os.path.abspath(a.root)   # Spark and petastorm need absolute local paths
     t_start = time.perf_counter()
-    from courier_spark import fs
-    from courier_spark.config import DEMO_CONFIG, load_config
+    from courier_spark.core import fs
+    from courier_spark.core.config import DEMO_CONFIG, load_config
     from courier_spark.evaluate.report import md_table
-    from courier_spark.paths import TablePaths
-    from courier_spark.schema import TrainConfig
-    from courier_spark.spark import get_spark
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.schema import TrainConfig
+    from courier_spark.core.spark import get_spark
     from training.artifact import load_artifact
     from training.checkpoints import load_checkpoint
     from training.objectives import build_model, encoder_of

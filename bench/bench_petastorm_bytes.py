@@ -19,7 +19,7 @@ import time
 
 
 def main() -> None:
-    from courier_spark.config import DEMO_CONFIG
+    from courier_spark.core.config import DEMO_CONFIG
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", required=True)
     ap.add_argument("--config", default=str(DEMO_CONFIG))
@@ -28,11 +28,11 @@ def main() -> None:
 
     from pyspark.sql import functions as F
 
-    from courier_spark import fs
-    from courier_spark.config import load_config
-    from courier_spark.paths import TablePaths
-    from courier_spark.spark import get_spark
-    from courier_spark.tables import read_table
+    from courier_spark.core import fs
+    from courier_spark.core.config import load_config
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.spark import get_spark
+    from courier_spark.core.tables import read_table
     from training.loader import LoaderSpec, SampleLoader, item_images_frame, pretrain_training_frame
 
     cfg = load_config(a.config, [])

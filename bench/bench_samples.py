@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from courier_spark.config import DEMO_CONFIG, load_config
-from courier_spark.paths import TablePaths
-from courier_spark.spark import get_spark
+from courier_spark.core.config import DEMO_CONFIG, load_config
+from courier_spark.core.paths import TablePaths
+from courier_spark.core.spark import get_spark
 from courier_spark.pipeline import StageContext, run_stage
-from courier_spark.tables import read_table
+from courier_spark.core.tables import read_table
 
 
 def time_samples(spark, root: str, n_users: int, n_items: int, days: int) -> tuple[int, float]:

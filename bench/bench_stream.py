@@ -73,9 +73,9 @@ def _health_run(spark, work: Path, n: int, new: int, batches: int, incremental: 
 
     import pandas as pd
 
-    from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, ITEM_VISUAL_KEYS, merge_history
-    from courier_spark.health import record_write
-    from courier_spark.paths import TablePaths
+    from courier_spark.features.feature_tables import ITEM_VISUAL_COMMENTS, ITEM_VISUAL_KEYS, merge_history
+    from courier_spark.features.health import record_write
+    from courier_spark.core.paths import TablePaths
 
     root = work / f"health-{n}-{'incremental' if incremental else 'full'}"
     if root.exists():
@@ -113,8 +113,8 @@ def _health_run(spark, work: Path, n: int, new: int, batches: int, incremental: 
 
 def health_bench(args) -> None:
     """--health-rows: micro-batch health seconds against the table size, before and after."""
-    from courier_spark.config import DEMO_CONFIG, load_config
-    from courier_spark.spark import get_spark
+    from courier_spark.core.config import DEMO_CONFIG, load_config
+    from courier_spark.core.spark import get_spark
 
     cfg = load_config(DEMO_CONFIG, args.overrides)
     spark = get_spark(cfg.spark)
@@ -164,13 +164,13 @@ def main() -> None:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from courier_spark.config import DEMO_CONFIG, load_config
-    from courier_spark.contract import ITEMS_SCHEMA
-    from courier_spark.feature_store import current_rows
-    from courier_spark.online import RedisSettings, materialise_item_visual
-    from courier_spark.paths import TablePaths
-    from courier_spark.spark import get_spark
-    from courier_spark.stream import read_ledger
+    from courier_spark.core.config import DEMO_CONFIG, load_config
+    from courier_spark.data.contract import ITEMS_SCHEMA
+    from courier_spark.features.feature_tables import current_rows
+    from courier_spark.serving.online import RedisSettings, materialise_item_visual
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.spark import get_spark
+    from courier_spark.serving.stream import read_ledger
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-stream-"))
     root = work / "ds"

@@ -30,7 +30,7 @@ def validation_frames(spark, paths):
     from pyspark.sql import functions as F
 
     from courier_spark.evaluate.ctr_frames import ctr_base_frame
-    from courier_spark.tables import read_table
+    from courier_spark.core.tables import read_table
     ts = read_table(spark, paths.ctr_samples).select("event_id", F.to_date("event_ts").alias("day"))
     base = ctr_base_frame(spark, paths).filter(F.col("split") == "train").join(ts, "event_id").toPandas()
     base["label"] = base["label"].astype(np.int64)
@@ -57,14 +57,14 @@ def main() -> None:
     if len(taus["courier"]) != len(taus["simclr"]):
         ap.error("equal budgets: give both methods the same number of temperatures")
 
-    from courier_spark.config import DEMO_CONFIG, load_config
-    from courier_spark.embed import embeddings_to_numpy, read_embeddings
+    from courier_spark.core.config import DEMO_CONFIG, load_config
+    from courier_spark.features.embed import embeddings_to_numpy, read_embeddings
     from courier_spark.evaluate.cluster_variants import kmeans_clusters, paired_difference, with_cluster_ids
     from courier_spark.evaluate.ctr_dnn import score_dnn, train_dnn
     from courier_spark.evaluate.metrics import auc, gauc
-    from courier_spark.paths import TablePaths
-    from courier_spark.spark import get_spark
-    from courier_spark.tables import read_table
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.spark import get_spark
+    from courier_spark.core.tables import read_table
 
     t0 = time.perf_counter()
     extra = [x for kv in args.set for x in ("--set", kv)]

@@ -49,10 +49,10 @@ def encoder_rate(backbone: str, size: int, batch: int, threads: int, reps: int =
 
 def loader_rate(root: str, size: int, batch_size: int, n_batches: int) -> tuple[float, float]:
     """(slots/s, distinct items/s) of ``SampleLoader.batches`` in this process."""
-    from courier_spark.config import DEMO_CONFIG, load_config
-    from courier_spark.paths import TablePaths
-    from courier_spark.spark import get_spark
-    from courier_spark.tables import read_table
+    from courier_spark.core.config import DEMO_CONFIG, load_config
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.spark import get_spark
+    from courier_spark.core.tables import read_table
     from training.loader import LoaderSpec, SampleLoader, pretrain_training_frame
     spark = get_spark(load_config(DEMO_CONFIG).spark)
     p = TablePaths.for_root(root)
@@ -81,10 +81,10 @@ def step_breakdown(root: str, tcfg, steps: int = 20) -> dict[str, float]:
     the collectives and the launch's own overhead."""
     import numpy as np
 
-    from courier_spark.config import DEMO_CONFIG, load_config
-    from courier_spark.paths import TablePaths
-    from courier_spark.spark import get_spark
-    from courier_spark.tables import read_table
+    from courier_spark.core.config import DEMO_CONFIG, load_config
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.spark import get_spark
+    from courier_spark.core.tables import read_table
     from training.loader import load_decoded_items, item_images_frame, pretrain_training_frame
     from training.losses import LocalCollective
     from training.objectives import build_model, compute_loss
@@ -143,9 +143,9 @@ def main() -> None:
     a = ap.parse_args()
     if "://" not in a.root:
         a.root = os.path.abspath(a.root)   # Spark and petastorm need absolute local paths
-    from courier_spark.config import DEMO_CONFIG, load_config
-    from courier_spark.paths import TablePaths
-    from courier_spark import fs
+    from courier_spark.core.config import DEMO_CONFIG, load_config
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core import fs
     from training.artifact import load_artifact
     cfg = load_config(DEMO_CONFIG, overrides=a.sets)
     tcfg = cfg.train.resolved()

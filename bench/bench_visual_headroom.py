@@ -61,17 +61,17 @@ def main() -> None:
     ap.add_argument("--kmeans-seeds", type=int, nargs="*", default=[1234])
     args = ap.parse_args()
 
-    from courier_spark.config import DEMO_CONFIG, load_config
+    from courier_spark.core.config import DEMO_CONFIG, load_config
     from courier_spark.evaluate.ctr_dnn import score_dnn, train_dnn
     from courier_spark.evaluate.ctr_frames import ctr_base_frame, sequence_cluster_ids
     from courier_spark.evaluate.lgbm import score_lgbm, train_lgbm
     from courier_spark.evaluate.metrics import auc
-    from courier_spark.cluster import l2_normalise, nearest_centroids, train_kmeans
+    from courier_spark.features.cluster import l2_normalise, nearest_centroids, train_kmeans
     from courier_spark.evaluate.probes import LOOK_FACTORS, linear_probe_accuracy, probe_factors
-    from courier_spark.paths import TablePaths
-    from courier_spark.spark import get_spark
-    from courier_spark.synthetic.marketplace import COLOURS
-    from courier_spark.tables import read_table
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.spark import get_spark
+    from courier_spark.data.synthetic.marketplace import COLOURS
+    from courier_spark.core.tables import read_table
     from training.artifact import load_artifact
     from training.backbones import build_backbone
     from training.images import decode_image

@@ -49,7 +49,7 @@ ORACLES = (  # (variant, truth column(s), cell of the 2 x 2)
 def item_similarity(params, a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
     """True look similarity of item rows a[i] and b[i] (the click model's look
     term with item b standing in for the user's favourites)."""
-    from courier_spark.synthetic.marketplace import look_match
+    from courier_spark.data.synthetic.marketplace import look_match
     cols = ["colour", "pattern", "shape"]
     return look_match(params, b[cols].to_numpy(), a[cols].to_numpy())
 
@@ -59,7 +59,7 @@ def taste_separation(params, pre: pd.DataFrame, truth: pd.DataFrame, users: pd.D
     """AUC of positive vs in-batch candidate under (a) mean true similarity to
     the row's history, (b) the user's true preference."""
     from courier_spark.evaluate.metrics import auc
-    from courier_spark.synthetic.marketplace import look_match
+    from courier_spark.data.synthetic.marketplace import look_match
     rng = np.random.default_rng(seed)
     f = truth.set_index("item_id")[["colour", "pattern", "shape"]]
     pos = [(r, int(i)) for r, (ids, lab) in enumerate(zip(pre["pv_item_ids"], pre["pv_labels"]))
@@ -92,7 +92,7 @@ def taste_separation(params, pre: pd.DataFrame, truth: pd.DataFrame, users: pd.D
 
 
 def main() -> None:
-    from courier_spark.config import DEMO_CONFIG
+    from courier_spark.core.config import DEMO_CONFIG
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True)
     ap.add_argument("--config", default=str(DEMO_CONFIG))
@@ -102,14 +102,14 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write the report here (markdown)")
     args = ap.parse_args()
 
-    from courier_spark.config import load_config
+    from courier_spark.core.config import load_config
     from courier_spark.evaluate.cluster_variants import factor_clusters, with_cluster_ids
     from courier_spark.evaluate.ctr_frames import ctr_base_frame
     from courier_spark.evaluate.metrics import auc
     from courier_spark.evaluate.runner import evaluate_variants
-    from courier_spark.paths import TablePaths
-    from courier_spark.spark import get_spark
-    from courier_spark.tables import read_table
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.spark import get_spark
+    from courier_spark.core.tables import read_table
 
     t0 = time.perf_counter()
     cfg = load_config(args.config, args.set)
@@ -200,7 +200,7 @@ def main() -> None:
     out(f"World {'PASSES' if ok_all else 'FAILS'} the pre-registered checks "
         f"({time.perf_counter() - t0:.0f} s).")
     if args.out:
-        from courier_spark import fs
+        from courier_spark.core import fs
         fs.write_text(args.out, "\n".join(lines) + "\n")
 
 

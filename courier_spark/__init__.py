@@ -1,8 +1,8 @@
 """courier-spark: COURIER image features on Spark + Delta.
 
-The public API for feature consumers is ``FeatureStore`` (``courier_spark.store``)
+The public API for feature consumers is ``FeatureStore`` (``courier_spark.serving.store``)
 and, for serving processes, ``OnlineClient``/``RedisSettings``
-(``courier_spark.online_client``, Redis only). They are loaded on first
+(``courier_spark.serving.client``, Redis only). They are loaded on first
 access, so ``import courier_spark`` stays light: no pyspark, torch or numpy.
 """
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .online_client import OnlineClient, RedisSettings
-    from .store import FeatureStore
+    from courier_spark.serving.client import OnlineClient, RedisSettings
+    from courier_spark.serving.store import FeatureStore
 
 __all__ = ["FeatureStore", "OnlineClient", "RedisSettings"]
 
 # Public name -> the module that defines it (imported on first access: PEP 562).
-_LAZY = {"FeatureStore": "store", "OnlineClient": "online_client", "RedisSettings": "online_client"}
+_LAZY = {"FeatureStore": "serving.store", "OnlineClient": "serving.client", "RedisSettings": "serving.client"}
 
 
 def __getattr__(name: str) -> Any:

@@ -16,19 +16,19 @@ import os
 import sys
 from typing import TYPE_CHECKING, Sequence
 
-from . import fs
-from .config import load_config
-from .errors import CourierError, FilesystemError, MissingRootError, MissingTableError, SqlFileError
-from .logs import RunLog, configure_logging, debug
-from .paths import TablePaths
-from .pipeline import STAGES, StageContext, pipeline_stages, preflight, run_stage, stage_help
-from .redact import mask_text
-from .stages.results import HealthResult
+from courier_spark.core import fs
+from courier_spark.core.config import load_config
+from courier_spark.core.errors import CourierError, FilesystemError, MissingRootError, MissingTableError, SqlFileError
+from courier_spark.core.logs import RunLog, configure_logging, debug
+from courier_spark.core.paths import TablePaths
+from courier_spark.pipeline import STAGES, StageContext, pipeline_stages, preflight, run_stage, stage_help
+from courier_spark.core.redact import mask_text
+from courier_spark.stages.results import HealthResult
 
 if TYPE_CHECKING:   # the SQL runner imports pandas and pyspark: only `courier sql` loads it
     from pyspark.sql import SparkSession
 
-    from .evaluate.sql_runner import SqlQuery
+    from courier_spark.evaluate.sql_runner import SqlQuery
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="courier", description="COURIER feature platform on Spark + Delta")
@@ -80,7 +80,7 @@ def check_sql_command(args: argparse.Namespace, paths: TablePaths) -> "SqlQuery"
     file is one statement, every table it reads exists, ``--limit`` and
     ``--out`` make sense, and the local log directory can be written.
     Returns the prepared query."""
-    from .evaluate.sql_runner import check_tables_exist, prepare_sql
+    from courier_spark.evaluate.sql_runner import check_tables_exist, prepare_sql
     if args.limit < 0:
         raise CourierError(f"sql: --limit must be 0 or more, got {args.limit}")
     fs.check_root(paths.root, write=False)     # read-only: a missing root is an error, not created
@@ -135,7 +135,7 @@ def run_sql_command(spark: "SparkSession", query: "SqlQuery", limit: int, out: s
     import pandas as pd
     from pyspark.errors import AnalysisException
 
-    from .evaluate.sql_runner import check_read_only, spark_error_line
+    from courier_spark.evaluate.sql_runner import check_read_only, spark_error_line
 
     check_read_only(spark, query.statement, query.path.name)
     try:
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(exc))
     with RunLog(args.log_dir if query is not None else paths.run_logs, args.command) as run_log:
         debug("run", f"{args.command}: full log in {run_log.final_path}")
-        from .spark import get_spark
+        from courier_spark.core.spark import get_spark
         name = "spark"
         try:
             ctx = StageContext(get_spark(cfg.spark), cfg, paths)

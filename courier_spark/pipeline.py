@@ -14,16 +14,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from . import fs
-from .errors import CourierError
-from .logs import say
-from .redact import redact_config, redact_tree
-from .stages.context import StageContext
-from .stages.results import StageResult
+from courier_spark.core import fs
+from courier_spark.core.errors import CourierError
+from courier_spark.core.logs import say
+from courier_spark.core.redact import redact_config, redact_tree
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import StageResult
 
 if TYPE_CHECKING:
-    from .config import CourierConfig
-    from .paths import TablePaths
+    from courier_spark.core.config import CourierConfig
+    from courier_spark.core.paths import TablePaths
 
 __all__ = ["PIPELINE", "STAGES", "StageContext", "StageSpec", "pipeline_stages", "preflight", "run_stage",
            "stage_help", "write_summary"]
@@ -82,7 +82,7 @@ PIPELINE = [s.name for s in _SPECS if s.in_pipeline]
 
 def write_summary(directory: str, name: str, summary: dict) -> str:
     """``<directory>/<name>.json`` through the filesystem layer (any root URI),
-    secrets redacted (``courier_spark.redact``: a secret key's value, a
+    secrets redacted (``courier_spark.core.redact``: a secret key's value, a
     remembered secret or a URI password in any string)."""
     path = fs.join(directory, f"{name}.json")
     fs.write_json(path, redact_tree(summary))
@@ -128,5 +128,5 @@ def stage_help(name: str) -> str:
 def preflight(names: Sequence[str], cfg: CourierConfig, paths: TablePaths) -> None:
     """``courier_spark.stages.preflight.preflight``, imported when a command
     runs (building the CLI's parser loads no module under stages/)."""
-    from .stages.preflight import preflight as check
+    from courier_spark.stages.preflight import preflight as check
     check(names, cfg, paths)

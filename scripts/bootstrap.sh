@@ -14,7 +14,7 @@
 # * The Delta JVM package (DELTA_PACKAGE) is resolved once here by a one-off
 #   local Spark start (Ivy's report goes to $COURIER_CACHE/delta-jars.log); its
 #   jars are copied to $COURIER_CACHE/jars/ and listed, one absolute path a
-#   line, in .venv/courier-delta-jars.txt. courier_spark/spark.py then passes
+#   line, in .venv/courier-delta-jars.txt. courier_spark/core/spark.py then passes
 #   them as spark.jars (no Ivy resolution or report at every start) and falls
 #   back to spark.jars.packages when the list is missing or stale. Re-checked
 #   on every run, also when the rest is up to date.
@@ -78,7 +78,7 @@ for p in paths:
     os.replace(dst + ".tmp", dst)
     out.append(os.path.abspath(dst))
 with open(list_file + ".tmp", "w") as f:
-    f.write(f"# package: {package}\n# written by scripts/bootstrap.sh; read by courier_spark/spark.py\n")
+    f.write(f"# package: {package}\n# written by scripts/bootstrap.sh; read by courier_spark/core/spark.py\n")
     f.write("".join(p + "\n" for p in out))
 os.replace(list_file + ".tmp", list_file)
 print("listed", len(out), "jars in", list_file)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 
-from courier_spark.catalog import CATALOG
-from courier_spark.config import SparkConfig
-from courier_spark.fs import join
-from courier_spark.spark import get_spark
-from courier_spark.tables import table_exists
+from courier_spark.core.catalog import CATALOG
+from courier_spark.core.config import SparkConfig
+from courier_spark.core.fs import join
+from courier_spark.core.spark import get_spark
+from courier_spark.core.tables import table_exists
 
 WRITE_TIME_COLUMNS = {"updated_at", "valid_from", "valid_to", "created_at"}
 

@@ -8,7 +8,7 @@
 # hadoop-client-api jar names it); it brings the AWS SDK v2 bundle it was built
 # against (~560 MB, one shaded jar). The jars are listed, one absolute path a
 # line under a "# package:" header, in <venv>/courier-s3a-jars.txt;
-# courier_spark/spark.py puts them on a local driver's classpath when the list
+# courier_spark/core/spark.py puts them on a local driver's classpath when the list
 # matches the running PySpark's Hadoop (like Delta's list from bootstrap.sh).
 #
 # s3proxy (Apache-2.0, org.gaul:s3proxy, one jar with its dependencies) is a real
@@ -65,7 +65,7 @@ if ! list_ok; then
     "<dependency org=\"org.apache.hadoop\" name=\"hadoop-aws\" rev=\"$HADOOP_VERSION\" conf=\"default->master,runtime\"/>"
   ls "$AWS_DIR/lib/hadoop-aws-$HADOOP_VERSION.jar" >/dev/null && ls "$AWS_DIR"/lib/bundle-*.jar >/dev/null \
     || { log "hadoop-aws or the AWS SDK bundle missing after resolution (see $AWS_DIR/ivy.log)"; exit 1; }
-  { echo "# package: $PACKAGE"; echo "# written by scripts/s3_jars.sh; read by courier_spark/spark.py"
+  { echo "# package: $PACKAGE"; echo "# written by scripts/s3_jars.sh; read by courier_spark/core/spark.py"
     ls "$AWS_DIR"/lib/*.jar; } > "$LIST.tmp"
   mv "$LIST.tmp" "$LIST"
   echo "$want" > "$AWS_DIR/stamp"

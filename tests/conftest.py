@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
-from courier_spark.config import CourierConfig, load_config
-from courier_spark.paths import TablePaths
-from courier_spark.schema import TrainConfig
+from courier_spark.core.config import CourierConfig, load_config
+from courier_spark.core.paths import TablePaths
+from courier_spark.core.schema import TrainConfig
 
 
 @pytest.fixture(scope="session")
 def spark():
-    from courier_spark.config import SparkConfig
-    from courier_spark.spark import get_spark
+    from courier_spark.core.config import SparkConfig
+    from courier_spark.core.spark import get_spark
     s = get_spark(SparkConfig(shuffle_partitions=4, driver_memory="3g", app_name="courier-tests"))
     yield s
     s.stop()

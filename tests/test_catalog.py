@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import types as T
 
-from courier_spark.catalog import CATALOG, WRITE_MODES, schema_of, spec, spec_for_path
-from courier_spark.errors import MissingTableError
-from courier_spark.paths import TablePaths
+from courier_spark.core.catalog import CATALOG, WRITE_MODES, schema_of, spec, spec_for_path
+from courier_spark.core.errors import MissingTableError
+from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_no_second_copy_of_who_makes_a_table():
 
 
 def test_missing_table_error_names_the_making_stage(spark, tmp_path):
-    from courier_spark.tables import read_table
+    from courier_spark.core.tables import read_table
     p = TablePaths.for_root(str(tmp_path))
     with pytest.raises(MissingTableError, match=r"run `courier cluster` first"):
         read_table(spark, p.centroids)
@@ -62,10 +62,10 @@ def test_missing_table_error_names_the_making_stage(spark, tmp_path):
 
 
 def test_writers_refuse_a_mode_the_catalog_does_not_declare(spark, tmp_path):
-    from courier_spark.catalog import APPEND_ONCE, MERGE_UPSERT, OVERWRITE, check_write
-    from courier_spark.feature_store import merge_upsert
-    from courier_spark.paths import TablePaths
-    from courier_spark.tables import write_table
+    from courier_spark.core.catalog import APPEND_ONCE, MERGE_UPSERT, OVERWRITE, check_write
+    from courier_spark.features.feature_tables import merge_upsert
+    from courier_spark.core.paths import TablePaths
+    from courier_spark.core.tables import write_table
     p = TablePaths.for_root(str(tmp_path / "ds"))
     check_write(p.silver_items, OVERWRITE)                      # declared: fine
     check_write(str(tmp_path / "my_output"), APPEND_ONCE)       # not catalogued: any mode

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from courier_spark.cli import main
-from courier_spark.config import ConfigError, load_config
-from courier_spark.errors import CourierError
-from courier_spark.paths import TablePaths
+from courier_spark.core.config import ConfigError, load_config
+from courier_spark.core.errors import CourierError
+from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import pipeline_stages
 
 
@@ -54,13 +54,13 @@ def test_paths_are_under_one_root(tmp_path):
 
 
 def test_override_text_ending_in_a_colon_stays_text():
-    from courier_spark.config import load_config
+    from courier_spark.core.config import load_config
     assert load_config(None, ["online.key_prefix=stage:"]).online.key_prefix == "stage:"
     assert load_config(None, ["online.key_prefix=a:b:"]).online.key_prefix == "a:b:"
 
 
 def test_spark_extra_from_set_becomes_flat_spark_settings():
-    from courier_spark.spark import flat_settings
+    from courier_spark.core.spark import flat_settings
     c = load_config(None, ["spark.extra.spark.hadoop.fs.s3a.endpoint=http://s3.local:9000",
                            "spark.extra.spark.sql.ansi.enabled=true"])
     assert flat_settings(c.spark.extra) == {"spark.hadoop.fs.s3a.endpoint": "http://s3.local:9000",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from courier_spark.config import DEMO_CONFIG, load_config
-from courier_spark.schema import CourierConfig
+from courier_spark.core.config import DEMO_CONFIG, load_config
+from courier_spark.core.schema import CourierConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

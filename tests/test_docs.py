@@ -8,7 +8,7 @@
   unless the line before it is ``<!-- not run: REASON -->`` with a reason;
   every fenced block names its language, so no example escapes by having none;
 * docs/configuration.md is exactly what docs/gen_config_reference.py renders
-  from courier_spark/schema.py;
+  from courier_spark/core/schema.py;
 * docs/architecture.md names every module of courier_spark/ and training/.
 """
 from __future__ import annotations
@@ -183,7 +183,7 @@ def test_configuration_reference_is_generated_from_the_schema():
 def test_configuration_reference_names_every_key():
     from dataclasses import fields
 
-    from courier_spark.schema import CourierConfig, Section
+    from courier_spark.core.schema import CourierConfig, Section
     text = (ROOT / "docs" / "configuration.md").read_text()
 
     def keys(prefix: str, obj) -> list[str]:

@@ -10,11 +10,11 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from courier_spark.cluster import choose_centroid_version, train_kmeans
-from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, column_comments, join_visual_features, merge_history, merge_upsert, read_features
-from courier_spark.errors import FeatureVersionError
-from courier_spark.features import assign_cluster_ids, item_visual_rows, similarity_features
-from courier_spark.serving import ServingVersions, assign_new_items
+from courier_spark.features.cluster import choose_centroid_version, train_kmeans
+from courier_spark.features.feature_tables import ITEM_VISUAL_COMMENTS, column_comments, join_visual_features, merge_history, merge_upsert, read_features
+from courier_spark.core.errors import FeatureVersionError
+from courier_spark.features.assignment import assign_cluster_ids, item_visual_rows, similarity_features
+from courier_spark.serving.versions import ServingVersions, assign_new_items
 
 EMB_SCHEMA = T.StructType([T.StructField("item_id", T.LongType(), False),
                            T.StructField("embedding", T.ArrayType(T.FloatType()), False)])
@@ -207,7 +207,7 @@ def _items(spark, n: int, seed: int = 0):
 def test_embed_equals_direct_forward(spark, artifact):
     import torch
 
-    from courier_spark.embed import embed_items
+    from courier_spark.features.embed import embed_items
     from training.images import decode_image
     items = _items(spark, 30)
     got = {r["item_id"]: np.array(r["embedding"], np.float32)
@@ -228,8 +228,8 @@ def test_stages_end_to_end_and_rerun(spark, artifact, tmp_path):
     import os
     import shutil
 
-    from courier_spark.config import load_config
-    from courier_spark.paths import TablePaths
+    from courier_spark.core.config import load_config
+    from courier_spark.core.paths import TablePaths
     from courier_spark.pipeline import StageContext, run_stage
 
     paths = TablePaths.for_root(str(tmp_path / "ds"))
@@ -273,7 +273,7 @@ def test_stages_end_to_end_and_rerun(spark, artifact, tmp_path):
 def test_embedding_matrix_reshapes_sliced_arrow_lists_and_rejects_ragged_ones():
     import pyarrow as pa
 
-    from courier_spark.features import embedding_matrix
+    from courier_spark.features.assignment import embedding_matrix
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
     arr = pa.array(list(map(list, x)), pa.list_(pa.float32()))
     np.testing.assert_array_equal(embedding_matrix(arr, 3), x)

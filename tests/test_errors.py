@@ -1,4 +1,4 @@
-"""One error hierarchy (courier_spark/errors.py): every user-facing error is a
+"""One error hierarchy (courier_spark/core/errors.py): every user-facing error is a
 CourierError, defined there and nowhere else, and the CLI prints each as one
 line and exits 2."""
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from courier_spark import cli, errors
+from courier_spark import cli
+from courier_spark.core import errors
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
@@ -55,7 +56,7 @@ def test_cli_prints_one_line_and_exits_2(cls, monkeypatch, capsys, tmp_path):
 
 
 def test_a_data_fault_in_the_feature_store_is_a_data_error(spark, tmp_path):
-    from courier_spark.feature_store import merge_upsert
+    from courier_spark.features.feature_tables import merge_upsert
     df = spark.createDataFrame([(1, "a"), (1, "b")], "item_id long, v string")
     with pytest.raises(errors.DataError, match="repeats key"):
         merge_upsert(spark, df, str(tmp_path / "t"), ["item_id"], {}, lineage=())

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from courier_spark.config import ConfigError, load_config
+from courier_spark.core.config import ConfigError, load_config
 from courier_spark.evaluate.config import DnnConfig, EvaluateConfig, load_evaluate_config
 from courier_spark.evaluate.frames import TOY_VARIANTS, make_toy_ctr_frames
 from courier_spark.evaluate.metrics import (auc, gauc, grouped_auc, is_real_difference,

@@ -23,16 +23,16 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.config import load_config
-from courier_spark.errors import ConfigError, MissingTableError
-from courier_spark.feast_repo import (DEFINITIONS, REPO_YAML, env_var_for, feast_type, feature_views,
+from courier_spark.core.config import load_config
+from courier_spark.core.errors import ConfigError, MissingTableError
+from courier_spark.serving.feast_repo import (DEFINITIONS, REPO_YAML, env_var_for, feast_type, feature_views,
                                       history_event_sql, offline_spark_conf, repo_files, write_repo)
-from courier_spark.feature_store import (IMPRESSION_VISUAL_COMMENTS, ITEM_VISUAL_COMMENTS, merge_history,
+from courier_spark.features.feature_tables import (IMPRESSION_VISUAL_COMMENTS, ITEM_VISUAL_COMMENTS, merge_history,
                                          merge_upsert)
-from courier_spark.online_client import VALUE_FIELDS
-from courier_spark.paths import TablePaths
+from courier_spark.serving.client import VALUE_FIELDS
+from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import StageContext, run_stage
-from courier_spark.retrieval import ITEM_FEATURES, as_of_join
+from courier_spark.serving.retrieval import ITEM_FEATURES, as_of_join
 
 from .test_online import IV_SCHEMA, PASSWORD, redis_server  # noqa: F401 (a fixture: a real redis-server)
 

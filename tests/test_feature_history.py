@@ -12,9 +12,9 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, current_rows, merge_history
-from courier_spark.errors import FeatureTableSchemaError
-from courier_spark.retrieval import point_in_time_features
+from courier_spark.features.feature_tables import ITEM_VISUAL_COMMENTS, current_rows, merge_history
+from courier_spark.core.errors import FeatureTableSchemaError
+from courier_spark.serving.retrieval import point_in_time_features
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -71,7 +71,7 @@ def test_merge_history_intervals_counts_and_rerun(spark, tmp_path):
         assert (g["valid_to"].iloc[:-1].to_numpy() == g["valid_from"].iloc[1:].to_numpy()).all()
     assert sorted(h[h["valid_from"] == naive(at(30))]["item_id"]) == changed
     # Same values again: no commit, nothing inserted or closed.
-    from courier_spark.tables import table_version
+    from courier_spark.core.tables import table_version
     v = table_version(spark, path)
     cur = current_rows(spark.read.format("delta").load(path)).drop("valid_from", "valid_to")
     s = merge_history(spark, cur, path, ["item_id"], as_of=at(40))
@@ -94,7 +94,7 @@ def test_an_older_release_table_is_upgraded_in_place(spark, tmp_path):
     """item_visual as the previous release wrote it (one row per item, updated_at,
     no item_updated_at): the first merge_history upgrades it in one commit, keeps
     every row as the current one valid from its updated_at, then continues."""
-    from courier_spark.feature_store import merge_upsert
+    from courier_spark.features.feature_tables import merge_upsert
     path = str(tmp_path / "old_iv")
     old = spark.createDataFrame([(i, i % 4, 0.5, "courier/v0001", "c0001") for i in range(1, 21)],
                                 "item_id long, courier_cluster_id int, distance float, model_version string, "
@@ -201,7 +201,7 @@ def test_point_in_time_history_features_equal_brute_force(spark, tmp_path):
 
 
 def test_point_in_time_refuses_bad_events(spark, tmp_path):
-    from courier_spark.errors import DataError
+    from courier_spark.core.errors import DataError
     path, _, _ = history_table(spark, tmp_path)
     iv = spark.read.format("delta").load(path)
     with pytest.raises(DataError, match="must be a timestamp"):
@@ -217,15 +217,15 @@ def test_point_in_time_refuses_bad_events(spark, tmp_path):
 def pit_root(spark, tmp_path_factory):
     """A root whose feature_store/item_visual is ``history_table``'s (read only
     by the point_in_time stage tests, which share it)."""
-    from courier_spark.paths import TablePaths
+    from courier_spark.core.paths import TablePaths
     p = TablePaths.for_root(str(tmp_path_factory.mktemp("pit") / "ds"))
     history_table(spark, None, p.item_visual_features)
     return p
 
 
 def test_point_in_time_stage_writes_what_the_function_returns(spark, tmp_path, pit_root):
-    from courier_spark.config import load_config
-    from courier_spark.errors import ConfigError
+    from courier_spark.core.config import load_config
+    from courier_spark.core.errors import ConfigError
     from courier_spark.pipeline import StageContext, run_stage
     p = pit_root
     rng = np.random.default_rng(2)
@@ -252,11 +252,11 @@ def test_point_in_time_outputs_cannot_clobber(spark, tmp_path, pit_root):
     without Spark); an existing table or directory is replaced only when
     point_in_time wrote it or with retrieval.overwrite=true; pandas' default
     nanosecond timestamps are read (truncated to microseconds)."""
-    from courier_spark.config import load_config
-    from courier_spark.delta_log import commit_versions, snapshot
-    from courier_spark.errors import ConfigError
+    from courier_spark.core.config import load_config
+    from courier_spark.core.delta_log import commit_versions, snapshot
+    from courier_spark.core.errors import ConfigError
     from courier_spark.pipeline import StageContext, run_stage
-    from courier_spark.retrieval import PARQUET_MARKER, WRITER, WRITER_PROPERTY, check_output
+    from courier_spark.serving.retrieval import PARQUET_MARKER, WRITER, WRITER_PROPERTY, check_output
 
     p = pit_root
     rng = np.random.default_rng(4)

@@ -1,4 +1,4 @@
-"""courier_spark.fs: one filesystem layer for every non-table artefact.
+"""courier_spark.core.fs: one filesystem layer for every non-table artefact.
 
 Each behaviour runs on fsspec's in-memory filesystem (a real non-``file``
 implementation, URIs with a scheme) and on local tmp paths, both plain and as
@@ -20,9 +20,9 @@ import pytest
 
 _REGISTRY = sys.modules["fsspec.registry"]._registry   # fsspec.registry is shadowed by a mapping
 
-from courier_spark import fs
-from courier_spark.errors import CourierError
-from courier_spark.errors import FilesystemError
+from courier_spark.core import fs
+from courier_spark.core.errors import CourierError
+from courier_spark.core.errors import FilesystemError
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def _temps(directory: str) -> list[str]:
 # ------------------------------------------------------------------ addressing
 
 def test_join_matches_table_paths_rule():
-    from courier_spark.paths import _join
+    from courier_spark.core.paths import _join
     cases = [("s3a://b/", "/models/", "m"), ("abfss://c@a.dfs.core.windows.net/x", "models"),
              ("/tmp/ds/", "reports"), ("memory://r", "a/", "/b")]
     for c in cases:
@@ -128,7 +128,7 @@ def test_memory_and_local_filesystems(mem_root, tmp_path):
 
 
 def test_import_needs_only_stdlib_and_fsspec():
-    code = ("import sys, courier_spark.fs; "
+    code = ("import sys, courier_spark.core.fs; "
             "bad = [m for m in ('torch', 'pandas', 'pyspark', 'numpy') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -366,7 +366,7 @@ def test_check_root_missing_package_names_root(monkeypatch):
 def test_artifact_round_trip(kind, mem_root, tmp_path):
     torch = pytest.importorskip("torch")
     from training.artifact import list_versions, load_artifact, next_version, save_artifact
-    from courier_spark.errors import ArtifactNotFoundError
+    from courier_spark.core.errors import ArtifactNotFoundError
     from training.backbones import build_backbone
 
     models = fs.join(mem_root, "models") if kind == "memory" else str(tmp_path / "models")
@@ -451,7 +451,7 @@ def test_storage_connect_timeout_reaches_every_http_call(monkeypatch):
     import requests
     from requests.adapters import HTTPAdapter
 
-    from courier_spark.config import load_config
+    from courier_spark.core.config import load_config
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from courier_spark import fs
+from courier_spark.core import fs
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_configure_exports_the_same_store_to_child_processes(clean_s3):
 
 def test_s3a_jars_only_for_this_hadoop(tmp_path):
     pytest.importorskip("pyspark")
-    from courier_spark.spark import pyspark_hadoop_version, s3a_classpath
+    from courier_spark.core.spark import pyspark_hadoop_version, s3a_classpath
     version = pyspark_hadoop_version()
     assert version and version[0].isdigit()
     jar = tmp_path / "hadoop-aws.jar"
@@ -72,7 +72,7 @@ def test_s3a_jars_only_for_this_hadoop(tmp_path):
 
 def test_s3a_jars_go_after_sparks_own():
     """Appended to SPARK_DIST_CLASSPATH (after Spark's jars), once, keeping what a user set."""
-    from courier_spark.spark import appended_classpath
+    from courier_spark.core.spark import appended_classpath
     assert appended_classpath(["/a.jar", "/b.jar"], None) == os.pathsep.join(["/a.jar", "/b.jar"])
     assert appended_classpath(["/a.jar"], "/mine.jar") == os.pathsep.join(["/mine.jar", "/a.jar"])
     assert appended_classpath(["/a.jar"], os.pathsep.join(["/mine.jar", "/a.jar"])) is None

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.config import load_config
-from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, ITEM_VISUAL_KEYS, merge_history
-from courier_spark.health import breaches, drift_from_overlap, psi, read_health, record_write
-from courier_spark.paths import TablePaths
-from courier_spark.schema import HealthConfig
+from courier_spark.core.config import load_config
+from courier_spark.features.feature_tables import ITEM_VISUAL_COMMENTS, ITEM_VISUAL_KEYS, merge_history
+from courier_spark.features.health import breaches, drift_from_overlap, psi, read_health, record_write
+from courier_spark.core.paths import TablePaths
+from courier_spark.core.schema import HealthConfig
 
 IV_SCHEMA = ("item_id long, courier_cluster_id int, distance float, model_version string, "
              "centroid_version string, item_updated_at timestamp")
@@ -31,7 +31,7 @@ T0 = dt.datetime(2026, 1, 1)
 def _snapshot(spark, paths, rows, mode: str) -> int:
     """Write item_visual rows with their validity intervals as one Delta commit
     (what merge_history leaves; cheaper than merging); returns the table version."""
-    from courier_spark.tables import table_version
+    from courier_spark.core.tables import table_version
     (spark.createDataFrame(rows, IV_SCHEMA + ", valid_from timestamp, valid_to timestamp")
      .write.format("delta").mode(mode).save(paths.item_visual_features))
     return table_version(spark, paths.item_visual_features)
@@ -253,7 +253,7 @@ def test_report_plots_health(tmp_path):
 def test_sketch_quantiles_within_the_stated_error(spark):
     """The distance sketch's quantiles against numpy.quantile (exact) on random
     data: within SKETCH_ALPHA of the exact value, relative (distances >= 0)."""
-    from courier_spark.health import SKETCH_ALPHA, sketch_key, sketch_quantiles
+    from courier_spark.features.health import SKETCH_ALPHA, sketch_key, sketch_quantiles
     rng = np.random.default_rng(11)
     samples = [rng.gamma(2.0, 0.3, 4000), rng.uniform(0, 4, 3000),
                np.r_[np.zeros(40), rng.lognormal(-3, 2, 2000)], rng.uniform(0.5, 0.5005, 999), np.array([0.7])]
@@ -297,8 +297,8 @@ def test_incremental_record_equals_full_recomputation(spark, tmp_path):
     from delta.tables import DeltaTable
     from pyspark.sql import types as T
 
-    from courier_spark.health import HEALTH_SCHEMA, SKETCH_ALPHA, STATE_FIELDS, health_row
-    from courier_spark.tables import table_version
+    from courier_spark.features.health import HEALTH_SCHEMA, SKETCH_ALPHA, STATE_FIELDS, health_row
+    from courier_spark.core.tables import table_version
     paths = TablePaths.for_root(str(tmp_path / "ds"))
     old = T.StructType([f for f in HEALTH_SCHEMA.fields if f.name not in STATE_FIELDS])
     DeltaTable.createIfNotExists(spark).location(paths.health_item_visual).addColumns(old).execute()

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from courier_spark import noise
-from courier_spark.noise import silence_third_party_warnings
+from courier_spark.core import noise
+from courier_spark.core.noise import silence_third_party_warnings
 
 # A child that issues warnings "from" the given modules (the warnings module
 # attributes a warning to the issuing frame's __name__).
@@ -84,7 +84,7 @@ def test_in_process_filters_cover_every_petastorm_module():
 
 
 def test_noise_imports_only_the_standard_library():
-    code = ("import sys; before = set(sys.modules); import courier_spark.noise as n; n.silence_third_party_warnings(); "
+    code = ("import sys; before = set(sys.modules); import courier_spark.core.noise as n; n.silence_third_party_warnings(); "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
             "print(sorted(new - set(sys.stdlib_module_names) - {'courier_spark'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -141,8 +141,8 @@ def _jar_list(tmp_path: Path, package: str, names=("a.jar", "b.jar"), create=Tru
 
 
 def test_spark_uses_the_resolved_jar_list_when_complete(tmp_path):
-    from courier_spark.config import SparkConfig
-    from courier_spark.spark import jar_settings
+    from courier_spark.core.config import SparkConfig
+    from courier_spark.core.spark import jar_settings
     cfg = SparkConfig()
     f = _jar_list(tmp_path, cfg.delta_package)
     assert jar_settings(cfg, f) == {"spark.jars": f"{tmp_path / 'a.jar'},{tmp_path / 'b.jar'}"}
@@ -152,8 +152,8 @@ def test_spark_uses_the_resolved_jar_list_when_complete(tmp_path):
 
 @pytest.mark.parametrize("case", ["no_list", "jar_missing", "other_package", "empty"])
 def test_spark_falls_back_to_packages(tmp_path, case):
-    from courier_spark.config import SparkConfig
-    from courier_spark.spark import jar_settings
+    from courier_spark.core.config import SparkConfig
+    from courier_spark.core.spark import jar_settings
     cfg = SparkConfig()
     if case == "no_list":
         f = tmp_path / "absent.txt"
@@ -168,8 +168,8 @@ def test_spark_falls_back_to_packages(tmp_path, case):
 
 
 def test_default_jar_list_location_and_override(tmp_path, monkeypatch):
-    from courier_spark.config import SparkConfig
-    from courier_spark.spark import delta_jars_file, jar_settings
+    from courier_spark.core.config import SparkConfig
+    from courier_spark.core.spark import delta_jars_file, jar_settings
     assert delta_jars_file() == Path(sys.prefix) / "courier-delta-jars.txt"
     assert delta_jars_file(str(tmp_path / "x.txt")) == tmp_path / "x.txt"
     # spark.delta_jars_file is the list jar_settings reads
@@ -180,7 +180,7 @@ def test_default_jar_list_location_and_override(tmp_path, monkeypatch):
 
 
 def test_driver_java_options_name_the_log4j2_file(tmp_path):
-    from courier_spark.spark import LOG4J2_PROPERTIES, NETTY_OPTS, driver_java_options
+    from courier_spark.core.spark import LOG4J2_PROPERTIES, NETTY_OPTS, driver_java_options
     assert LOG4J2_PROPERTIES.is_file()
     text = LOG4J2_PROPERTIES.read_text()
     assert "rootLogger.level = warn" in text and "org.apache.hadoop.util.NativeCodeLoader" in text
@@ -227,7 +227,7 @@ def test_petastorm_row_groups_stay_small(spark, tmp_path):
 
 
 def test_executor_env_carries_the_filters(monkeypatch):
-    from courier_spark.spark import worker_env_settings
+    from courier_spark.core.spark import worker_env_settings
     monkeypatch.delenv("PYTHONWARNINGS", raising=False)
     assert worker_env_settings() == {}
     silence_third_party_warnings()

@@ -15,9 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, current_rows, merge_history
-from courier_spark.online import RedisSettings, connect, lookup, materialise_item_visual
-from courier_spark.errors import OnlineStoreError
+from courier_spark.features.feature_tables import ITEM_VISUAL_COMMENTS, current_rows, merge_history
+from courier_spark.serving.online import RedisSettings, connect, lookup, materialise_item_visual
+from courier_spark.core.errors import OnlineStoreError
 
 from .daemons import free_port
 
@@ -121,8 +121,8 @@ def test_wrong_password_fails_clearly_and_the_password_is_never_printed(spark, t
     assert PASSWORD not in repr(settings(redis_server))
 
     # The stage, through the pipeline runner: summary and log lines carry no password.
-    from courier_spark.config import load_config
-    from courier_spark.paths import TablePaths
+    from courier_spark.core.config import load_config
+    from courier_spark.core.paths import TablePaths
     from courier_spark.pipeline import StageContext, run_stage
     p = TablePaths.for_root(str(tmp_path / "ds"))
     merge_history(spark, spark.createDataFrame([(1, 2, 0.5, "courier/v0001", "c0001", None)], IV_SCHEMA),

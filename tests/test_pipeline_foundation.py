@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from courier_spark.pipeline import run_stage
-from courier_spark.tables import read_table, table_version
+from courier_spark.core.tables import read_table, table_version
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from courier_spark import cli
-from courier_spark.config import load_config
-from courier_spark.errors import ArtifactNotFoundError, MissingTableError, VersionNotFoundError
-from courier_spark.paths import TablePaths
+from courier_spark.core.config import load_config
+from courier_spark.core.errors import ArtifactNotFoundError, MissingTableError, VersionNotFoundError
+from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import preflight
 
 
@@ -35,7 +35,7 @@ def root(spark, tmp_path_factory) -> TablePaths:
 def no_spark(monkeypatch):
     def started(*a, **k):
         raise AssertionError("Spark was started before the mistake was found")
-    monkeypatch.setattr("courier_spark.spark.get_spark", started)
+    monkeypatch.setattr("courier_spark.core.spark.get_spark", started)
 
 
 def free_port() -> int:
@@ -122,7 +122,7 @@ def items_root(spark, tmp_path_factory) -> TablePaths:
 
 
 def test_train_categories_checked_against_the_items_before_spark(items_root, spark, capsys, no_spark):
-    from courier_spark import delta_log
+    from courier_spark.core import delta_log
     # the live rows' categories, as Spark reads them (the overwritten file's value is gone)
     assert delta_log.column_values(items_root.silver_items, "category") == {"shoes", "bags"} == {
         r[0] for r in spark.read.format("delta").load(items_root.silver_items).dropna().select("category").collect()}

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import courier_spark
-from courier_spark.errors import ConfigError, FilesystemError, MissingTableError
-from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, merge_history
-from courier_spark.paths import TablePaths
+from courier_spark.core.errors import ConfigError, FilesystemError, MissingTableError
+from courier_spark.features.feature_tables import ITEM_VISUAL_COMMENTS, merge_history
+from courier_spark.core.paths import TablePaths
 
 from .test_docs import fenced_blocks
 from .test_online import IV_SCHEMA, PASSWORD, redis_server  # noqa: F401 (a fixture: a real redis-server)
@@ -41,8 +41,8 @@ def test_import_loads_neither_torch_nor_pyspark():
 
 
 def test_public_names_are_loaded_on_first_access():
-    from courier_spark.online_client import OnlineClient
-    from courier_spark.store import FeatureStore
+    from courier_spark.serving.client import OnlineClient
+    from courier_spark.serving.store import FeatureStore
     assert courier_spark.FeatureStore is FeatureStore and courier_spark.OnlineClient is OnlineClient
     assert set(courier_spark.__all__) <= set(dir(courier_spark))
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
@@ -121,7 +121,7 @@ def _as_delta(df, path: str) -> str:
 
 def test_online_settings_come_from_the_config_or_the_roots_last_online_run(tmp_path, monkeypatch):
     from courier_spark import FeatureStore, OnlineClient
-    from courier_spark.config import load_config
+    from courier_spark.core.config import load_config
     (tmp_path / "ds").mkdir()
     store = FeatureStore(str(tmp_path / "ds"))
     defaults = load_config(None).online
@@ -170,9 +170,9 @@ def test_readme_consumer_script_runs_on_a_tiny_root(spark, tiny_dataset, tmp_pat
     exactly as written, from a directory where ``data/demo`` is that root."""
     import torch
 
-    from courier_spark.feature_store import current_rows
+    from courier_spark.features.feature_tables import current_rows
     from courier_spark.pipeline import StageContext, run_stage
-    from courier_spark.serving import serving_versions
+    from courier_spark.serving.versions import serving_versions
     from training.artifact import save_artifact
     from training.backbones import build_backbone
 

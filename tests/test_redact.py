@@ -1,4 +1,4 @@
-"""The redaction rule (courier_spark/redact.py): Spark's key rule, remembered
+"""The redaction rule (courier_spark/core/redact.py): Spark's key rule, remembered
 values, URI passwords; the logging filter on every handler; no pyspark needed."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from dataclasses import fields, is_dataclass
 
 import pytest
 
-from courier_spark import logs, redact
-from courier_spark.config import load_config, redacted_dict
-from courier_spark.redact import REDACTED, is_secret_key, mask_text, redact_config, redact_tree
-from courier_spark.schema import CourierConfig
+from courier_spark.core import logs, redact
+from courier_spark.core.config import load_config, redacted_dict
+from courier_spark.core.redact import REDACTED, is_secret_key, mask_text, redact_config, redact_tree
+from courier_spark.core.schema import CourierConfig
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +138,7 @@ def test_load_config_remembers_and_dumps_redact_but_the_job_keeps_values(tmp_pat
     cfg = load_config(yml, ["spark.extra.spark.hadoop.fs.s3a.secret.key=set-secret-99"])
     assert cfg.spark.extra["spark"]["hadoop"]["fs"]["s3a"]["secret"]["key"] == "set-secret-99"   # real value
     assert cfg.spark.extra["spark.hadoop.fs.s3a.access.key"] == "AKIAYAMLFAKE"
-    from courier_spark.spark import flat_settings   # what get_spark hands to Spark
+    from courier_spark.core.spark import flat_settings   # what get_spark hands to Spark
     assert flat_settings(cfg.spark.extra)["spark.hadoop.fs.s3a.secret.key"] == "set-secret-99"
     text = str(redacted_dict(cfg))
     assert "set-secret-99" not in text and "AKIAYAMLFAKE" not in text and "COURIER_T_REDIS" in text
@@ -179,7 +179,7 @@ def test_a_users_spark_redaction_regex_widens_the_rule_never_narrows_it(tmp_path
     cfg = load_config(None, [f"{azure}=AzUrEkEyFAKE==", "spark.extra.spark.redaction.regex=(?i)account[.]key"])
     assert is_secret_key(azure) and is_secret_key("spark.extra.fs.s3a.secret.key")
     assert "AzUrEkEyFAKE" not in str(redacted_dict(cfg)) and "AzUrEkEyFAKE" not in mask_text("key AzUrEkEyFAKE==")
-    from courier_spark.errors import ConfigError
+    from courier_spark.core.errors import ConfigError
     with pytest.raises(ConfigError, match="spark.redaction.regex: not a regular expression"):
         load_config(None, ["spark.extra.spark.redaction.regex=(unclosed"])
 

@@ -10,9 +10,9 @@ import typing
 
 import pytest
 
-from courier_spark import schema
-from courier_spark.config import load_config
-from courier_spark.errors import ConfigError
+from courier_spark.core import schema
+from courier_spark.core.config import load_config
+from courier_spark.core.errors import ConfigError
 
 ABSURD = 10 ** 13
 
@@ -142,7 +142,7 @@ def test_cli_root_that_is_a_file_is_one_line(tmp_path):
 
 
 def test_validating_a_config_does_not_import_torch():
-    code = ("import sys; import courier_spark.cli as c; from courier_spark.config import load_config; "
+    code = ("import sys; import courier_spark.cli as c; from courier_spark.core.config import load_config; "
             "load_config(None, ['train.steps=5']); c.build_parser(); "
             "print(sorted(m for m in ('torch', 'pandas', 'PIL', 'faiss', 'lightgbm') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

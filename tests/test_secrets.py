@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from courier_spark.config import DEMO_CONFIG
-from courier_spark.redact import REDACTED
+from courier_spark.core.config import DEMO_CONFIG
+from courier_spark.core.redact import REDACTED
 
 pytestmark = pytest.mark.slow   # three CLI runs, two of them start Spark
 

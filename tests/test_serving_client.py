@@ -1,7 +1,7 @@
 """Serving without the platform: a fresh venv holding only the package (installed
 from a wheel with --no-deps) and the `serving` extra's pin reads what
 `courier online` wrote into a real Redis server, through
-``courier_spark.online_client``, and gets exactly item_visual's current rows;
+``courier_spark.serving.client``, and gets exactly item_visual's current rows;
 torch, pyspark and numpy cannot even be imported there."""
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from courier_spark import feature_store, online, online_client
-from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, current_rows, merge_history
-from courier_spark.paths import TablePaths
+from courier_spark.features import feature_tables as feature_store
+from courier_spark.serving import client as online_client, online
+from courier_spark.features.feature_tables import ITEM_VISUAL_COMMENTS, current_rows, merge_history
+from courier_spark.core.paths import TablePaths
 
 from .test_online import IV_SCHEMA, PASSWORD, redis_server  # noqa: F401 (a fixture: a real redis-server)
 
@@ -30,7 +31,7 @@ T0 = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc)
 READER = r'''
 import datetime as dt, importlib.util, json, os, sys
 heavy = {m: importlib.util.find_spec(m) is not None for m in sys.argv[2].split(",")}
-from courier_spark.online_client import OnlineClient, RedisSettings
+from courier_spark.serving.client import OnlineClient, RedisSettings
 ids = json.loads(sys.argv[1])
 client = OnlineClient(RedisSettings("127.0.0.1", int(os.environ["PORT"]), password=os.environ["COURIER_REDIS_PASSWORD"],
                                     password_env="COURIER_REDIS_PASSWORD", key_prefix="serve:"))
@@ -131,10 +132,10 @@ def test_clean_venv_reads_what_courier_online_wrote(spark, tmp_path, redis_serve
     # Nothing of the platform is there: only the client's modules were loaded, from the venv.
     assert got["importable"] == {m: False for m in HEAVY}, got["importable"]
     assert got["package"].startswith(str(tmp_path / "venv")), got["package"]
-    assert got["loaded"] == ["courier_spark", "courier_spark.errors", "courier_spark.online_client"], got["loaded"]
+    assert got["loaded"] == ["courier_spark", "courier_spark.core.errors", "courier_spark.serving.client"], got["loaded"]
     # Every item exactly as the offline current row says; items without a row -> None.
     assert got["rows"] == {**want, "999": None, "1000": None}
     assert got["rows"]["15"]["centroid_version"] == "c0002" and got["rows"]["9"]["item_updated_at"] is None
-    from courier_spark.tables import table_version
+    from courier_spark.core.tables import table_version
     assert got["meta"]["table"] == p.item_visual_features
     assert int(got["meta"]["version"]) == table_version(spark, p.item_visual_features)

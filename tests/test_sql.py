@@ -12,9 +12,9 @@ from courier_spark.evaluate.frames import make_toy_ctr_frames
 from courier_spark.evaluate.metrics import per_category_auc, per_category_lift
 from courier_spark.evaluate.sql_runner import (SQL_DIR, referenced_tables, render_sql, run_sql_file,
                                                write_predictions, _single_statement)
-from courier_spark.paths import TablePaths
-from courier_spark.tables import write_table
-from courier_spark.errors import MissingTableError
+from courier_spark.core.paths import TablePaths
+from courier_spark.core.tables import write_table
+from courier_spark.core.errors import MissingTableError
 
 
 @pytest.fixture(scope="module")

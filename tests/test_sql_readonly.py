@@ -15,7 +15,7 @@ import pytest
 from courier_spark import cli
 from courier_spark.evaluate.metrics import per_category_auc, per_category_lift
 from courier_spark.evaluate.sql_runner import delta_table_exists, write_predictions
-from courier_spark.paths import TablePaths
+from courier_spark.core.paths import TablePaths
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
@@ -110,7 +110,7 @@ def no_spark(monkeypatch):
     """A tripwire: these mistakes must be found before Spark starts."""
     def started(*a, **k):
         raise AssertionError("Spark was started before the mistake was found")
-    monkeypatch.setattr("courier_spark.spark.get_spark", started)
+    monkeypatch.setattr("courier_spark.core.spark.get_spark", started)
 
 
 def test_each_sql_mistake_is_one_line_before_spark(tmp_path, monkeypatch, capsys, no_spark):
@@ -270,7 +270,7 @@ def test_reads_pass_the_read_only_check(spark, statement):
 
 
 def test_every_write_form_is_refused_by_its_plan(spark):
-    from courier_spark.errors import ReadOnlySqlError
+    from courier_spark.core.errors import ReadOnlySqlError
     from courier_spark.evaluate.sql_runner import check_read_only
     wrong = []
     for statement, named in WRITES:
@@ -291,7 +291,7 @@ def test_shipped_queries_are_reads(spark):
 
 
 def test_a_statement_that_does_not_parse_is_one_line(spark):
-    from courier_spark.errors import ReadOnlySqlError, SqlFileError
+    from courier_spark.core.errors import ReadOnlySqlError, SqlFileError
     from courier_spark.evaluate.sql_runner import check_read_only
     for bad in ("SELEC 1", "SELECT 1; DELETE FROM t", "SELECT * FROM t WHERE a >"):
         with pytest.raises(SqlFileError, match=r"^q\.sql: cannot parse the statement: \[PARSE_SYNTAX_ERROR\]") as ei:
@@ -300,7 +300,7 @@ def test_a_statement_that_does_not_parse_is_one_line(spark):
 
 
 def commits(table: str) -> list[int]:
-    from courier_spark.delta_log import commit_versions
+    from courier_spark.core.delta_log import commit_versions
     return commit_versions(table)
 
 

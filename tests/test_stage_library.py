@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from courier_spark.cluster import assignment_stats, centroid_change, nearest_centroids, training_sample
-from courier_spark.embed import embedding_accounting
-from courier_spark.features import impression_visual_stats
+from courier_spark.features.cluster import assignment_stats, centroid_change, nearest_centroids, training_sample
+from courier_spark.features.embed import embedding_accounting
+from courier_spark.features.assignment import impression_visual_stats
 
 
 def _unit(rng, n, d):

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from pyspark.sql import types as T
 
-from courier_spark.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
-from courier_spark.feature_store import current_rows
-from courier_spark.paths import TablePaths
-from courier_spark.stream import read_ledger
+from courier_spark.data.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
+from courier_spark.features.feature_tables import current_rows
+from courier_spark.core.paths import TablePaths
+from courier_spark.serving.stream import read_ledger
 
 pytestmark = pytest.mark.slow
 UPDATED = dt.datetime(2026, 5, 1)
@@ -75,7 +75,7 @@ def stream_root(spark, tmp_path_factory):
     """bronze (40 items) -> validate -> embed -> cluster, with a small real encoder."""
     import torch
 
-    from courier_spark.config import load_config
+    from courier_spark.core.config import load_config
     from courier_spark.pipeline import StageContext, run_stage
     from training.artifact import save_artifact
     from training.backbones import build_backbone
@@ -164,7 +164,7 @@ def test_stream_appends_kill_restart_exactly_once(spark, stream_root, tmp_path):
 
     # A new centroid version (cluster again with another seed): the next run re-assigns every
     # item once, from the stored embeddings; the run after that has nothing to do.
-    from courier_spark.config import load_config
+    from courier_spark.core.config import load_config
     from courier_spark.pipeline import StageContext, run_stage
     c = run_stage("cluster", StageContext(spark, load_config(None, ["cluster.k=4", "cluster.seed=99",
                                                                     "spark.shuffle_partitions=4"]), p))
@@ -183,7 +183,7 @@ def test_stream_appends_kill_restart_exactly_once(spark, stream_root, tmp_path):
     # Health: one record per item_visual version. The first (catch-up) is computed in full; every
     # later c0001 record (micro-batches, the restart's catch-up) is incremental, from the one before;
     # the version change to c0002 is a full record with drift.
-    from courier_spark.health import read_health
+    from courier_spark.features.health import read_health
     h = read_health(spark, p)
     assert h["item_visual_version"].is_unique and set(h["source"]) == {"stream"}
     c1 = h[h["centroid_version"] == "c0001"]

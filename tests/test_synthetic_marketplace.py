@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from courier_spark.synthetic import (
+from courier_spark.data.synthetic import (
     CATEGORIES, COLOURS, PATTERNS, SHAPES, MarketplaceParams, generate_marketplace,
     render_item_image, taste_match,
 )
-from courier_spark.synthetic.marketplace import _BRANDS, BACKDROP_MAX_SATURATION, backdrop_style
+from courier_spark.data.synthetic.marketplace import _BRANDS, BACKDROP_MAX_SATURATION, backdrop_style
 
 SMALL = dict(world="v1", n_users=300, n_items=600, n_days=4, image_size=32)
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from courier_spark.synthetic import CATEGORIES, COLOURS, MarketplaceParams, generate_marketplace
-from courier_spark.synthetic.marketplace import CATEGORY_SILHOUETTE, colour_score, look_match
+from courier_spark.data.synthetic import CATEGORIES, COLOURS, MarketplaceParams, generate_marketplace
+from courier_spark.data.synthetic.marketplace import CATEGORY_SILHOUETTE, colour_score, look_match
 
 BASE = dict(world="v2", seed=21, n_users=900, n_items=1500, n_days=5, image_size=16)
 
@@ -157,8 +157,8 @@ def test_images_are_the_same_pixels_on_numpy_1_and_2():
     nuisance (the v2 path) and generic trunk images."""
     import hashlib
 
-    from courier_spark.synthetic.generic import generic_images
-    from courier_spark.synthetic.marketplace import PATTERNS, SILHOUETTES, render_item_image
+    from courier_spark.data.synthetic.generic import generic_images
+    from courier_spark.data.synthetic.marketplace import PATTERNS, SILHOUETTES, render_item_image
     h = hashlib.sha256()
     for i in range(200):
         png = render_item_image(i % len(COLOURS), (i // 3) % len(PATTERNS), (i // 7) % len(SILHOUETTES), 64,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from courier_spark.paths import TablePaths
+from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import StageContext, run_stage
 from training.artifact import load_artifact
 
@@ -97,7 +97,7 @@ def test_killed_training_resumes_from_checkpoint(samples_root):
 
 def test_trained_encoder_flows_to_feature_store(spark, samples_root):
     """train (above) -> embed -> cluster -> features through the stage functions."""
-    from courier_spark.tables import read_table
+    from courier_spark.core.tables import read_table
     cfg = tiny_config(**{"cluster.k": 8})
     ctx = StageContext(spark, cfg, TablePaths.for_root(samples_root))
     for s in ("embed", "cluster", "features"):
@@ -123,7 +123,7 @@ def test_comparisons_evaluate_report(spark, samples_root):
     import pandas as pd
 
     from courier_spark.evaluate.metrics import auc
-    from courier_spark.tables import read_table
+    from courier_spark.core.tables import read_table
     cfg = tiny_config(**TRAIN, **{
         "cluster.k": 8, "train.steps": 6, "train.backend": "local", "train.log_every": 3,
         "evaluate.methods": "[courier, simclr]", "evaluate.seeds": "[0, 1]",

@@ -6,10 +6,10 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.config import ValidateConfig
-from courier_spark.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
-from courier_spark.errors import ContractError
-from courier_spark.validate import validate_bronze, validate_impressions, validate_items
+from courier_spark.core.config import ValidateConfig
+from courier_spark.data.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
+from courier_spark.core.errors import ContractError
+from courier_spark.data.validate import validate_bronze, validate_impressions, validate_items
 
 T0 = dt.datetime(2026, 9, 1)
 

@@ -130,9 +130,9 @@ def test_wheel_runs_pipeline_sql_and_report_from_an_empty_directory(wheel_venv):
     # 1. what the installed code finds: all inside the new venv, none in the checkout
     probe = run([str(w["python"]), "-c", """if True:
         import json, courier_spark, training
-        from courier_spark.config import DEMO_CONFIG, load_config
+        from courier_spark.core.config import DEMO_CONFIG, load_config
         from courier_spark.evaluate.sql_runner import SQL_DIR, shipped_queries
-        from courier_spark.spark import LOG4J2_PROPERTIES, driver_java_options
+        from courier_spark.core.spark import LOG4J2_PROPERTIES, driver_java_options
         print(json.dumps({"courier_spark": courier_spark.__file__, "training": training.__file__,
                           "config": str(DEMO_CONFIG), "sql": str(SQL_DIR), "queries": shipped_queries(),
                           "log4j2": str(LOG4J2_PROPERTIES), "log4j2_file": LOG4J2_PROPERTIES.is_file(),
@@ -147,7 +147,7 @@ def test_wheel_runs_pipeline_sql_and_report_from_an_empty_directory(wheel_venv):
     assert f"-Dlog4j2.configurationFile={Path(found['log4j2']).as_uri()}" in found["java_opts"]
     # the wheel's conf/demo.yaml reads as the checkout's, which differs from
     # the bare schema defaults
-    from courier_spark.config import DEMO_CONFIG, CourierConfig, load_config
+    from courier_spark.core.config import DEMO_CONFIG, CourierConfig, load_config
     as_json = lambda cfg: json.loads(json.dumps(cfg.to_dict(), default=str))  # noqa: E731
     assert found["demo"] == as_json(load_config(DEMO_CONFIG)) != as_json(CourierConfig())
 

@@ -7,7 +7,7 @@ Layout: ``<root>/models/<method>/<version>/`` with
                     made it, the data version (Delta table versions read) and metrics.
 Versions are ``v0001``, ``v0002``, ...; ``latest`` resolves to the highest.
 
-``<root>`` is any dataset root ``courier_spark.fs`` accepts (local path,
+``<root>`` is any dataset root ``courier_spark.core.fs`` accepts (local path,
 ``file:``, ``s3a://``, ``abfss://``, ``gs://``, ``hdfs://``, ``memory://``);
 every byte goes through that layer. ``artifact.json`` is written last and is
 what makes a version exist: a directory without it (a save that died half way)
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from courier_spark import fs
-from courier_spark.errors import ArtifactNotFoundError, CorruptModelError
+from courier_spark.core import fs
+from courier_spark.core.errors import ArtifactNotFoundError, CorruptModelError
 
 from .backbones import build_backbone
 from .model_versions import META as _META, VERSION as _VERSION, list_versions, resolve_version  # noqa: F401
@@ -49,7 +49,7 @@ class ModelArtifact:
 
     @property
     def encoder_uri(self) -> str:
-        """Where the encoder's state dict lives (any ``courier_spark.fs`` URI)."""
+        """Where the encoder's state dict lives (any ``courier_spark.core.fs`` URI)."""
         return fs.join(self.path, "encoder.pt")
 
     def encoder_bytes(self) -> bytes:

@@ -6,7 +6,7 @@ classifier of the torchvision models is replaced by a fresh ``Linear`` to
 
 Weights: random initialisation by default, because nothing can be downloaded
 (environment.md); ``weights_path`` loads a state dict (a local path or any
-``courier_spark.fs`` URI, e.g. the generic trunk's ``encoder.pt``). The returned
+``courier_spark.core.fs`` URI, e.g. the generic trunk's ``encoder.pt``). The returned
 module *is* the torchvision model (only the head replaced), so an ImageNet
 checkpoint saved from torchvision loads with its original key names, and so
 does a checkpoint saved from this module (or from ``CourierModel``: the
@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from courier_spark.schema import BACKBONE_IMAGE_SIZE
-from courier_spark.errors import DataError
+from courier_spark.core.schema import BACKBONE_IMAGE_SIZE
+from courier_spark.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
         # a dataset-root URI (the generic trunk under models/, shared by every worker)
         import io
 
-        from courier_spark import fs
+        from courier_spark.core import fs
         obj = torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
     else:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -10,9 +10,9 @@ import json
 import torch
 from torch import nn
 
-from courier_spark import fs
-from courier_spark.errors import CheckpointError
-from courier_spark.schema import TrainConfig, TrainLaunch
+from courier_spark.core import fs
+from courier_spark.core.errors import CheckpointError
+from courier_spark.core.schema import TrainConfig, TrainLaunch
 
 # Settings that do not change what is trained: a resumed run may change them.
 # How a run is launched does not change what it learns, except the backend and the

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--torch-distributor-mode", default="auto", choices=("auto", "driver", "executors"))
     ap.add_argument("--num-proc", type=int, default=2)
     a = ap.parse_args(argv)
-    from courier_spark.spark import get_spark
+    from courier_spark.core.spark import get_spark
     get_spark()
     batch = make_batch(8)
     ref_loss, ref = single_process_gradients(batch)

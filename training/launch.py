@@ -27,8 +27,8 @@ import time
 import uuid
 from typing import Callable, Sequence
 
-from courier_spark import fs
-from courier_spark.errors import DistributedTrainingError
+from courier_spark.core import fs
+from courier_spark.core.errors import DistributedTrainingError
 
 
 class ProgressTail:

@@ -26,8 +26,8 @@ import torch
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from courier_spark import fs
-from courier_spark.errors import TamperedCacheError
+from courier_spark.core import fs
+from courier_spark.core.errors import TamperedCacheError
 
 from .images import decode_pixels, normalise
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from courier_spark.schema import TrainLoss
+from courier_spark.core.schema import TrainLoss
 
 LOSS_TYPES = ("infonce", "hinge")
 

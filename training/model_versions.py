@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from courier_spark import fs
-from courier_spark.errors import ArtifactNotFoundError
+from courier_spark.core import fs
+from courier_spark.core.errors import ArtifactNotFoundError
 
 VERSION = re.compile(r"^v(\d{4,})$")
 META = "artifact.json"     # the completion marker: written last

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from courier_spark.schema import TrainConfig
+from courier_spark.core.schema import TrainConfig
 
 from .model import model_inputs
 

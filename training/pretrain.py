@@ -14,10 +14,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from courier_spark import fs
-from courier_spark.errors import ConfigError, DataError
-from courier_spark.logs import debug, say, step
-from courier_spark.schema import SamplesConfig, TrainConfig
+from courier_spark.core import fs
+from courier_spark.core.errors import ConfigError, DataError
+from courier_spark.core.logs import debug, say, step
+from courier_spark.core.schema import SamplesConfig, TrainConfig
 
 from .artifact import save_artifact
 from .checkpoints import checkpoint_dir, latest_checkpoint, load_checkpoint

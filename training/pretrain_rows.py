@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from courier_spark.errors import ConfigError, DataError
+from courier_spark.core.errors import ConfigError, DataError
 
 
 def check_restrict_histories(categories: Sequence[str], restrict_histories: bool) -> None:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from courier_spark.evaluate.ctr_dnn import SmallMultiheadAttention, token_matrix
-from courier_spark.schema import DnnConfig
+from courier_spark.core.schema import DnnConfig
 
 from .model import encode_slots, masked_mean
 

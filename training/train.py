@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from courier_spark import fs
-from courier_spark.schema import TrainConfig
+from courier_spark.core import fs
+from courier_spark.core.schema import TrainConfig
 
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from .objectives import build_model, compute_loss
@@ -44,7 +44,7 @@ class WorkerResult:
 
 def train_worker(cfg: TrainConfig, loader, ckpt_dir: str, backend: str) -> dict:
     """Runs inside each worker (Spark task / torchrun process / this process)."""
-    from courier_spark.noise import silence_third_party_warnings
+    from courier_spark.core.noise import silence_third_party_warnings
     silence_third_party_warnings()  # a Horovod rank's warnings would be forwarded to the driver's console
     torch.set_num_threads(cfg.torch_threads)
     collective, rank, world, hvd = _init_backend(backend)
@@ -193,7 +193,7 @@ def report_progress(line: str, ckpt_dir: str, backend: str) -> None:
     if backend in ("horovod", "torch_distributor"):
         fs.append_line(fs.join(ckpt_dir, PROGRESS_FILE), line)
     elif backend == "local":
-        from courier_spark.logs import say
+        from courier_spark.core.logs import say
         say("train", line.removeprefix(PROGRESS_PREFIX))
     else:
         print(line, file=sys.stderr, flush=True)

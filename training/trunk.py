@@ -2,7 +2,7 @@
 
 The trunk is a backbone pre-trained once, in this process, with the SimCLR
 objective (``training.baselines``) on generic images the project generates
-itself (``courier_spark.synthetic.generic``; never the marketplace). It is
+itself (``courier_spark.data.synthetic.generic``; never the marketplace). It is
 saved as a normal model artifact, ``models/generic/vNNNN``, whose
 ``artifact.json`` config is the whole recipe (``trunk_config``); a later
 request with the same recipe reuses it, so the trunk is trained once per
@@ -21,8 +21,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from courier_spark.logs import say
-from courier_spark.schema import TrainConfig
+from courier_spark.core.logs import say
+from courier_spark.core.schema import TrainConfig
 
 from .artifact import ModelArtifact, copy_as_latest, list_versions, load_artifact, save_artifact
 
@@ -35,8 +35,8 @@ WEIGHT_DECAY = 1e-6
 def trunk_config(cfg: TrainConfig) -> dict:
     """Everything that decides the trunk's weights: reuse needs an exact match.
     ``cfg`` resolved (image_size filled in)."""
-    from courier_spark.synthetic.generic import GENERATOR_VERSION
-    return {"method": METHOD, "objective": "simclr", "generator": "courier_spark.synthetic.generic",
+    from courier_spark.data.synthetic.generic import GENERATOR_VERSION
+    return {"method": METHOD, "objective": "simclr", "generator": "courier_spark.data.synthetic.generic",
             "generator_version": GENERATOR_VERSION, "generator_seed": cfg.generic_seed,
             "n_images": cfg.generic_images, "steps": cfg.generic_steps, "batch_size": cfg.generic_batch_size,
             "lr": cfg.generic_lr, "weight_decay": WEIGHT_DECAY, "tau_simclr": TAU, "seed": cfg.generic_seed,
@@ -73,7 +73,7 @@ def _normalised(images: np.ndarray) -> torch.Tensor:
 def train_trunk(config: dict, log_every: int | None = None) -> tuple[torch.nn.Module, dict]:
     """SimCLR on ``config['n_images']`` generic images for ``config['steps']``
     steps in this process -> (SimCLRModel, metrics). Deterministic per config."""
-    from courier_spark.synthetic.generic import generic_images
+    from courier_spark.data.synthetic.generic import generic_images
 
     from .backbones import build_backbone
     from .baselines import SimCLRModel, baseline_loss

@@ -11,6 +11,6 @@ Modules (torch / LightGBM / Spark are imported only by the modules that need the
 * ``sql_runner`` - ``run_sql_file`` for ``sql/*.sql``, ``write_predictions``
 * ``report``     - ``write_report``
 """
-from .config import DnnConfig, EvaluateConfig, LgbmConfig, load_evaluate_config
+from courier_spark.evaluate.config import DnnConfig, EvaluateConfig, LgbmConfig, load_evaluate_config
 
 __all__ = ["DnnConfig", "EvaluateConfig", "LgbmConfig", "load_evaluate_config"]

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .ctr_frames import sequence_cluster_ids
+from courier_spark.evaluate.ctr_frames import sequence_cluster_ids
 
 
 def with_cluster_ids(df: pd.DataFrame, clusters: pd.Series) -> pd.DataFrame:
@@ -37,7 +37,7 @@ def factor_clusters(truth: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
 def kmeans_clusters(item_ids: np.ndarray, vectors: np.ndarray, k: int, seed: int,
                     nredo: int = 3) -> pd.Series:
     """faiss k-means cluster of each item (the cluster stage's spherical k-means)."""
-    from ..cluster import l2_normalise, nearest_centroids, train_kmeans
+    from courier_spark.features.cluster import l2_normalise, nearest_centroids, train_kmeans
     unit = l2_normalise(vectors)
     ids, _ = nearest_centroids(unit, train_kmeans(unit, k, seed=seed, nredo=nredo)[0])
     return pd.Series(ids.astype(np.int64), index=np.asarray(item_ids, np.int64))

@@ -1,8 +1,8 @@
 """The ``evaluate`` config section (defined with every other section in
-``courier_spark.schema``; re-exported here for the evaluation modules)."""
+``courier_spark.core.schema``; re-exported here for the evaluation modules)."""
 from __future__ import annotations
 
-from ..schema import (DEFAULT_METHODS, GAUC_WEIGHTINGS, IMAGE_FEATURES, MODEL_KINDS,  # noqa: F401
+from courier_spark.core.schema import (DEFAULT_METHODS, GAUC_WEIGHTINGS, IMAGE_FEATURES, MODEL_KINDS,  # noqa: F401
                       CourierConfig, DnnConfig, EvaluateConfig, LgbmConfig)
 
 

@@ -58,10 +58,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..logs import say
-from .config import DnnConfig, EvaluateConfig
-from .ctr_stats import CtrStatistics
-from .frames import check_ctr_frame, item_table, stack_fixed, title_tokens, train_labels
+from courier_spark.core.logs import say
+from courier_spark.evaluate.config import DnnConfig, EvaluateConfig
+from courier_spark.evaluate.ctr_stats import CtrStatistics
+from courier_spark.evaluate.frames import check_ctr_frame, item_table, stack_fixed, title_tokens, train_labels
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

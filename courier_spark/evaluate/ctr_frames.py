@@ -37,14 +37,14 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ..cluster import load_centroids
-from ..embed import embeddings_to_numpy, read_embeddings
-from ..features import assign_cluster_ids, similarity_features
-from ..paths import TablePaths
-from ..serving import ServingVersions
-from ..tables import read_table, table_exists
-from .frames import ITEM_COLUMNS, stack_fixed
-from ..errors import DataError
+from courier_spark.features.cluster import load_centroids
+from courier_spark.features.embed import embeddings_to_numpy, read_embeddings
+from courier_spark.features.assignment import assign_cluster_ids, similarity_features
+from courier_spark.core.paths import TablePaths
+from courier_spark.serving.versions import ServingVersions
+from courier_spark.core.tables import read_table, table_exists
+from courier_spark.evaluate.frames import ITEM_COLUMNS, stack_fixed
+from courier_spark.core.errors import DataError
 
 BASE_SELECT = ("event_id", "request_id", "session_id", "user_id", "item_id", "category", "position",
                "label", "query", "hist_item_ids", "split")

@@ -46,10 +46,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ..logs import say
-from .config import EvaluateConfig, LgbmConfig
-from .ctr_stats import STAT_KEYS, CtrStatistics
-from .frames import check_ctr_frame, item_table, stack_fixed, title_tokens, train_labels
+from courier_spark.core.logs import say
+from courier_spark.evaluate.config import EvaluateConfig, LgbmConfig
+from courier_spark.evaluate.ctr_stats import STAT_KEYS, CtrStatistics
+from courier_spark.evaluate.frames import check_ctr_frame, item_table, stack_fixed, title_tokens, train_labels
 
 
 def _incidence(n_rows: int, cols: list[list[int]], n_cols: int) -> sparse.csr_matrix:

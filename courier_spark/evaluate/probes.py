@@ -17,8 +17,8 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from ..embed import read_embeddings
-from ..tables import read_table, table_exists
+from courier_spark.features.embed import read_embeddings
+from courier_spark.core.tables import read_table, table_exists
 
 LOOK_FACTORS = ("colour", "pattern", "shape")
 NUISANCE_FACTORS = ("backdrop",)
@@ -55,7 +55,7 @@ def look_probe_table(spark: SparkSession, embeddings_path: str, truth_path: str,
     """One row per method: probe accuracy of each look factor from its
     ``gold/item_embeddings`` vectors, on the same ``n_items`` items (hash
     order); a ``backdrop`` column too where the truth has more than one."""
-    from ..embed import read_embeddings
+    from courier_spark.features.embed import read_embeddings
     truth = spark.read.format("delta").load(truth_path)
     known = [c for c in truth.columns if c in LOOK_FACTORS + NUISANCE_FACTORS]
     factors = probe_factors(truth.select(*known).toPandas())  # one row per item: small

@@ -20,8 +20,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import fs
-from ..errors import MissingArtifactError
+from courier_spark.core import fs
+from courier_spark.core.errors import MissingArtifactError
 
 WAYS = ("cluster_id", "simscore", "vector")
 _WAY_TITLE = {"vector": "Vector", "simscore": "SimScore", "cluster_id": "Cluster ID"}
@@ -207,7 +207,7 @@ def _plot_embedding_map(xy: np.ndarray, category: Sequence, hidden: Sequence | N
 
 
 def _plot_health(health: pd.DataFrame, path: str) -> None:
-    """Feature health per item_visual version (courier_spark.health records):
+    """Feature health per item_visual version (courier_spark.features.health records):
     distance quantiles and null share, drift of each version change, stream
     freshness p50/p95."""
     import matplotlib
@@ -274,7 +274,7 @@ def write_report(reports_dir: str, results: pd.DataFrame, per_category_df: pd.Da
     ``runner.per_category_results`` (or the per_category_auc_lift.sql output).
     ``embedding_map``: (vectors [n, d] or xy [n, 2], category [n], hidden
     factor [n] or None[, its name]); vectors are reduced to 2-D with PCA.
-    ``health``: ``courier_spark.health.read_health`` records (plotted when given).
+    ``health``: ``courier_spark.features.health.read_health`` records (plotted when given).
     """
     fs.makedirs(reports_dir)
     main = _main_kind(results)

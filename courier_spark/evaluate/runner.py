@@ -21,11 +21,11 @@ from typing import Callable, Mapping, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from .. import fs
-from ..logs import say
-from .config import IMAGE_FEATURES, EvaluateConfig
-from .frames import check_ctr_frame
-from .metrics import auc, gauc, is_real_difference, per_category_auc, per_category_lift, summarize_seeds
+from courier_spark.core import fs
+from courier_spark.core.logs import say
+from courier_spark.evaluate.config import IMAGE_FEATURES, EvaluateConfig
+from courier_spark.evaluate.frames import check_ctr_frame
+from courier_spark.evaluate.metrics import auc, gauc, is_real_difference, per_category_auc, per_category_lift, summarize_seeds
 
 PREDICTION_COLUMNS = ["variant", "model_kind", "event_id", "request_id", "session_id", "category",
                       "label", "score"]
@@ -41,10 +41,10 @@ def _train_and_score(kind: str, train_df: pd.DataFrame, test_df: pd.DataFrame, i
                      items: pd.DataFrame | None = None) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
     if kind == "dnn":
-        from .ctr_dnn import score_dnn, train_dnn   # torch is imported only when needed
+        from courier_spark.evaluate.ctr_dnn import score_dnn, train_dnn   # torch is imported only when needed
         scores = score_dnn(train_dnn(train_df, image_feature, cfg.dnn, seed, log_prefix=tag, items=items), test_df)
     elif kind == "lgbm":
-        from .lgbm import score_lgbm, train_lgbm
+        from courier_spark.evaluate.lgbm import score_lgbm, train_lgbm
         scores = score_lgbm(train_lgbm(train_df, image_feature, seed, cfg.lgbm, items=items), test_df)
     else:
         raise ValueError(f"unknown model kind {kind!r} (expected dnn or lgbm)")
@@ -299,7 +299,7 @@ def summarize_runs(runs: pd.DataFrame, baseline: str | None, alpha: float = 0.05
 def _paired_test(variant: list, baseline: list, alpha: float) -> tuple[float, bool]:
     """(p, real) of the paired t-test of variant[i] - baseline[i] (runs paired by
     seed); unpaired run lists: Welch's test, p not reported (NaN)."""
-    from .cluster_variants import paired_difference
+    from courier_spark.evaluate.cluster_variants import paired_difference
     if len(variant) != len(baseline):
         return float("nan"), is_real_difference(variant, baseline, alpha)
     d = paired_difference(variant, baseline, alpha)

@@ -32,12 +32,12 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from .. import delta_log
-from ..catalog import CATALOG
-from ..errors import MissingTableError, ReadOnlySqlError, SqlFileError
-from ..paths import TablePaths
-from ..resources import data_dir
-from ..tables import table_exists, write_table
+from courier_spark.core import delta_log
+from courier_spark.core.catalog import CATALOG
+from courier_spark.core.errors import MissingTableError, ReadOnlySqlError, SqlFileError
+from courier_spark.core.paths import TablePaths
+from courier_spark.core.resources import data_dir
+from courier_spark.core.tables import table_exists, write_table
 
 # The shipped queries: the checkout's sql/ or the installed wheel's copy.
 SQL_DIR = data_dir("sql")

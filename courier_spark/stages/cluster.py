@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cluster import (assignment_stats, centroid_change, centroids_frame, check_k, choose_centroid_version,
+from courier_spark.features.cluster import (assignment_stats, centroid_change, centroids_frame, check_k, choose_centroid_version,
                        existing_versions, load_centroids, train_kmeans, training_sample)
-from ..embed import embeddings_to_numpy, read_embeddings
-from ..features import assign_cluster_ids
-from ..logs import say, step, warn
-from ..serving import model_version_of
-from ..tables import replace_rows, table_version
-from .context import StageContext
-from .results import ClusterResult
+from courier_spark.features.embed import embeddings_to_numpy, read_embeddings
+from courier_spark.features.assignment import assign_cluster_ids
+from courier_spark.core.logs import say, step, warn
+from courier_spark.serving.versions import model_version_of
+from courier_spark.core.tables import replace_rows, table_version
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import ClusterResult
 
 
 def run(ctx: StageContext) -> ClusterResult:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 
-from ..config import with_section_values
-from ..errors import CourierError
-from ..logs import say
-from .context import StageContext
-from .results import ClusterResult, ComparisonRun, ComparisonsResult, EmbedResult, TrainResult
+from courier_spark.core.config import with_section_values
+from courier_spark.core.errors import CourierError
+from courier_spark.core.logs import say
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import ClusterResult, ComparisonRun, ComparisonsResult, EmbedResult, TrainResult
 
 
 def run(ctx: StageContext) -> ComparisonsResult:

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from pyspark.sql import SparkSession
 
-from ..config import CourierConfig
-from ..errors import CourierError
-from ..paths import TablePaths
+from courier_spark.core.config import CourierConfig
+from courier_spark.core.errors import CourierError
+from courier_spark.core.paths import TablePaths
 
 if TYPE_CHECKING:
-    from .results import StageResult
+    from courier_spark.stages.results import StageResult
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,12 @@ import time
 
 from training.artifact import load_artifact
 
-from ..tables import replace_rows
-from ..embed import embed_items, embedding_accounting, read_embeddings
-from ..logs import say, step
-from ..tables import read_table
-from .context import StageContext
-from .results import EmbedResult
+from courier_spark.core.tables import replace_rows
+from courier_spark.features.embed import embed_items, embedding_accounting, read_embeddings
+from courier_spark.core.logs import say, step
+from courier_spark.core.tables import read_table
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import EmbedResult
 
 
 def run(ctx: StageContext) -> EmbedResult:

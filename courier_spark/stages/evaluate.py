@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 
-from .. import fs
-from ..embed import embeddings_to_numpy, read_embeddings
-from ..evaluate.cluster_variants import kmeans_seed_frames
-from ..evaluate.ctr_frames import build_ctr_frames, variant_frames
-from ..evaluate.runner import (BASELINE, evaluate_variants, per_category_results, seen_categories,
+from courier_spark.core import fs
+from courier_spark.features.embed import embeddings_to_numpy, read_embeddings
+from courier_spark.evaluate.cluster_variants import kmeans_seed_frames
+from courier_spark.evaluate.ctr_frames import build_ctr_frames, variant_frames
+from courier_spark.evaluate.runner import (BASELINE, evaluate_variants, per_category_results, seen_categories,
                                variant_plan, write_metrics_json)
-from ..evaluate.sql_runner import write_predictions
-from ..logs import say, step
-from ..serving import serving_versions
-from .context import StageContext
-from .results import EvaluateResult
+from courier_spark.evaluate.sql_runner import write_predictions
+from courier_spark.core.logs import say, step
+from courier_spark.serving.versions import serving_versions
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import EvaluateResult
 
 
 def _pretrained_on(models_dir: str, model_version: str) -> set[str] | None:

@@ -1,15 +1,15 @@
 """`courier feast`: the root's feature tables -> a Feast feature repository
-(``courier_spark.feast_repo``): entities, feature views over the Delta tables,
+(``courier_spark.serving.feast_repo``): entities, feature views over the Delta tables,
 the Spark offline store and the ``online`` section's Redis."""
 from __future__ import annotations
 
 import os
 
-from ..feast_repo import feature_views, offline_spark_conf, repo_files, write_repo
-from ..logs import say
-from ..tables import read_table, table_exists
-from .context import StageContext
-from .results import FeastResult
+from courier_spark.serving.feast_repo import feature_views, offline_spark_conf, repo_files, write_repo
+from courier_spark.core.logs import say
+from courier_spark.core.tables import read_table, table_exists
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import FeastResult
 
 
 def run(ctx: StageContext) -> FeastResult:

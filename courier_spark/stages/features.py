@@ -7,18 +7,18 @@ import dataclasses
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
-from ..cluster import load_centroids
-from ..embed import read_embeddings
-from ..feature_store import (IMPRESSION_VISUAL_COMMENTS, IMPRESSION_VISUAL_KEYS, ITEM_VISUAL_COMMENTS,
+from courier_spark.features.cluster import load_centroids
+from courier_spark.features.embed import read_embeddings
+from courier_spark.features.feature_tables import (IMPRESSION_VISUAL_COMMENTS, IMPRESSION_VISUAL_KEYS, ITEM_VISUAL_COMMENTS,
                              ITEM_VISUAL_KEYS, current_rows, merge_history, merge_upsert)
-from ..features import (assign_cluster_ids, impression_visual_rows, impression_visual_stats, item_visual_rows,
+from courier_spark.features.assignment import (assign_cluster_ids, impression_visual_rows, impression_visual_stats, item_visual_rows,
                         similarity_features)
-from ..health import record_write
-from ..logs import say, step
-from ..serving import assign_new_items, requested_versions, serving_versions
-from ..tables import read_table
-from .context import StageContext
-from .results import FeaturesResult, ItemVisualWrite
+from courier_spark.features.health import record_write
+from courier_spark.core.logs import say, step
+from courier_spark.serving.versions import assign_new_items, requested_versions, serving_versions
+from courier_spark.core.tables import read_table
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import FeaturesResult, ItemVisualWrite
 
 
 def run(ctx: StageContext) -> FeaturesResult:

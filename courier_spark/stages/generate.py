@@ -1,12 +1,12 @@
 """`courier generate`: the synthetic marketplace -> bronze tables (+ hidden truth)."""
 from __future__ import annotations
 
-from ..logs import say, step
-from ..synthetic import generate_marketplace
-from ..synthetic.spark_io import marketplace_to_spark
-from ..tables import write_table
-from .context import StageContext
-from .results import GenerateResult
+from courier_spark.core.logs import say, step
+from courier_spark.data.synthetic import generate_marketplace
+from courier_spark.data.synthetic.spark_io import marketplace_to_spark
+from courier_spark.core.tables import write_table
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import GenerateResult
 
 
 def run(ctx: StageContext) -> GenerateResult:

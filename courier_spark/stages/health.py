@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..health import breaches, read_health
-from ..logs import say
-from ..tables import read_table
-from .context import StageContext
-from .results import HealthResult
+from courier_spark.features.health import breaches, read_health
+from courier_spark.core.logs import say
+from courier_spark.core.tables import read_table
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import HealthResult
 
 STAT_COLUMNS = ["item_visual_version", "source", "batch_id", "centroid_version", "rows", "written_rows",
                 "null_cluster_id", "null_distance", "n_clusters", "cluster_size_min", "cluster_size_median",

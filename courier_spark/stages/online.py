@@ -1,11 +1,11 @@
 """`courier online`: feature_store/item_visual's current rows -> Redis (only changed rows)."""
 from __future__ import annotations
 
-from ..logs import say
-from ..online import RedisSettings, materialise_item_visual
-from ..tables import read_table
-from .context import StageContext
-from .results import OnlineResult
+from courier_spark.core.logs import say
+from courier_spark.serving.online import RedisSettings, materialise_item_visual
+from courier_spark.core.tables import read_table
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import OnlineResult
 
 
 def run(ctx: StageContext) -> OnlineResult:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pyspark.sql import functions as F
 
-from ..logs import say, step
-from ..retrieval import check_settings, point_in_time_features, read_events, write_output
-from ..tables import read_table
-from .context import StageContext
-from .results import PointInTimeResult
+from courier_spark.core.logs import say, step
+from courier_spark.serving.retrieval import check_settings, point_in_time_features, read_events, write_output
+from courier_spark.core.tables import read_table
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import PointInTimeResult
 
 
 def run(ctx: StageContext) -> PointInTimeResult:

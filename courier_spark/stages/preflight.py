@@ -1,7 +1,7 @@
 """What the CLI checks before Spark starts (the JVM costs 15-25 s; each of
 these costs milliseconds): for every stage of the run, the tables it reads and
 cannot do without exist, unless an earlier stage of the same run makes them
-(read from the Delta logs, ``courier_spark.delta_log``, through the filesystem
+(read from the Delta logs, ``courier_spark.core.delta_log``, through the filesystem
 layer, so remote roots work); and per stage what else can be known without
 Spark: the services it talks to answer (``online``: Redis, with a short
 timeout), the settings it needs are there and sound (``point_in_time``), the
@@ -18,12 +18,12 @@ import dataclasses
 import re
 from typing import Callable, Sequence
 
-from .. import delta_log
-from ..catalog import CATALOG
-from ..config import CourierConfig
-from ..errors import VersionNotFoundError
-from ..paths import TablePaths
-from ..tables import missing_table
+from courier_spark.core import delta_log
+from courier_spark.core.catalog import CATALOG
+from courier_spark.core.config import CourierConfig
+from courier_spark.core.errors import VersionNotFoundError
+from courier_spark.core.paths import TablePaths
+from courier_spark.core.tables import missing_table
 
 # The catalog tables each stage reads and cannot do without. (The stages not
 # listed either make their inputs, read optional ones, or check their own.)
@@ -49,14 +49,14 @@ Check = Callable[[CourierConfig, TablePaths, set], None]
 
 
 def _online(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
-    from ..online_client import RedisSettings, connect
+    from courier_spark.serving.client import RedisSettings, connect
     settings = RedisSettings.from_config(cfg.online)
     settings = dataclasses.replace(settings, timeout_seconds=min(settings.timeout_seconds, REDIS_CHECK_TIMEOUT_S))
     connect(settings).close()
 
 
 def _point_in_time(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
-    from ..retrieval import check_settings
+    from courier_spark.serving.retrieval import check_settings
     check_settings(cfg.retrieval, paths)
 
 
@@ -118,7 +118,7 @@ def _feast(cfg: CourierConfig, paths: TablePaths, made: set) -> None:
     """feast.repo may take the repository's files (none there that `courier feast` did not write)."""
     import os
 
-    from ..feast_repo import check_repo_target
+    from courier_spark.serving.feast_repo import check_repo_target
     check_repo_target(os.path.abspath(os.path.expanduser(cfg.feast.repo)), cfg.feast.overwrite)
 
 

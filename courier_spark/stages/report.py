@@ -6,15 +6,15 @@ import io
 import numpy as np
 import pandas as pd
 
-from .. import fs
-from ..evaluate.probes import embedding_map_sample, look_probe_table
-from ..evaluate.report import load_results, write_report
-from ..evaluate.sql_runner import SQL_DIR, delta_table_exists, prepare_sql, run_sql_file
-from ..health import read_health
-from ..logs import say, step, warn
-from ..tables import table_exists
-from .context import StageContext
-from .results import ReportResult
+from courier_spark.core import fs
+from courier_spark.evaluate.probes import embedding_map_sample, look_probe_table
+from courier_spark.evaluate.report import load_results, write_report
+from courier_spark.evaluate.sql_runner import SQL_DIR, delta_table_exists, prepare_sql, run_sql_file
+from courier_spark.features.health import read_health
+from courier_spark.core.logs import say, step, warn
+from courier_spark.core.tables import table_exists
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import ReportResult
 
 SQL_FILES = ("per_category_auc_lift.sql", "ctr_by_cluster.sql", "cluster_category_purity.sql")
 # The report needs the first (its per-category table); the cluster queries read the

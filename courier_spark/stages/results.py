@@ -68,7 +68,7 @@ class GenerateResult(StageResult):
 
 @dataclass(kw_only=True)
 class ValidateResult(StageResult):
-    counts: Any               # courier_spark.validate.ValidationSummary (counts of the written tables)
+    counts: Any               # courier_spark.data.validate.ValidationSummary (counts of the written tables)
 
     def summary(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self.counts), "seconds": self.seconds}
@@ -98,7 +98,7 @@ class FeaturesResult(StageResult):
     k: int
     incremental: bool
     item_visual: ItemVisualWrite
-    impression_visual: dict   # courier_spark.features.ImpressionVisualStats as a dict + merge counts
+    impression_visual: dict   # courier_spark.features.assignment.ImpressionVisualStats as a dict + merge counts
     health: Optional[dict] = None   # the new item_visual version's health record (headline figures)
 
 
@@ -157,7 +157,7 @@ class PointInTimeResult(StageResult):
 
 @dataclass(kw_only=True)
 class OnlineResult(StageResult):
-    counts: dict              # courier_spark.online.materialise_item_visual's counts
+    counts: dict              # courier_spark.serving.online.materialise_item_visual's counts
 
     def summary(self) -> dict[str, Any]:
         return {**self.counts, "seconds": self.seconds}

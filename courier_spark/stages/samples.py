@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-from ..logs import say, step
-from ..samples import assemble_samples, window_accounting
-from ..tables import read_table, write_table
-from .context import StageContext
-from .results import SamplesResult
+from courier_spark.core.logs import say, step
+from courier_spark.data.samples import assemble_samples, window_accounting
+from courier_spark.core.tables import read_table, write_table
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import SamplesResult
 
 
 def run(ctx: StageContext) -> SamplesResult:

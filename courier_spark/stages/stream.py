@@ -1,14 +1,14 @@
 """`courier stream`: new/changed bronze/items rows -> silver/items, quarantine/items,
 gold/item_embeddings, feature_store/item_visual (Structured Streaming,
-foreachBatch; the query: ``courier_spark.stream.run_items_stream``)."""
+foreachBatch; the query: ``courier_spark.serving.stream.run_items_stream``)."""
 from __future__ import annotations
 
 import dataclasses
 
-from ..logs import say
-from ..stream import run_items_stream
-from .context import StageContext
-from .results import StreamResult
+from courier_spark.core.logs import say
+from courier_spark.serving.stream import run_items_stream
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import StreamResult
 
 
 def run(ctx: StageContext) -> StreamResult:

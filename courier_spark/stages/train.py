@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from training.pretrain import PretrainPlaces, pretrain
 
-from ..tables import read_table, table_version
-from .context import StageContext
-from .results import TrainResult
+from courier_spark.core.tables import read_table, table_version
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import TrainResult
 
 
 def run(ctx: StageContext) -> TrainResult:

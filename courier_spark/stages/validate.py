@@ -1,11 +1,11 @@
 """`courier validate`: bronze -> silver/items, silver/impressions + quarantine/*."""
 from __future__ import annotations
 
-from ..logs import say, step
-from ..tables import read_table, write_table
-from ..validate import summarize, validate_bronze
-from .context import StageContext
-from .results import ValidateResult
+from courier_spark.core.logs import say, step
+from courier_spark.core.tables import read_table, write_table
+from courier_spark.data.validate import summarize, validate_bronze
+from courier_spark.stages.context import StageContext
+from courier_spark.stages.results import ValidateResult
 
 
 def run(ctx: StageContext) -> ValidateResult:

@@ -12,7 +12,7 @@ as a packed venv (``venv-pack``, ``spark-submit --archives env.tar.gz#env``).
   spark.pyspark.python=./env/bin/python --conf
   spark.pyspark.driver.python=<project venv>``. Its executors run project code:
   the item -> nearest-centroid assignment is ``mapInArrow`` over
-  ``courier_spark.features._assign_batches`` (pickled by reference, so the
+  ``courier_spark.features.assignment._assign_batches`` (pickled by reference, so the
   Python workers import ``courier_spark``, numpy, pyarrow and faiss). The
   submit environment still says ``PYSPARK_PYTHON=<project venv>`` (the cluster
   fixture's), so the conf has to win over it.
@@ -46,8 +46,8 @@ from pathlib import Path
 
 import pytest
 
-from courier_spark.config import load_config
-from courier_spark.paths import TablePaths
+from courier_spark.core.config import load_config
+from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import StageContext, run_stage
 
 from ..test_serving_client import _wheel
@@ -58,7 +58,7 @@ from .test_standalone import SUBMIT_CONF, TINY, assert_both_workers_ran_tasks, a
 
 pytestmark = pytest.mark.slow
 
-# What the executors of `features` import (module level of courier_spark.features
+# What the executors of `features` import (module level of courier_spark.features.assignment
 # and .cluster, and pyspark's Arrow worker); their pins come from requirements/base.txt.
 EXECUTOR_PACKAGES = ("numpy", "pandas", "pyarrow", "faiss-cpu")
 VENV_PACK = "venv-pack==0.2.0"

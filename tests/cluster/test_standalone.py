@@ -36,8 +36,8 @@ from pathlib import Path
 
 import pytest
 
-from courier_spark.config import load_config
-from courier_spark.paths import TablePaths
+from courier_spark.core.config import load_config
+from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import StageContext, run_stage
 
 from .conftest import REPO, StandaloneCluster, Submission
@@ -53,7 +53,7 @@ TRAIN = {"train.steps": 20, "train.batch_size": 8, "train.num_proc": 2, "train.b
          # a stuck rank fails the job in bounded time instead of hanging the test
          "train.timeout_s": 600}
 # Delta rebuilds table state with 50 partitions by default: on 2 slots and
-# tiny tables that is most of each job's time (courier_spark/spark.py sets the
+# tiny tables that is most of each job's time (courier_spark/core/spark.py sets the
 # same for local mode only).
 SUBMIT_CONF = {"spark.databricks.delta.snapshotPartitions": "2"}
 BAD_ROWS = {"synthetic.bad_null_keys": 6, "synthetic.bad_unknown_items": 4, "synthetic.bad_duplicate_events": 5,

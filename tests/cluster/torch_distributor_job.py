@@ -36,10 +36,10 @@ def _rank_fn(mode: str):
 
 
 def main(out_path: str) -> None:
-    from courier_spark.spark import get_spark
+    from courier_spark.core.spark import get_spark
     from training.gradcheck import make_batch, max_abs_diff, single_process_gradients, worker_gradients
     from training.launch import run_distributed
-    from courier_spark.errors import DistributedTrainingError
+    from courier_spark.core.errors import DistributedTrainingError
 
     spark = get_spark()
     out: dict = {"master": spark.sparkContext.master}

@@ -246,7 +246,7 @@ def test_tampered_cache_read_as_a_file_list_never_opens_the_planted_pickle(tampe
 def test_tampered_cache_read_as_a_directory_is_refused_by_the_guard(tampered):
     """Read as a directory, petastorm unpickles ``_common_metadata``; the
     project's guard refuses the payload in one line, and nothing runs."""
-    from courier_spark.errors import TamperedCacheError
+    from courier_spark.core.errors import TamperedCacheError
     from training.loader import guard_petastorm_unpickling
 
     ds, urls, marker = tampered

@@ -9,8 +9,8 @@ import os
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from courier_spark.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
-from courier_spark.paths import TablePaths
+from courier_spark.data.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
+from courier_spark.core.paths import TablePaths
 
 T0 = dt.datetime(2026, 3, 2, 12, 0)
 DAY = dt.timedelta(days=1)

@@ -11,13 +11,13 @@ from collections import Counter
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.config import ConfigError, WindowsConfig, load_config
-from courier_spark.errors import ContractError
-from courier_spark.paths import TablePaths
-from courier_spark.samples import resolve_windows
+from courier_spark.core.config import ConfigError, WindowsConfig, load_config
+from courier_spark.core.errors import ContractError
+from courier_spark.core.paths import TablePaths
+from courier_spark.data.samples import resolve_windows
 from courier_spark.pipeline import StageContext, run_stage
-from courier_spark.tables import read_table
-from courier_spark.errors import MissingTableError
+from courier_spark.core.tables import read_table
+from courier_spark.core.errors import MissingTableError
 
 from ..conftest import tiny_config
 from .helpers import (DAY, EXPECTED_IMP_REASONS, EXPECTED_ITEM_REASONS, GOOD, T0, bad_bronze as _bronze,
@@ -91,8 +91,8 @@ def test_rerun_validate_gives_identical_tables(spark, validated, reliability):
 def test_out_of_order_delivery_gives_same_samples(spark, tmp_path, reliability):
     """The same events landed in time order in one commit, or late and shuffled in
     three commits, give identical silver and sample tables."""
-    from courier_spark.samples import assemble_samples
-    from courier_spark.validate import validate_bronze
+    from courier_spark.data.samples import assemble_samples
+    from courier_spark.data.validate import validate_bronze
 
     cfg = tiny_config()
     rows = []
@@ -125,7 +125,7 @@ def test_out_of_order_delivery_gives_same_samples(spark, tmp_path, reliability):
     assert len(a[3]) > 0 and a[3] == b[3]          # CTR samples and splits
     # The job can say where every clean impression went, including those no
     # sample uses (here: the first day, cut off by pretrain_days=1).
-    from courier_spark.samples import data_time_span, window_accounting
+    from courier_spark.data.samples import data_time_span, window_accounting
     clean = validate_bronze(items, spark.read.format("delta").load(str(late)), cfg.validate).clean_impressions
     w = resolve_windows(WindowsConfig(pretrain_days=1), *data_time_span(clean))
     acc = window_accounting(clean, w)

@@ -21,8 +21,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from courier_spark import cli
-from courier_spark.delta_log import commit_versions
-from courier_spark.paths import TablePaths
+from courier_spark.core.delta_log import commit_versions
+from courier_spark.core.paths import TablePaths
 
 from .helpers import bad_bronze
 

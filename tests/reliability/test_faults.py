@@ -17,9 +17,9 @@ from collections import Counter
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.paths import TablePaths
+from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import StageContext, run_stage
-from courier_spark.tables import read_table
+from courier_spark.core.tables import read_table
 
 from ..conftest import tiny_config
 from .helpers import (DAY, GOOD, T0, bad_bronze, delta_version, impressions_df, items_df, rows_of,
@@ -49,7 +49,7 @@ def test_validate_killed_mid_delta_write_then_rerun(spark, tmp_path, reliability
     """SIGKILL `courier validate` while it writes a Delta table: every table stays
     readable at its last committed version, and the re-run gives exactly the
     result of a clean run (no duplicated, no lost rows)."""
-    from courier_spark.validate import validate_bronze
+    from courier_spark.data.validate import validate_bronze
 
     paths = TablePaths.for_root(str(tmp_path / "ds"))
     items, imps = bad_bronze(spark)
@@ -179,7 +179,7 @@ def _horovod_fn(mode: str):
 ])
 def test_horovod_worker_death_fails_with_clear_message(spark, mode, message, reliability):
     from training.launch import run_distributed
-    from courier_spark.errors import DistributedTrainingError
+    from courier_spark.core.errors import DistributedTrainingError
     t0 = time.time()
     with pytest.raises(DistributedTrainingError, match=r"horovod training failed after \d+s with 2 workers: "
                                                        + message):
@@ -193,7 +193,7 @@ def test_horovod_worker_death_fails_with_clear_message(spark, mode, message, rel
 @pytest.mark.slow
 def test_horovod_hung_worker_is_cancelled_by_watchdog(spark, reliability):
     from training.launch import run_distributed
-    from courier_spark.errors import DistributedTrainingError
+    from courier_spark.core.errors import DistributedTrainingError
     t0 = time.time()
     with pytest.raises(DistributedTrainingError, match=r"did not finish within 20s and was cancelled"):
         run_distributed(_horovod_fn("hang"), (), "horovod", 2, timeout_s=20)
@@ -204,7 +204,7 @@ def test_horovod_hung_worker_is_cancelled_by_watchdog(spark, reliability):
 
 def test_horovod_more_workers_than_slots_is_a_clear_error(spark, reliability):
     from training.launch import run_distributed
-    from courier_spark.errors import DistributedTrainingError
+    from courier_spark.core.errors import DistributedTrainingError
     slots = spark.sparkContext.defaultParallelism
     with pytest.raises(DistributedTrainingError, match=rf"train.num_proc={slots + 1} but Spark master .* runs "
                                                        rf"only {slots} task\(s\) at once"):
@@ -216,7 +216,7 @@ def test_two_writers_merge_into_one_feature_table(spark, tmp_path, reliability):
     """Two writers MERGE overlapping keys into a not-yet-existing table at once:
     both succeed (losing commits are retried), keys stay unique and every row
     is entirely one writer's."""
-    from courier_spark.feature_store import ITEM_VISUAL_COMMENTS, feature_versions, merge_upsert, read_features
+    from courier_spark.features.feature_tables import ITEM_VISUAL_COMMENTS, feature_versions, merge_upsert, read_features
     path = str(tmp_path / "item_visual")
     schema = ("item_id long, courier_cluster_id int, distance float, model_version string, "
               "centroid_version string")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.config import ConfigError, load_config
-from courier_spark.paths import TablePaths
+from courier_spark.core.config import ConfigError, load_config
+from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import StageContext, run_stage
-from courier_spark.tables import read_table, table_version
+from courier_spark.core.tables import read_table, table_version
 
 from .helpers import png
 
@@ -58,7 +58,7 @@ def test_every_feature_row_names_its_versions(spark, two_versions, reliability):
     paths, runs = two_versions
     assert runs["v0001"]["cluster"].centroid_version == "c0001"
     assert runs["v0002"]["cluster"].centroid_version == "c0002"
-    from courier_spark.feature_store import current_rows, merge_history
+    from courier_spark.features.feature_tables import current_rows, merge_history
 
     def by_version(df):
         return {(r.model_version, r.centroid_version): r["count"]
@@ -83,9 +83,9 @@ def test_every_feature_row_names_its_versions(spark, two_versions, reliability):
 
 
 def test_older_versions_stay_readable(spark, two_versions, reliability):
-    from courier_spark.cluster import load_centroids
-    from courier_spark.embed import read_embeddings
-    from courier_spark.feature_store import read_features
+    from courier_spark.features.cluster import load_centroids
+    from courier_spark.features.embed import read_embeddings
+    from courier_spark.features.feature_tables import read_features
     from training.artifact import load_artifact
 
     paths, runs = two_versions
@@ -105,12 +105,12 @@ def test_older_versions_stay_readable(spark, two_versions, reliability):
 
 
 def test_missing_versions_are_clear_errors(spark, two_versions, reliability):
-    from courier_spark.cluster import load_centroids
-    from courier_spark.embed import read_embeddings
-    from courier_spark.feature_store import read_features
-    from courier_spark.errors import FeatureVersionError
+    from courier_spark.features.cluster import load_centroids
+    from courier_spark.features.embed import read_embeddings
+    from courier_spark.features.feature_tables import read_features
+    from courier_spark.core.errors import FeatureVersionError
     from training.artifact import load_artifact
-    from courier_spark.errors import ArtifactNotFoundError
+    from courier_spark.core.errors import ArtifactNotFoundError
 
     paths, _ = two_versions
     with pytest.raises(ArtifactNotFoundError, match=r"model courier/v0042 does not exist .*available: v0001, v0002"):
@@ -138,7 +138,7 @@ def test_missing_versions_are_clear_errors(spark, two_versions, reliability):
     last = table_version(spark, paths.item_visual_features)
     with pytest.raises(FeatureVersionError, match=rf"has no version 99; available versions: 0\.\.{last}"):
         read_features(spark, paths.item_visual_features, version=99)
-    from courier_spark.errors import TableVersionError
+    from courier_spark.core.errors import TableVersionError
     with pytest.raises(TableVersionError, match=r"silver/items has no version 5; available versions: 0\.\.0"):
         read_table(spark, paths.silver_items, version=5)
     assert read_table(spark, paths.silver_items, version=0).count() == 16

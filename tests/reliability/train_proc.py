@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from courier_spark.schema import TrainConfig
+from courier_spark.core.schema import TrainConfig
 from training.train import train_worker
 
 L_PV, L_CLICK, SIZE, BATCH = 3, 3, 16, 4

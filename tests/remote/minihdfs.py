@@ -56,7 +56,7 @@ class MiniHdfs:
 
     def uri(self, path: str = "") -> str:
         """``webhdfs://127.0.0.1:<http>/<path>``: the root string Spark, Delta and
-        ``courier_spark.fs`` all take."""
+        ``courier_spark.core.fs`` all take."""
         return f"webhdfs://{LOOPBACK}:{self.http_port}/{path.lstrip('/')}"
 
     def rest(self, path: str, op: str, method: str = "GET", user: str | None = None, **params: str) -> dict:

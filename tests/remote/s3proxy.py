@@ -47,7 +47,7 @@ class S3Proxy:
 
     def s3a_settings(self, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) -> dict[str, str]:
         """The ``spark.extra`` a user gives for this store: Spark's S3A reads
-        them, and ``courier_spark.fs`` derives its s3fs options from them."""
+        them, and ``courier_spark.core.fs`` derives its s3fs options from them."""
         return {"spark.hadoop.fs.s3a.endpoint": self.endpoint,
                 "spark.hadoop.fs.s3a.path.style.access": "true",
                 "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",

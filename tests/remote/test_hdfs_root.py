@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from courier_spark import fs
+from courier_spark.core import fs
 
 pytestmark = pytest.mark.slow
 

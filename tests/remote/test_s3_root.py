@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from courier_spark import fs
+from courier_spark.core import fs
 
 from . import s3proxy
 from .test_hdfs_root import TABLES, TINY, assert_reports_and_run_records, courier, leftovers
@@ -108,8 +108,8 @@ def test_missing_bucket_fails_in_seconds(s3, tmp_path):
 
 SPARK_LOG_CHECK = """
 import json, sys
-from courier_spark.config import SparkConfig
-from courier_spark.spark import get_spark
+from courier_spark.core.config import SparkConfig
+from courier_spark.core.spark import get_spark
 spark = get_spark(SparkConfig(master="local[1]", extra=json.loads(sys.argv[1])))
 jvm = spark.sparkContext._jvm
 # Through slf4j, as Spark's and Hadoop's own classes log.

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from courier_spark.errors import CorruptModelError
+from courier_spark.core.errors import CorruptModelError
 from training.artifact import load_artifact, save_artifact
 from training.backbones import build_backbone
 

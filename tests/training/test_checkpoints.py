@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from courier_spark.errors import CheckpointError
+from courier_spark.core.errors import CheckpointError
 
 
 def _save(d):

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from courier_spark import fs
-from courier_spark.config import load_config
-from courier_spark.errors import ConfigError
-from courier_spark.schema import METHODS, TrainConfig
-from courier_spark.synthetic.generic import generic_images, render_generic_image
+from courier_spark.core import fs
+from courier_spark.core.config import load_config
+from courier_spark.core.errors import ConfigError
+from courier_spark.core.schema import METHODS, TrainConfig
+from courier_spark.data.synthetic.generic import generic_images, render_generic_image
 from training import trunk as trunk_mod
 from training.artifact import list_versions, load_artifact
 from training.objectives import build_encoder, build_model, initial_encoder

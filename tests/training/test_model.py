@@ -252,7 +252,7 @@ def _indexed_and_per_slot(seed=0, n_items=6, b=4, l_pv=5, l_c=4):
 def test_indexed_batch_gives_the_per_slot_loss_and_gradients(objective):
     """Encoding each distinct item once (the loader's indexed batch) is exact:
     same loss, same gradient on every parameter as encoding every slot."""
-    from courier_spark.schema import TrainConfig
+    from courier_spark.core.schema import TrainConfig
     from training.losses import LocalCollective
     from training.objectives import build_model, compute_loss
     cfg = TrainConfig(method=objective,

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from courier_spark.pipeline import StageContext, run_stage
-from courier_spark.paths import TablePaths
-from courier_spark.tables import read_table
+from courier_spark.core.paths import TablePaths
+from courier_spark.core.tables import read_table
 from training.artifact import list_versions, load_artifact
 
 from ..conftest import tiny_config

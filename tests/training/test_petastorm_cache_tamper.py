@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from courier_spark.errors import CorruptArtifactError, CourierError, TamperedCacheError
+from courier_spark.core.errors import CorruptArtifactError, CourierError, TamperedCacheError
 from training.loader import LoaderSpec, SampleLoader, guard_petastorm_unpickling, pretrain_training_frame
 
 UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"           # petastorm.etl.dataset_metadata

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from courier_spark.evaluate.ctr_dnn import hash_ids
-from courier_spark.schema import TrainConfig
+from courier_spark.core.schema import TrainConfig
 from training.loader import PAD_ID, DecodedItems
 from training.objectives import build_model, compute_loss, needs_ctr_fields
 from training.supervised_ctr import SIZES, SupervisedCtrModel, category_codes, hash_ids_torch, title_codes

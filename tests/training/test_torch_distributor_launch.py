@@ -10,7 +10,7 @@ import time
 import pytest
 
 from training.launch import explain_torch_failure, run_distributed, torch_distributor_on_executors
-from courier_spark.errors import DistributedTrainingError
+from courier_spark.core.errors import DistributedTrainingError
 
 
 def test_mode_follows_the_master_unless_forced():

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from courier_spark import fs
-from courier_spark.errors import ConfigError, DataError
-from courier_spark.schema import TrainConfig
+from courier_spark.core import fs
+from courier_spark.core.errors import ConfigError, DataError
+from courier_spark.core.schema import TrainConfig
 from training import pretrain
 from training.artifact import list_versions, load_artifact
 from training.objectives import initial_encoder

@@ -73,7 +73,7 @@ def test_horovod_not_installed_is_one_clear_error(monkeypatch):
 
     import pytest
 
-    from courier_spark.errors import CourierError
+    from courier_spark.core.errors import CourierError
     from training.launch import run_distributed
     monkeypatch.setitem(sys.modules, "horovod.spark", None)   # as if scripts/horovod.sh never ran
     with pytest.raises(CourierError, match=r"train.backend=horovod needs Horovod.*bash scripts/horovod.sh"):
