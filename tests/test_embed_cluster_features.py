@@ -1,7 +1,6 @@
 """Embedding, clustering and visual features on real Spark + Delta + faiss."""
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -15,6 +14,8 @@ from courier_spark.features.feature_tables import ITEM_VISUAL_COMMENTS, column_c
 from courier_spark.core.errors import FeatureVersionError
 from courier_spark.features.assignment import assign_cluster_ids, item_visual_rows, similarity_features
 from courier_spark.serving.versions import ServingVersions, assign_new_items
+
+from .worlds import noise_png, save_untrained_encoder
 
 EMB_SCHEMA = T.StructType([T.StructField("item_id", T.LongType(), False),
                            T.StructField("embedding", T.ArrayType(T.FloatType()), False)])
@@ -170,24 +171,9 @@ def test_centroid_version_rule():
 
 # ----------------------------------------------------------- embedding job + stages
 
-def _png(rng: np.random.Generator, size: int) -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    import torch
-
-    from training.artifact import save_artifact
-    from training.backbones import build_backbone
-    torch.manual_seed(0)
-    enc = build_backbone("small_cnn", 32)
-    models = str(tmp_path_factory.mktemp("root") / "models")
-    return save_artifact(models, "courier", enc, None, backbone="small_cnn", embed_dim=32, image_size=24,
-                         config={}, data_versions={}, metrics={})
+    return save_untrained_encoder(str(tmp_path_factory.mktemp("root") / "models"), embed_dim=32, image_size=24)
 
 
 def _items(spark, n: int, seed: int = 0):
@@ -199,7 +185,7 @@ def _items(spark, n: int, seed: int = 0):
         elif i % 10 == 7:
             img, status = b"\x89PNG not really", "ok"     # bytes that decode_image rejects
         else:
-            img, status = _png(rng, 28 + (i % 3) * 4), "ok"  # sizes differ: decode_image resizes
+            img, status = noise_png(rng, 28 + (i % 3) * 4), "ok"  # sizes differ: decode_image resizes
         rows.append((i, f"cat{i % 3}", img, status))
     return spark.createDataFrame(rows, "item_id long, category string, image binary, image_status string")
 

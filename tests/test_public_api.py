@@ -168,24 +168,19 @@ def test_readme_consumer_script_runs_on_a_tiny_root(spark, tiny_dataset, tmp_pat
     """generate -> validate -> samples (the shared tiny root, copied), an encoder
     artifact, embed -> cluster -> features -> online; then the README's script,
     exactly as written, from a directory where ``data/demo`` is that root."""
-    import torch
-
     from courier_spark.features.feature_tables import current_rows
     from courier_spark.pipeline import StageContext, run_stage
     from courier_spark.serving.versions import serving_versions
-    from training.artifact import save_artifact
-    from training.backbones import build_backbone
 
     from .conftest import tiny_config
+    from .worlds import save_untrained_encoder
 
     ctx0, _ = tiny_dataset
     root = tmp_path / "data" / "demo"
     shutil.copytree(ctx0.paths.root, root)
     p = TablePaths.for_root(str(root))
     # An untrained encoder is enough here: what is checked is the plumbing, not the features' quality.
-    torch.manual_seed(0)
-    save_artifact(p.models, "courier", build_backbone("small_cnn", 16), None, backbone="small_cnn", embed_dim=16,
-                  image_size=24, config={}, data_versions={}, metrics={})
+    save_untrained_encoder(p.models, embed_dim=16, image_size=24)
     os.environ["COURIER_REDIS_PASSWORD"] = PASSWORD  # read by the online stage and by the script's client
     try:
         ctx = StageContext(spark, tiny_config(**{"cluster.k": 4, "embed.batch_size": 16,

@@ -4,7 +4,6 @@ the middle of a micro-batch and a restart that loses and duplicates nothing."""
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import os
 import signal
@@ -22,17 +21,12 @@ from courier_spark.features.feature_tables import current_rows
 from courier_spark.core.paths import TablePaths
 from courier_spark.serving.stream import read_ledger
 
+from .worlds import noise_png as png, save_untrained_encoder
+
 pytestmark = pytest.mark.slow
 UPDATED = dt.datetime(2026, 5, 1)
 FLAGS = ["--set", "spark.shuffle_partitions=4", "--set", "spark.driver_memory=2g", "--set", "cluster.k=4",
          "--set", "embed.batch_size=8"]
-
-
-def png(rng, size=28) -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def item_rows(ids, rng, *, bad_images=(), null_category=(), updated=UPDATED):
@@ -73,17 +67,11 @@ def wait_for(cond, what: str, proc: subprocess.Popen | None, log: Path, timeout:
 @pytest.fixture(scope="module")
 def stream_root(spark, tmp_path_factory):
     """bronze (40 items) -> validate -> embed -> cluster, with a small real encoder."""
-    import torch
-
     from courier_spark.core.config import load_config
     from courier_spark.pipeline import StageContext, run_stage
-    from training.artifact import save_artifact
-    from training.backbones import build_backbone
     root = str(tmp_path_factory.mktemp("stream") / "ds")
     p = TablePaths.for_root(root)
-    torch.manual_seed(0)
-    save_artifact(p.models, "courier", build_backbone("small_cnn", 16), None, backbone="small_cnn", embed_dim=16,
-                  image_size=24, config={}, data_versions={}, metrics={})
+    save_untrained_encoder(p.models, embed_dim=16, image_size=24)
     rng = np.random.default_rng(0)
     append_items(spark, p.bronze_items, item_rows(range(1, 41), rng))
     spark.createDataFrame([], IMPRESSIONS_SCHEMA).write.format("delta").save(p.bronze_impressions)

@@ -11,24 +11,14 @@ from courier_spark.data.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
 from courier_spark.core.errors import ContractError
 from courier_spark.data.validate import validate_bronze, validate_impressions, validate_items
 
+from .worlds import nullable, png
+
 T0 = dt.datetime(2026, 9, 1)
-
-
-def png(color=(255, 0, 0)) -> bytes:
-    import io
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), color).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def nullable(schema):
-    return schema.__class__([f.__class__(f.name, f.dataType, True) for f in schema.fields])
 
 
 @pytest.fixture(scope="module")
 def bronze(spark):
-    good = png()
+    good = png((255, 0, 0))
     items = [
         (1, "shoes", "t", 10.0, good, T0),
         (2, "shoes", None, None, None, T0),            # missing image: clean, image_status missing

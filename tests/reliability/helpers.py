@@ -2,30 +2,19 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import os
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import types as T
 
 from courier_spark.data.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
 from courier_spark.core.paths import TablePaths
 
+from ..worlds import nullable, png
+
+
 T0 = dt.datetime(2026, 3, 2, 12, 0)
 DAY = dt.timedelta(days=1)
-
-
-def png(color: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def nullable(schema: T.StructType) -> T.StructType:
-    """The contract schema with every column nullable (bad input may break NOT NULL)."""
-    return T.StructType([T.StructField(f.name, f.dataType, True) for f in schema.fields])
 
 
 def items_df(spark: SparkSession, rows: list[tuple]) -> DataFrame:

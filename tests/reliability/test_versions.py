@@ -12,7 +12,7 @@ from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import StageContext, run_stage
 from courier_spark.core.tables import read_table, table_version
 
-from .helpers import png
+from ..worlds import png, save_untrained_encoder
 
 # Six stages (two encoder versions through embed -> cluster -> features): about a
 # minute on 2 idle cores.
@@ -28,16 +28,9 @@ def _ctx(spark, paths, *sets: str) -> StageContext:
 @pytest.fixture(scope="module")
 def two_versions(spark, tmp_path_factory):
     """Two encoder versions pushed through embed -> cluster -> features, one after the other."""
-    import torch
-
-    from training.artifact import save_artifact
-    from training.backbones import build_backbone
-
     paths = TablePaths.for_root(str(tmp_path_factory.mktemp("versions") / "ds"))
     for seed in (0, 1):
-        torch.manual_seed(seed)
-        save_artifact(paths.models, "courier", build_backbone("small_cnn", 8), None, backbone="small_cnn",
-                      embed_dim=8, image_size=16, config={}, data_versions={}, metrics={})
+        save_untrained_encoder(paths.models, embed_dim=8, image_size=16, seed=seed)
     rng = np.random.default_rng(0)
     items = [(i, "c", png(tuple(int(v) for v in rng.integers(0, 255, 3)), 12), "ok") for i in range(1, 17)]
     (spark.createDataFrame(items, "item_id long, category string, image binary, image_status string")

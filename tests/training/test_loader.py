@@ -2,24 +2,22 @@
 up by id in the workers. Checked against decoding every slot directly."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from training.images import decode_image
 from training.loader import (PAD_ID, DecodedItems, LoaderSpec, SampleLoader, load_decoded_items,
                              pretrain_training_frame, slot_images, split_heldout)
 
+from .. import worlds
+
 SIZE = 8
 
 
 def png(rgb: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (SIZE, SIZE), rgb).save(buf, format="PNG")
-    return buf.getvalue()
+    return worlds.png(rgb, SIZE)
 
 
 @pytest.fixture
@@ -180,3 +178,4 @@ def test_finite_read_is_not_cut_short_when_the_ventilator_finishes_between_check
         pool.stop()
         pool.join()
     assert sorted(got) == [0, 1, 2, 3]
+

@@ -12,7 +12,6 @@ column as its plain storage type, which the tests check there instead."""
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import pickle
 import re
@@ -26,10 +25,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from courier_spark.core.errors import CorruptArtifactError, CourierError, TamperedCacheError
 from training.loader import LoaderSpec, SampleLoader, guard_petastorm_unpickling, pretrain_training_frame
+
+from ..worlds import png
 
 UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"           # petastorm.etl.dataset_metadata
 ROWGROUPS_INDEX_KEY = b"dataset-toolkit.rowgroups_index.v1"   # petastorm.etl.rowgroup_indexing
@@ -203,12 +203,6 @@ def test_guard_refuses_every_global_outside_the_schema_classes(payload, tmp_path
 
 
 # --------------------------------------------------------------------------- the loader on a real cache
-def png(rgb: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture
 def frames(spark):
     items = spark.createDataFrame(pd.DataFrame({"item_id": [1, 2, 3], "image": [png((i * 60, 0, 0)) for i in (1, 2, 3)]}),

@@ -4,13 +4,11 @@ in-memory tables."""
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from courier_spark.core import fs
 from courier_spark.core.errors import ConfigError, DataError
@@ -19,14 +17,14 @@ from training import pretrain
 from training.artifact import list_versions, load_artifact
 from training.objectives import initial_encoder
 
+from .. import worlds
+
 TINY = dict(backbone="small_cnn", embed_dim=8, image_size=16, generic_images=24, generic_steps=3,
             generic_batch_size=8)
 
 
 def png(rgb) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), tuple(int(c) for c in rgb)).save(buf, format="PNG")
-    return buf.getvalue()
+    return worlds.png(rgb, 16)
 
 
 @pytest.fixture
