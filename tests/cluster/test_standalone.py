@@ -4,7 +4,8 @@ and ``jobs/train.py`` (Horovod on Spark, one rank per worker) submitted with
 ``spark-submit --master spark://...`` and ``conf/cluster.yaml``.
 
 * The cluster's tables equal, row for row, the same stages run in local mode
-  on a copy of the same bronze tables.
+  on the same bronze tables: the session's tiny world (``tiny_dataset``,
+  bad rows included), whose bronze each cluster run gets a copy of.
 * Both workers ran tasks, for every submitted job. Evidence, from two
   independent sources that survive the application:
   - each worker's work dir ``<work-dir>/<app-id>/<executor-id>/`` exists only
@@ -36,18 +37,15 @@ from pathlib import Path
 
 import pytest
 
-from courier_spark.core.config import load_config
 from courier_spark.core.paths import TablePaths
-from courier_spark.pipeline import StageContext, run_stage
 
+from ..worlds import TINY_WORLD
 from .conftest import REPO, StandaloneCluster, Submission
 
 pytestmark = pytest.mark.slow
 
 CLUSTER_YAML = str(REPO / "conf" / "cluster.yaml")
-TINY = {"synthetic.n_users": 60, "synthetic.n_items": 120, "synthetic.n_days": 5,
-        "synthetic.image_size": 32, "synthetic.sessions_per_user_day": 1.0,
-        "spark.shuffle_partitions": 4, "train.init": "random", "train.categories": "[]"}
+TINY = {**TINY_WORLD, "train.init": "random", "train.categories": "[]"}
 TRAIN = {"train.steps": 20, "train.batch_size": 8, "train.num_proc": 2, "train.backend": "horovod",
          "train.image_size": 32, "train.embed_dim": 32,
          # a stuck rank fails the job in bounded time instead of hanging the test
@@ -56,9 +54,8 @@ TRAIN = {"train.steps": 20, "train.batch_size": 8, "train.num_proc": 2, "train.b
 # tiny tables that is most of each job's time (courier_spark/core/spark.py sets the
 # same for local mode only).
 SUBMIT_CONF = {"spark.databricks.delta.snapshotPartitions": "2"}
-BAD_ROWS = {"synthetic.bad_null_keys": 6, "synthetic.bad_unknown_items": 4, "synthetic.bad_duplicate_events": 5,
-            "synthetic.bad_images": 3}
-COMPARED = ("silver/items", "silver/impressions", "silver/pretrain_samples", "silver/ctr_samples")
+VALIDATED = ("silver/items", "silver/impressions", "quarantine/items", "quarantine/impressions")
+COMPARED = (*VALIDATED, "silver/pretrain_samples", "silver/ctr_samples")
 WRITE_TIME = ("updated_at", "created_at")
 FINISHED = re.compile(r"Finished task \S+ in stage \S+ \(TID (\d+)\)")
 RUNNING = re.compile(r"Running task \S+ in stage \S+ \(TID (\d+)\)")
@@ -137,11 +134,19 @@ def assert_both_workers_ran_tasks(cluster: StandaloneCluster, sub: Submission) -
 
 
 # --------------------------------------------------------------------------- the runs
+def copy_bronze(tiny_dataset, root: str) -> TablePaths:
+    """The tiny world's bronze tables (generated once per test run) under a new root."""
+    src, dst = tiny_dataset[0].paths, TablePaths.for_root(root)
+    for t in ("items", "impressions"):
+        shutil.copytree(src.table("bronze", t), dst.table("bronze", t))
+    return dst
+
+
 @pytest.fixture(scope="module")
-def cluster_root(standalone_cluster, spark, tmp_path_factory):
-    """generate (local) -> validate, samples (spark-submit on the cluster)."""
+def cluster_root(standalone_cluster, tiny_dataset, tmp_path_factory):
+    """the tiny world's bronze -> validate, samples (spark-submit on the cluster)."""
     root = str(tmp_path_factory.mktemp("on_cluster") / "ds")
-    run_stage("generate", StageContext(spark, load_config(None, overrides(TINY)), TablePaths.for_root(root)))
+    copy_bronze(tiny_dataset, root)
     subs = {job: standalone_cluster.submit(f"{job}.py", job_args(root), name=job, conf=SUBMIT_CONF)
             for job in ("validate", "samples")}
     return root, subs
@@ -158,18 +163,12 @@ def test_validate_and_samples_run_on_both_workers(standalone_cluster, cluster_ro
         assert (Path(p.table(*t.split("/"))) / "_delta_log").is_dir(), t
 
 
-def test_cluster_tables_equal_local_mode(spark, cluster_root, tmp_path):
-    """validate + samples in local mode on a copy of the same bronze: the same rows."""
+def test_cluster_tables_equal_local_mode(spark, cluster_root, tiny_dataset):
+    """validate + samples in local mode on the same bronze (the tiny world's own
+    run, with the default config: conf/cluster.yaml must change only how Spark
+    runs): the same rows, quarantine included."""
     root, _ = cluster_root
-    local_root = str(tmp_path / "local")
-    a, b = TablePaths.for_root(root), TablePaths.for_root(local_root)
-    for t in ("items", "impressions"):
-        shutil.copytree(a.table("bronze", t), b.table("bronze", t))
-    # The default (local) config: conf/cluster.yaml must change only how Spark runs.
-    ctx = StageContext(spark, load_config(None, overrides(TINY)), b)
-    for stage in ("validate", "samples"):
-        run_stage(stage, ctx)
-    assert_tables_equal(spark, a, b, COMPARED)
+    assert_tables_equal(spark, TablePaths.for_root(root), tiny_dataset[0].paths, COMPARED)
 
 
 def assert_tables_equal(spark, a: TablePaths, b: TablePaths, tables) -> None:
@@ -300,18 +299,18 @@ def test_torch_distributor_training_one_rank_per_worker(standalone_cluster, clus
     assert_one_rank_per_worker(standalone_cluster, sub, started)
 
 
-def test_killing_a_worker_mid_stage_leaves_the_output_of_an_undisturbed_run(spark, standalone_cluster, tmp_path):
+def test_killing_a_worker_mid_stage_leaves_the_output_of_an_undisturbed_run(spark, standalone_cluster, tiny_dataset,
+                                                                            tmp_path):
     """validate on the cluster; while worker1's executor is running a task, the
     whole worker (its JVM, the executor and its Python workers) is SIGKILLed.
-    Spark re-runs the lost work on worker0, and the tables equal a local run's.
+    Spark re-runs the lost work on worker0, and the tables equal the undisturbed
+    local run's (the tiny world's; its bad rows give the quarantine rows too).
     Last in this module: it leaves the cluster with one worker."""
     root = str(tmp_path / "killed")
-    a = TablePaths.for_root(root)
-    cfg = {**TINY, **BAD_ROWS}  # quarantine has rows too, so its accounting is compared as well
-    run_stage("generate", StageContext(spark, load_config(None, overrides(cfg)), a))
+    a = copy_bronze(tiny_dataset, root)
     victim = standalone_cluster.workers[1]
     seen = set(victim.work_dir.glob("app-*"))
-    run = standalone_cluster.start("validate.py", job_args(root, BAD_ROWS), name="validate_killed", conf=SUBMIT_CONF)
+    run = standalone_cluster.start("validate.py", job_args(root), name="validate_killed", conf=SUBMIT_CONF)
     in_flight, deadline = None, time.monotonic() + 300
     while in_flight is None:
         assert run.job.proc.poll() is None, f"validate ended before worker1 ran a task; see {run.job.log}"
@@ -334,9 +333,4 @@ def test_killing_a_worker_mid_stage_leaves_the_output_of_an_undisturbed_run(spar
     print(f"\nkilled worker1 with TID(s) {in_flight} running; failed task ends by reason: {dict(failed)}")
     assert set(failed) & {"ExecutorLostFailure", "FetchFailed", "Resubmitted"}, dict(failed)
 
-    b = TablePaths.for_root(str(tmp_path / "undisturbed"))
-    for t in ("items", "impressions"):
-        shutil.copytree(a.table("bronze", t), b.table("bronze", t))
-    run_stage("validate", StageContext(spark, load_config(None, overrides(cfg)), b))
-    assert_tables_equal(spark, a, b, ("silver/items", "silver/impressions", "quarantine/items",
-                                      "quarantine/impressions"))
+    assert_tables_equal(spark, a, tiny_dataset[0].paths, VALIDATED)

@@ -15,15 +15,19 @@ import pytest
 
 from courier_spark.core import fs
 
+from ..worlds import TINY_WORLD
+
 pytestmark = pytest.mark.slow
 
 COURIER = str(Path(sys.prefix) / "bin" / "courier")
 TINY = {
-    "synthetic.n_users": 60, "synthetic.n_items": 120, "synthetic.n_days": 5, "synthetic.image_size": 32,
-    "synthetic.sessions_per_user_day": 1.0, "spark.shuffle_partitions": 4,
+    **TINY_WORLD,
     "train.backbone": "small_cnn", "train.embed_dim": 64, "train.image_size": 32, "train.batch_size": 16,
     "train.loader_workers": 1, "train.steps": 10, "train.checkpoint_every": 5, "train.backend": "horovod",
-    "train.num_proc": 2, "cluster.k": 8, "evaluate.methods": "[courier,simclr]",
+    "train.num_proc": 2, "cluster.k": 8,
+    # a second method makes the comparisons stage write its artefacts too; an
+    # untrained one (no second distributed launch: courier's covers training)
+    "evaluate.methods": "[courier,random_init]",
     # one seed: these tests are about where artefacts land, not about the metrics' spread
     "evaluate.seeds": "[0]",
     "evaluate.dnn.epochs": 1, "evaluate.lgbm.num_boost_round": 20,
@@ -67,10 +71,7 @@ def test_pipeline_on_hdfs_root(hdfs, tmp_path):
     for t in TABLES:
         assert f"{t}/_delta_log/00000000000000000000.json" in rel, t
         assert any(r.startswith(f"{t}/") and r.endswith(".parquet") for r in rel), t
-    # models of both methods, complete (artifact.json is written last)
-    for m in ("courier", "simclr"):
-        for f in ("encoder.pt", "model.pt", "artifact.json"):
-            assert f"models/{m}/v0001/{f}" in rel, (m, f)
+    assert_models(rel)
     # training checkpoints were written to HDFS and read back from it: the
     # artefact's metrics come from the last checkpoint (then the dir is cleared)
     train = json.loads(fs.read_text(fs.join(root, "_runs", "train.json")))
@@ -86,6 +87,15 @@ def test_pipeline_on_hdfs_root(hdfs, tmp_path):
     assert leftovers(scratch) == [], leftovers(scratch)[:20]
 
 
+def assert_models(rel: set[str]) -> None:
+    """Both methods' models, complete (artifact.json is written last); the
+    untrained one has no training model (model.pt) to keep."""
+    for m, files in (("courier", ("encoder.pt", "model.pt", "artifact.json")),
+                     ("random_init", ("encoder.pt", "artifact.json"))):
+        for f in files:
+            assert f"models/{m}/v0001/{f}" in rel, (m, f)
+
+
 def assert_reports_and_run_records(root: str, rel: list[str]) -> None:
     """A remote root after `courier pipeline`: reports, SQL outputs, every
     stage's run summary and the one full log, all under the root."""
@@ -97,7 +107,7 @@ def assert_reports_and_run_records(root: str, rel: list[str]) -> None:
     logs = [r for r in rel if r.startswith("_runs/logs/") and r.endswith("-pipeline.log")]
     assert len(logs) == 1 and "report" in fs.read_text(fs.join(root, logs[0]))
     metrics = json.loads(fs.read_text(fs.join(root, "reports", "metrics.json")))
-    assert {"baseline", "courier_cluster_id", "simclr_cluster_id"} <= set(metrics["variants"])
+    assert {"baseline", "courier_cluster_id", "random_init_cluster_id"} <= set(metrics["variants"])
 
 
 def _fails_fast(args: list[str], root: str, tmp_path: Path, limit_s: float, **env: str) -> str:

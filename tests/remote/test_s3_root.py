@@ -18,7 +18,7 @@ import pytest
 from courier_spark.core import fs
 
 from . import s3proxy
-from .test_hdfs_root import TABLES, TINY, assert_reports_and_run_records, courier, leftovers
+from .test_hdfs_root import TABLES, TINY, assert_models, assert_reports_and_run_records, courier, leftovers
 
 pytestmark = pytest.mark.slow
 
@@ -60,9 +60,7 @@ def test_pipeline_on_s3a_root(s3, tmp_path):
     for t in TABLES:
         assert f"{t}/_delta_log/00000000000000000000.json" in rel, t
         assert any(r.startswith(f"{t}/") and r.endswith(".parquet") for r in rel), t
-    for m in ("courier", "simclr"):
-        for f in ("encoder.pt", "model.pt", "artifact.json"):
-            assert f"models/{m}/v0001/{f}" in rel, (m, f)
+    assert_models(rel)
     # checkpoints went to the bucket and came back: the metrics name them
     fs.configure(5.0, s3.s3a_settings())
     train = json.loads(fs.read_text(fs.join(root, "_runs", "train.json")))
