@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from courier_spark.pipeline import PIPELINE
+
 ROOT = Path(__file__).resolve().parents[1]
 # The smallest world that runs every stage (the CLI test's), one method, one
 # seed, on the local backend (no Horovod / TorchDistributor start): this test
@@ -40,8 +42,7 @@ TINY = {
     "evaluate.dnn.epochs": 1, "evaluate.lgbm.num_boost_round": 10,
     "train.init": "random", "train.categories": "[]",
 }
-STAGES = ("generate", "validate", "samples", "train", "embed", "cluster", "features", "comparisons",
-          "evaluate", "report")
+STAGES = tuple(PIPELINE)
 # Printed by Spark when it finds no log4j2 configuration of ours.
 SPARK_DEFAULT_LOG4J = "Using Spark's default log4j profile"
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from courier_spark.core import fs
+from courier_spark.core.catalog import CATALOG
+from courier_spark.pipeline import PIPELINE
 
 from ..worlds import TINY_WORLD
 
@@ -33,12 +35,9 @@ TINY = {
     "evaluate.dnn.epochs": 1, "evaluate.lgbm.num_boost_round": 20,
     "train.init": "random", "train.categories": "[]",
 }
-TABLES = ("bronze/items", "bronze/impressions", "quarantine/items", "quarantine/impressions", "silver/items",
-          "silver/impressions", "silver/pretrain_samples", "silver/ctr_samples", "gold/item_embeddings",
-          "gold/centroids", "gold/predictions", "feature_store/item_visual", "feature_store/impression_visual",
-          "_synthetic_truth/item_factors", "_synthetic_truth/user_tastes")
-STAGES = ("generate", "validate", "samples", "train", "embed", "cluster", "features", "comparisons",
-          "evaluate", "report")
+# Every table `courier pipeline` writes, by the catalog.
+TABLES = tuple(name for name, s in CATALOG.items() if s.made_by.split()[0] in PIPELINE)
+STAGES = tuple(PIPELINE)
 
 
 def courier(args: list[str], scratch: Path, cwd: Path, timeout: float, **env: str) -> subprocess.CompletedProcess:
