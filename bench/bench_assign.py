@@ -95,7 +95,7 @@ def main() -> None:
     from pyspark.ml.functions import array_to_vector
 
     from courier_spark.features.cluster import train_kmeans
-    from courier_spark.core.config import SparkConfig
+    from courier_spark.core.schema import SparkConfig
     from courier_spark.features.assignment import assign_cluster_ids
     from courier_spark.core.spark import get_spark
 

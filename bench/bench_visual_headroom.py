@@ -70,7 +70,7 @@ def main() -> None:
     from courier_spark.evaluate.probes import LOOK_FACTORS, linear_probe_accuracy, probe_factors
     from courier_spark.core.paths import TablePaths
     from courier_spark.core.spark import get_spark
-    from courier_spark.data.synthetic.marketplace import COLOURS
+    from courier_spark.data.synthetic.images import COLOURS
     from courier_spark.core.tables import read_table
     from training.artifact import load_artifact
     from training.backbones import build_backbone

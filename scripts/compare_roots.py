@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from courier_spark.core.catalog import CATALOG
-from courier_spark.core.config import SparkConfig
+from courier_spark.core.schema import SparkConfig
 from courier_spark.core.fs import join
 from courier_spark.core.spark import get_spark
 from courier_spark.core.tables import table_exists

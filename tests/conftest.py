@@ -13,7 +13,7 @@ from courier_spark.core.schema import TrainConfig
 
 @pytest.fixture(scope="session")
 def spark():
-    from courier_spark.core.config import SparkConfig
+    from courier_spark.core.schema import SparkConfig
     from courier_spark.core.spark import get_spark
     s = get_spark(SparkConfig(shuffle_partitions=4, driver_memory="3g", app_name="courier-tests"))
     yield s

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from courier_spark.cli import main
-from courier_spark.core.config import ConfigError, load_config
+from courier_spark.core.errors import ConfigError
+from courier_spark.core.config import load_config
 from courier_spark.core.errors import CourierError
 from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import pipeline_stages

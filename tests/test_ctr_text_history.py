@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from courier_spark.evaluate.config import DnnConfig, EvaluateConfig, LgbmConfig
+from courier_spark.core.schema import DnnConfig, EvaluateConfig, LgbmConfig
 from courier_spark.evaluate.frames import make_toy_ctr_frames
 
 # Catalogue: item 5 is never shown in the frames (a test-day item), item 6 has a

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from courier_spark.core.config import ConfigError, load_config
-from courier_spark.evaluate.config import DnnConfig, EvaluateConfig, load_evaluate_config
+from courier_spark.core.errors import ConfigError
+
+from courier_spark.core.config import load_config
+from courier_spark.core.schema import DnnConfig, EvaluateConfig
 from courier_spark.evaluate.frames import TOY_VARIANTS, make_toy_ctr_frames
 from courier_spark.evaluate.metrics import (auc, gauc, grouped_auc, is_real_difference,
                                             per_category_auc, per_category_lift, summarize_seeds)
@@ -93,14 +95,14 @@ def test_seed_summary_and_real_difference_rule():
 
 
 def test_evaluate_config_section_defaults_overrides_and_errors():
-    ev = load_evaluate_config(load_config(None, []))
+    ev = load_config(None, []).evaluate
     assert ev.seeds == [0, 1, 2] and ev.model_kinds == ["dnn", "lgbm"] and ev.main_model == "dnn"
     assert len(ev.dnn.mlp_hidden) + 1 == 5          # 5-layer MLP by default
-    ev = load_evaluate_config(load_config(None, ["evaluate.dnn.epochs=3", "evaluate.seeds=[4,5]",
-                                                 "evaluate.gauc_weighting=uniform"]))
+    ev = load_config(None, ["evaluate.dnn.epochs=3", "evaluate.seeds=[4,5]",
+                                                 "evaluate.gauc_weighting=uniform"]).evaluate
     assert ev.dnn.epochs == 3 and ev.seeds == [4, 5] and ev.gauc_weighting == "uniform"
     with pytest.raises(ConfigError, match="evaluate.dnn.epoch"):
-        load_evaluate_config(load_config(None, ["evaluate.dnn.epoch=3"]))
+        load_config(None, ["evaluate.dnn.epoch=3"]).evaluate
     with pytest.raises(ConfigError, match="model_kinds"):
         EvaluateConfig(model_kinds=["xgboost"])
     with pytest.raises(ConfigError, match="divisible"):

@@ -66,7 +66,7 @@ def test_seed_frames_are_built_per_run_and_new_item_auc_is_the_subset_auc(toy):
 def test_parallel_fits_give_the_sequential_results(toy):
     """Fits in spawned processes (evaluate.parallel_fits) are the same fits:
     identical metrics and predictions, in the same order, as one at a time."""
-    from courier_spark.evaluate.config import EvaluateConfig
+    from courier_spark.core.schema import EvaluateConfig
     frames = {"baseline": (toy["courier_cluster_id"][0].drop(columns=["target_cluster_id"]),
                            toy["courier_cluster_id"][1].drop(columns=["target_cluster_id"])),
               "clu": toy["courier_cluster_id"]}

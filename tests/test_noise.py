@@ -96,7 +96,7 @@ def test_noise_imports_only_the_standard_library():
 # --------------------------------------------------------------------------- lgbm feature frame
 @pytest.mark.parametrize("variant", ["none", "vector", "simscore", "cluster_id"])
 def test_lgbm_features_built_at_once_equal_the_old_frame(variant):
-    from courier_spark.evaluate.config import LgbmConfig
+    from courier_spark.core.schema import LgbmConfig
     from courier_spark.evaluate.ctr_stats import STAT_KEYS, CtrStatistics
     from courier_spark.evaluate.frames import make_toy_ctr_frames
     from courier_spark.evaluate.lgbm import LgbmModel, _features
@@ -141,7 +141,7 @@ def _jar_list(tmp_path: Path, package: str, names=("a.jar", "b.jar"), create=Tru
 
 
 def test_spark_uses_the_resolved_jar_list_when_complete(tmp_path):
-    from courier_spark.core.config import SparkConfig
+    from courier_spark.core.schema import SparkConfig
     from courier_spark.core.spark import jar_settings
     cfg = SparkConfig()
     f = _jar_list(tmp_path, cfg.delta_package)
@@ -152,7 +152,7 @@ def test_spark_uses_the_resolved_jar_list_when_complete(tmp_path):
 
 @pytest.mark.parametrize("case", ["no_list", "jar_missing", "other_package", "empty"])
 def test_spark_falls_back_to_packages(tmp_path, case):
-    from courier_spark.core.config import SparkConfig
+    from courier_spark.core.schema import SparkConfig
     from courier_spark.core.spark import jar_settings
     cfg = SparkConfig()
     if case == "no_list":
@@ -168,7 +168,7 @@ def test_spark_falls_back_to_packages(tmp_path, case):
 
 
 def test_default_jar_list_location_and_override(tmp_path, monkeypatch):
-    from courier_spark.core.config import SparkConfig
+    from courier_spark.core.schema import SparkConfig
     from courier_spark.core.spark import delta_jars_file, jar_settings
     assert delta_jars_file() == Path(sys.prefix) / "courier-delta-jars.txt"
     assert delta_jars_file(str(tmp_path / "x.txt")) == tmp_path / "x.txt"

@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from courier_spark.core.config import ConfigError, SamplesConfig, WindowsConfig
+from courier_spark.core.errors import ConfigError
+
+from courier_spark.core.schema import SamplesConfig, WindowsConfig
 from courier_spark.data.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
 from courier_spark.data.samples import (assemble_samples, assign_sessions, pages_of,
                                    resolve_windows)

@@ -13,7 +13,8 @@ from courier_spark.data.synthetic import (
     CATEGORIES, COLOURS, PATTERNS, SHAPES, MarketplaceParams, generate_marketplace,
     render_item_image, taste_match,
 )
-from courier_spark.data.synthetic.marketplace import _BRANDS, BACKDROP_MAX_SATURATION, backdrop_style
+from courier_spark.data.synthetic.images import BACKDROP_MAX_SATURATION, backdrop_style
+from courier_spark.data.synthetic.marketplace import _BRANDS
 
 SMALL = dict(world="v1", n_users=300, n_items=600, n_days=4, image_size=32)
 

@@ -158,7 +158,7 @@ def test_images_are_the_same_pixels_on_numpy_1_and_2():
     import hashlib
 
     from courier_spark.data.synthetic.generic import generic_images
-    from courier_spark.data.synthetic.marketplace import PATTERNS, SILHOUETTES, render_item_image
+    from courier_spark.data.synthetic.images import PATTERNS, SILHOUETTES, render_item_image
     h = hashlib.sha256()
     for i in range(200):
         png = render_item_image(i % len(COLOURS), (i // 3) % len(PATTERNS), (i // 7) % len(SILHOUETTES), 64,

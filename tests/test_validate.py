@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.core.config import ValidateConfig
+from courier_spark.core.schema import ValidateConfig
 from courier_spark.data.contract import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA
 from courier_spark.core.errors import ContractError
 from courier_spark.data.validate import validate_bronze, validate_impressions, validate_items

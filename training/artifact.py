@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from courier_spark.core import fs
-from courier_spark.core.errors import ArtifactNotFoundError, CorruptModelError
+from courier_spark.core.errors import CorruptModelError
 
 from .backbones import build_backbone
-from .model_versions import META as _META, VERSION as _VERSION, list_versions, resolve_version  # noqa: F401
+from .model_versions import META as _META, list_versions, resolve_version
 
 
 @dataclass

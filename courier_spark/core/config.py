@@ -24,9 +24,7 @@ import yaml
 from courier_spark.core.errors import ConfigError
 from courier_spark.core.redact import redact_config, remember_secrets, secret_values, user_rule, widen_rule
 from courier_spark.core.resources import data_dir
-from courier_spark.core.schema import (ClusterConfig, CourierConfig, DnnConfig, EmbedConfig, EvaluateConfig,  # noqa: F401 (re-exported)
-                     FeaturesConfig, LgbmConfig, SamplesConfig, SparkConfig, SyntheticConfig, TrainConfig,
-                     ValidateConfig, WindowsConfig)
+from courier_spark.core.schema import CourierConfig
 
 CONF_DIR = data_dir("conf")   # the checkout's conf/ or the wheel's copy (courier_spark.core.resources)
 # The demo world's settings (scripts/demo.sh passes it); a run without --config has none.

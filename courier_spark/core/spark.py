@@ -38,7 +38,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from courier_spark.core.config import SparkConfig
+from courier_spark.core.schema import SparkConfig
 from courier_spark.core.noise import silence_third_party_warnings
 from courier_spark.core.resources import data_dir
 

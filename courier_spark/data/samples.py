@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from courier_spark.core.config import ConfigError, SamplesConfig, WindowsConfig
+from courier_spark.core.errors import ConfigError
+
+from courier_spark.core.schema import SamplesConfig, WindowsConfig
 
 DAY = dt.timedelta(days=1)
 

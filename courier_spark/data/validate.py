@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from courier_spark.core.config import ValidateConfig
+from courier_spark.core.schema import ValidateConfig
 from courier_spark.data.contract import (IMPRESSIONS_SCHEMA, ITEMS_SCHEMA, check_schema, conform)
 
 IMAGE_OK, IMAGE_MISSING, IMAGE_UNDECODABLE = "ok", "missing", "undecodable"

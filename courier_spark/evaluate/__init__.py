@@ -2,7 +2,6 @@
 
 Modules (torch / LightGBM / Spark are imported only by the modules that need them):
 
-* ``config``     - ``EvaluateConfig`` (the ``evaluate`` config section), ``DnnConfig``, ``LgbmConfig``
 * ``frames``     - the CTR-frame contract and ``make_toy_ctr_frames``
 * ``metrics``    - ``auc``, ``gauc``, ``per_category_auc``, ``summarize_seeds``, ``is_real_difference``
 * ``ctr_dnn``    - ``train_dnn`` / ``score_dnn`` (main model)
@@ -10,7 +9,7 @@ Modules (torch / LightGBM / Spark are imported only by the modules that need the
 * ``runner``     - ``evaluate_variants``, ``write_metrics_json``
 * ``sql_runner`` - ``run_sql_file`` for ``sql/*.sql``, ``write_predictions``
 * ``report``     - ``write_report``
-"""
-from courier_spark.evaluate.config import DnnConfig, EvaluateConfig, LgbmConfig, load_evaluate_config
 
-__all__ = ["DnnConfig", "EvaluateConfig", "LgbmConfig", "load_evaluate_config"]
+Its settings are the ``evaluate`` section of ``courier_spark.core.schema``
+(``EvaluateConfig``, ``DnnConfig``, ``LgbmConfig``).
+"""

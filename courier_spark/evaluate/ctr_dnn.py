@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from courier_spark.core.logs import say
-from courier_spark.evaluate.config import DnnConfig, EvaluateConfig
+from courier_spark.core.schema import DnnConfig, EvaluateConfig
 from courier_spark.evaluate.ctr_stats import CtrStatistics
 from courier_spark.evaluate.frames import check_ctr_frame, item_table, stack_fixed, title_tokens, train_labels
 

@@ -28,7 +28,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from courier_spark.evaluate.config import IMAGE_FEATURES
+from courier_spark.core.schema import IMAGE_FEATURES
 
 BASE_COLUMNS = ("event_id", "request_id", "session_id", "user_id", "item_id", "category",
                 "position", "label", "title", "price", "query", "hist_item_ids")

@@ -47,7 +47,7 @@ import pandas as pd
 from scipy import sparse
 
 from courier_spark.core.logs import say
-from courier_spark.evaluate.config import EvaluateConfig, LgbmConfig
+from courier_spark.core.schema import EvaluateConfig, LgbmConfig
 from courier_spark.evaluate.ctr_stats import STAT_KEYS, CtrStatistics
 from courier_spark.evaluate.frames import check_ctr_frame, item_table, stack_fixed, title_tokens, train_labels
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from courier_spark.core import fs
 from courier_spark.core.logs import say
-from courier_spark.evaluate.config import IMAGE_FEATURES, EvaluateConfig
+from courier_spark.core.schema import IMAGE_FEATURES, EvaluateConfig
 from courier_spark.evaluate.frames import check_ctr_frame
 from courier_spark.evaluate.metrics import auc, gauc, is_real_difference, per_category_auc, per_category_lift, summarize_seeds
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from courier_spark.core.schema import FeaturesConfig  # noqa: F401 (re-exported for callers)
 
 ASSIGN_SCHEMA = T.StructType([
     T.StructField("item_id", T.LongType(), False),

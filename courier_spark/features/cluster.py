@@ -28,7 +28,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from courier_spark.core.errors import DataError, VersionNotFoundError
-from courier_spark.core.schema import ClusterConfig  # noqa: F401 (re-exported for callers)
 
 CENTROIDS_SCHEMA = T.StructType([
     T.StructField("centroid_version", T.StringType(), False),

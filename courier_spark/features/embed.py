@@ -27,7 +27,6 @@ from pyspark.sql import types as T
 
 from courier_spark.core import fs
 from courier_spark.core.errors import MissingArtifactError, VersionNotFoundError
-from courier_spark.core.schema import EmbedConfig  # noqa: F401 (re-exported for callers)
 
 EMBEDDINGS_SCHEMA = T.StructType([
     T.StructField("item_id", T.LongType(), False),

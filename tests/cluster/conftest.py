@@ -85,7 +85,7 @@ class StandaloneCluster:
               submit_args: list[str] | None = None) -> "Running":
         """Like ``submit`` but returns at once; ``.wait()`` gives the Submission.
         ``submit_args`` (e.g. ``--archives``) go before the script."""
-        from courier_spark.core.config import SparkConfig
+        from courier_spark.core.schema import SparkConfig
         from courier_spark.core.spark import read_delta_jars, delta_jars_file
         jars = read_delta_jars(delta_jars_file(), SparkConfig().delta_package)
         if not jars:

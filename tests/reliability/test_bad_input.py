@@ -11,7 +11,11 @@ from collections import Counter
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.core.config import ConfigError, WindowsConfig, load_config
+from courier_spark.core.errors import ConfigError
+
+from courier_spark.core.config import load_config
+
+from courier_spark.core.schema import WindowsConfig
 from courier_spark.core.errors import ContractError
 from courier_spark.core.paths import TablePaths
 from courier_spark.data.samples import resolve_windows

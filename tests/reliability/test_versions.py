@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from courier_spark.core.config import ConfigError, load_config
+from courier_spark.core.errors import ConfigError
+
+from courier_spark.core.config import load_config
 from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import StageContext, run_stage
 from courier_spark.core.tables import read_table, table_version

@@ -106,7 +106,7 @@ def test_missing_bucket_fails_in_seconds(s3, tmp_path):
 
 SPARK_LOG_CHECK = """
 import json, sys
-from courier_spark.core.config import SparkConfig
+from courier_spark.core.schema import SparkConfig
 from courier_spark.core.spark import get_spark
 spark = get_spark(SparkConfig(master="local[1]", extra=json.loads(sys.argv[1])))
 jvm = spark.sparkContext._jvm

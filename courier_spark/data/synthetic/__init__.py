@@ -1,14 +1,11 @@
-"""Deterministic synthetic marketplace (pure numpy/pandas/Pillow); see marketplace.py."""
+"""Deterministic synthetic marketplace (pure numpy/pandas/Pillow); see marketplace.py (the story), images.py (the pictures), bad_rows.py."""
+from courier_spark.data.synthetic.images import COLOURS, PATTERNS, SHAPES, render_item_image
 from courier_spark.data.synthetic.marketplace import (
     CATEGORIES,
-    COLOURS,
-    PATTERNS,
-    SHAPES,
     Category,
     Marketplace,
     MarketplaceParams,
     generate_marketplace,
-    render_item_image,
     taste_match,
 )
 
