@@ -54,9 +54,6 @@ LEDGER_SCHEMA = T.StructType([
     T.StructField("counts", T.StringType(), False),   # JSON, see BatchCounts
 ])
 
-# Test hook: SIGKILL this process at a named point of a micro-batch (a real
-# crash, to prove that a replay loses and duplicates nothing).
-
 
 @dataclass
 class BatchCounts:
@@ -90,6 +87,8 @@ def txn_app_id(paths: TablePaths) -> str:
     return "courier-stream-items-" + hashlib.sha1(paths.root.encode()).hexdigest()[:16]
 
 
+# Test hook: SIGKILL this process at a named point of a micro-batch (a real
+# crash, to prove that a replay loses and duplicates nothing).
 def _failpoint(cfg: CourierConfig, name: str, batch_id: int | None = None) -> None:
     """``stream.failpoint``: ``<name>`` or ``<name>@<batch_id>`` kills this process there."""
     want = cfg.stream.failpoint
