@@ -115,7 +115,7 @@ def packed_envs(tmp_path_factory) -> dict:
     run(pip + ["-c", str(constraints), VENV_PACK, *(f"{p}=={pins[p]}" for p in EXECUTOR_PACKAGES)], timeout=600)
     t_venv = time.monotonic() - t0 - t_wheel
     site = Path(run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
-    assert (site / "courier_spark" / "features.py").is_file()
+    assert (site / "courier_spark" / "features" / "assignment.py").is_file()
     assert not list(site.glob("torch*")) and not list(site.glob("pyspark*")), "the env must stay small"
     assert not list(site.glob("__editable__*")) and not list(site.glob("*.pth")), "not an editable install"
     (site / "zz_packed_env_probe.pth").write_text(PROBE_PTH)
@@ -202,7 +202,7 @@ def assert_packed_interpreter(cluster: StandaloneCluster, sub: Submission, site_
         pids = set()
         for d in dirs:
             env = d / "env"
-            assert (env / "bin" / "python").exists() and (env / site_rel / "courier_spark" / "features.py").is_file(), (
+            assert (env / "bin" / "python").exists() and (env / site_rel / "courier_spark" / "features" / "assignment.py").is_file(), (
                 f"worker{w}: no unpacked env/ with courier_spark in {d}")
             text = (d / "stderr").read_text(errors="replace")
             for line in re.findall(rf"^{PROBE}(.*)$", text, re.M):

@@ -57,7 +57,7 @@ def test_images_are_varied():
 
 
 def test_generator_does_not_use_the_marketplace():
-    src = pathlib.Path(__file__).parents[2] / "courier_spark" / "synthetic" / "generic.py"
+    src = pathlib.Path(__file__).parents[2] / "courier_spark" / "data" / "synthetic" / "generic.py"
     tree = ast.parse(src.read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
