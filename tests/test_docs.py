@@ -183,7 +183,8 @@ def test_configuration_reference_is_generated_from_the_schema():
 def test_configuration_reference_names_every_key():
     from dataclasses import fields
 
-    from courier_spark.core.schema import CourierConfig, Section
+    from courier_spark.core.fields import Section
+    from courier_spark.core.schema import CourierConfig
     text = (ROOT / "docs" / "configuration.md").read_text()
 
     def keys(prefix: str, obj) -> list[str]:

@@ -20,7 +20,7 @@ import pytest
 
 _REGISTRY = sys.modules["fsspec.registry"]._registry   # fsspec.registry is shadowed by a mapping
 
-from courier_spark.core import fs
+from courier_spark.core import fs, stores
 from courier_spark.core.errors import CourierError
 from courier_spark.core.errors import FilesystemError
 
@@ -469,7 +469,7 @@ def test_storage_connect_timeout_reaches_every_http_call(monkeypatch):
     cfg = load_config(None, ["storage.connect_timeout_s=0.75"])
     try:
         fs.configure(connect_timeout_s=cfg.storage.connect_timeout_s)
-        fs._bound_http_calls(_WebHdfsLike)
+        stores._bound_http_calls(_WebHdfsLike)
         assert _WebHdfsLike.session.get(f"http://127.0.0.1:{server.server_port}/nope").status_code == 404
     finally:
         fs.configure(connect_timeout_s=5.0)

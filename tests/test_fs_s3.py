@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from courier_spark.core import fs
+from courier_spark.core import fs, stores
 
 
 @pytest.fixture
@@ -16,10 +16,10 @@ def clean_s3(monkeypatch):
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
                 "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(var, raising=False)
-    saved = dict(fs._S3A)
+    saved = dict(stores._S3A)
     yield
-    fs._S3A.clear()
-    fs._S3A.update(saved)
+    stores._S3A.clear()
+    stores._S3A.update(saved)
     fs.configure(5.0)
 
 
