@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -9,27 +10,12 @@ from courier_spark.core.config import CourierConfig, load_config
 from courier_spark.core.paths import TablePaths
 from courier_spark.core.schema import TrainConfig
 
-from .daemons import SHORT_JVM_OPTS
-
-
-# Every Spark driver a test starts in a child process (the CLI, spark-submit)
-# inherits this; see tests/daemons.py.
-os.environ.setdefault("SPARK_SUBMIT_OPTS", SHORT_JVM_OPTS)
-
 
 @pytest.fixture(scope="session")
 def spark():
     from courier_spark.core.schema import SparkConfig
     from courier_spark.core.spark import get_spark
-    # This process's driver lives the whole run: the JIT's full tiers pay off here.
-    ours = os.environ.get("SPARK_SUBMIT_OPTS") == SHORT_JVM_OPTS
-    if ours:
-        del os.environ["SPARK_SUBMIT_OPTS"]
-    try:
-        s = get_spark(SparkConfig(shuffle_partitions=4, driver_memory="3g", app_name="courier-tests"))
-    finally:
-        if ours:
-            os.environ["SPARK_SUBMIT_OPTS"] = SHORT_JVM_OPTS
+    s = get_spark(SparkConfig(shuffle_partitions=4, driver_memory="3g", app_name="courier-tests"))
     yield s
     s.stop()
 

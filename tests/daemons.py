@@ -12,12 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
-# The JVMs the tests start (servers, spark-submit drivers, executors, the CLI's
-# drivers) live seconds to minutes: the C1 compiler alone saves most of the JIT's
-# CPU on 2 cores (a tiny `courier pipeline --until samples`: 123 -> 97 s and
-# 163 -> 116 s). The pytest process's own Spark driver lives the whole run and
-# keeps C2 (C1 made two in-process modules slower: 383 -> 508 s); conftest.py.
-SHORT_JVM_OPTS = "-XX:TieredStopAtLevel=1"
 
 
 def free_port() -> int:

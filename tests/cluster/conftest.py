@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ..daemons import LOOPBACK, SHORT_JVM_OPTS, Daemon, free_port, tail
+from ..daemons import LOOPBACK, Daemon, free_port, tail
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.prefix) / "bin"
@@ -47,8 +47,6 @@ def cluster_env() -> dict[str, str]:
         "SPARK_LOCAL_HOSTNAME": LOOPBACK,
         "SPARK_NO_DAEMONIZE": "1",
         "PYSPARK_PYTHON": PYTHON,
-        "SPARK_DAEMON_JAVA_OPTS": SHORT_JVM_OPTS,
-        "SPARK_SUBMIT_OPTS": SHORT_JVM_OPTS,
     })
     return env
 
@@ -111,7 +109,6 @@ class StandaloneCluster:
             # evidence below does not depend on how fast a worker starts one.
             "spark.scheduler.minRegisteredResourcesRatio": "1.0",
             "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
-            "spark.executor.extraJavaOptions": SHORT_JVM_OPTS,
             **(conf or {}),
         }
         cmd = [SPARK_SUBMIT, "--master", self.master_url, "--driver-memory", "2g"]

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..daemons import LOOPBACK, SHORT_JVM_OPTS, Daemon, free_port, tail
+from ..daemons import LOOPBACK, Daemon, free_port, tail
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
@@ -105,7 +105,7 @@ def start(base: Path | None = None, datanodes: int = 1) -> MiniHdfs:
     log = base / "hdfs.log"
     (base / "log4j.properties").write_text(LOG4J.format(log=log))
     rpc, http = free_port(), free_port()
-    cmd = ["java", "-Xmx768m", SHORT_JVM_OPTS, *ADD_OPENS, f"-Dlog4j.configuration=file:{base / 'log4j.properties'}",
+    cmd = ["java", "-Xmx768m", *ADD_OPENS, f"-Dlog4j.configuration=file:{base / 'log4j.properties'}",
            f"-Dtest.build.data={base / 'data'}", "-cp", classpath(),
            "org.apache.hadoop.test.MiniDFSClusterManager", "-format", "-datanodes", str(datanodes),
            "-nnport", str(rpc), "-httpport", str(http), "-writeDetails", str(base / "details.json"),

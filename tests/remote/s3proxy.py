@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..daemons import LOOPBACK, SHORT_JVM_OPTS, Daemon, free_port, tail
+from ..daemons import LOOPBACK, Daemon, free_port, tail
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
@@ -83,7 +83,7 @@ def start(base: Path | None = None) -> S3Proxy:
         "jclouds.identity=unused",
         "jclouds.credential=unused",
     ]) + "\n")
-    cmd = ["java", "-Xmx512m", SHORT_JVM_OPTS, "-jar", server_jar(), "--properties", str(base / "s3proxy.conf")]
+    cmd = ["java", "-Xmx512m", "-jar", server_jar(), "--properties", str(base / "s3proxy.conf")]
     with open(base / "s3proxy.log", "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=base, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
