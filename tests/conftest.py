@@ -1,8 +1,6 @@
 """Shared fixtures: one real local Spark session with Delta for the run."""
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 
@@ -66,3 +64,17 @@ def tiny_dataset(spark, tmp_path_factory):
     ctx = StageContext(spark, tiny_config(**TINY_INJECT), TablePaths.for_root(root))
     out = {s: run_stage(s, ctx) for s in ("generate", "validate", "samples")}
     return ctx, out
+
+
+@pytest.fixture(scope="session")
+def project_wheel(tmp_path_factory):
+    """The wheel of the working tree, built once per test run (tests/installs.py)."""
+    from .installs import build_wheel
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(project_wheel, tmp_path_factory) -> dict:
+    """A fresh venv with only the project wheel installed (tests/installs.py)."""
+    from .installs import wheel_venv as make
+    return make(tmp_path_factory.mktemp("wheel_venv"), project_wheel)

@@ -57,32 +57,14 @@ def test_one_key_layout_and_encoding():
     assert "item_updated_at" not in online_client.encode(row)
 
 
-def _wheel(tmp: Path) -> Path:
-    """A wheel of the working tree (tracked and new files), built from a copy so
-    the build leaves nothing in the checkout."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "--", "courier_spark", "training",
-                            "sql", "conf", "pyproject.toml", "README.md"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    src = tmp / "src"
-    for f in files:
-        if (ROOT / f).is_file():
-            (src / f).parent.mkdir(parents=True, exist_ok=True)
-            (src / f).write_bytes((ROOT / f).read_bytes())
-    out = tmp / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-w", str(out), str(src)], check=True, timeout=300)
-    (whl,) = out.glob("courier_spark-*.whl")
-    return whl
-
-
-def _serving_venv(tmp: Path) -> Path:
+def _serving_venv(tmp: Path, wheel: Path) -> Path:
     """python -m venv + the wheel with --no-deps + the `serving` extra's requirements."""
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serving"]
     assert extra == ["redis==5.3.1"]  # the pin of requirements/base.txt
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + ["--no-deps", str(_wheel(tmp))], check=True, timeout=300)
+    subprocess.run(pip + ["--no-deps", str(wheel)], check=True, timeout=300)
     subprocess.run(pip + extra, check=True, timeout=300)
     return venv / "bin" / "python"
 
@@ -97,7 +79,7 @@ def _offline(spark, path: str) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_clean_venv_reads_what_courier_online_wrote(spark, tmp_path, redis_server):  # noqa: F811
+def test_clean_venv_reads_what_courier_online_wrote(spark, tmp_path, redis_server, project_wheel):  # noqa: F811
     p = TablePaths.for_root(str(tmp_path / "ds"))
     rng = np.random.default_rng(3)
     first = [(i, int(rng.integers(0, 32)), float(np.float32(rng.random() * 4)), "courier/v0001", "c0001",
@@ -119,7 +101,7 @@ def test_clean_venv_reads_what_courier_online_wrote(spark, tmp_path, redis_serve
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-3000:]
 
-    python = _serving_venv(tmp_path)
+    python = _serving_venv(tmp_path, project_wheel)
     want = _offline(spark, p.item_visual_features)
     assert len(want) == 210
     ids = sorted(int(i) for i in want) + [999, 1000]

@@ -40,14 +40,16 @@ TABLES = tuple(name for name, s in CATALOG.items() if s.made_by.split()[0] in PI
 STAGES = tuple(PIPELINE)
 
 
-def courier(args: list[str], scratch: Path, cwd: Path, timeout: float, **env: str) -> subprocess.CompletedProcess:
-    """Run the CLI with all local scratch (TMPDIR, Spark's local dirs) under
+def courier(args: list[str], scratch: Path, cwd: Path, timeout: float, *, exe: str = COURIER,
+            base_env: dict[str, str] | None = None, **env: str) -> subprocess.CompletedProcess:
+    """Run the CLI (``exe``: the project venv's, or an installed wheel's with
+    its ``base_env``) with all local scratch (TMPDIR, Spark's local dirs) under
     ``scratch`` and an empty working directory, so what it leaves is visible."""
-    e = {k: v for k, v in os.environ.items()
+    e = {k: v for k, v in (os.environ if base_env is None else base_env).items()
          if k not in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET")}
     e.update({"TMPDIR": str(scratch), "SPARK_LOCAL_DIRS": str(scratch / "spark"), **env})
     (scratch / "spark").mkdir(parents=True, exist_ok=True)
-    return subprocess.run([COURIER, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([exe, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
 
 
 def leftovers(d: Path) -> list[str]:

@@ -1,11 +1,13 @@
 """The whole pipeline with its dataset root on a real S3-compatible store
 (s3proxy on loopback, see ``s3proxy.py``), reached by Spark as ``s3a://``
 (hadoop-aws) and by the Python side through s3fs, both configured by the same
-``spark.extra`` fs.s3a.* settings: every artefact lands in the bucket and
+``spark.extra`` fs.s3a.* settings, run by the installed wheel (the packaging
+test's pipeline, tests/test_wheel.py): every artefact lands in the bucket and
 nothing stays on local disk; a wrong key or a missing bucket fails in seconds,
 naming the root."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -13,16 +15,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from courier_spark.core import fs
 
 from . import s3proxy
-from .test_hdfs_root import TABLES, TINY, assert_models, assert_reports_and_run_records, courier, leftovers
+from .test_hdfs_root import STAGES, TABLES, TINY, assert_models, assert_reports_and_run_records, courier, leftovers
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "courier-data"
+# Printed by Spark when it finds no log4j2 configuration of ours.
+SPARK_DEFAULT_LOG4J = "Using Spark's default log4j profile"
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +50,26 @@ def _config(settings: dict[str, str], d: Path) -> list[str]:
     return ["--config", str(path)]
 
 
-def test_pipeline_on_s3a_root(s3, tmp_path):
+def test_pipeline_sql_and_report_from_the_wheel_on_s3a_root(s3, wheel_venv, tmp_path):
+    """Every stage with the installed wheel's `courier` (tests/installs.py: a
+    fresh venv holding only the wheel, the shipped configs found inside it),
+    from an empty working directory; then `courier sql NAME` reads the root
+    without writing to it."""
     root = f"s3a://{BUCKET}/courier/ds"
-    scratch, cwd = tmp_path / "scratch", tmp_path / "cwd"
+    scratch, cwd, cache = tmp_path / "scratch", tmp_path / "cwd", tmp_path / "cache"
     cwd.mkdir()
-    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")] + _config(s3.s3a_settings(), tmp_path)
+    cache.mkdir()
+    conf = _config(s3.s3a_settings(), tmp_path)
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")] + conf + wheel_venv["sets"]
+    wheel = {"exe": str(wheel_venv["courier"]), "base_env": {**wheel_venv["env"], "XDG_CACHE_HOME": str(cache)}}
     t0 = time.monotonic()
-    out = courier(["pipeline", "--root", root, *sets], scratch, cwd, timeout=1800)
+    out = courier(["pipeline", "--root", root, *sets], scratch, cwd, timeout=1800, **wheel)
     assert out.returncode == 0, f"pipeline on {root} failed:\n{out.stderr[-4000:]}\n{s3.tail()}"
-    print(f"pipeline on s3a root: {time.monotonic() - t0:.0f}s")
+    print(f"pipeline on s3a root, from the wheel: {time.monotonic() - t0:.0f}s")
+    for stage in STAGES:
+        assert f"[courier {stage}] finished in" in out.stderr, stage
+    # Spark took our log4j2 file (the wheel's copy), not its default profile
+    assert SPARK_DEFAULT_LOG4J not in out.stderr, out.stderr[:3000]
 
     store = s3.client()        # the test's own client: what is really in the bucket
     prefix = f"{BUCKET}/courier/ds/"
@@ -77,6 +94,25 @@ def test_pipeline_on_s3a_root(s3, tmp_path):
     # nothing on local disk: the working directory stays empty, scratch is cleaned up
     assert [p.name for p in cwd.iterdir()] == []
     assert leftovers(scratch) == [], leftovers(scratch)[:20]
+
+    # `courier sql NAME` (a shipped query, by name) against that root, read-only
+    def listing() -> list[tuple]:
+        return sorted((k, d.get("ETag"), str(d.get("LastModified"))) for k, d in store.find(prefix, detail=True).items())
+    before = listing()
+    q = courier(["sql", "per_category_auc_lift", "--root", root, "--out", "auc.csv", "--limit", "3", *conf,
+                 *wheel_venv["sets"]], scratch, cwd, timeout=600, **wheel)
+    assert q.returncode == 0, q.stderr[-3000:]
+    assert SPARK_DEFAULT_LOG4J not in q.stderr
+    assert listing() == before
+    assert list((cache / "courier" / "logs").glob("*-sql.log"))
+    sql = pd.read_csv(cwd / "auc.csv")
+    # against the Python per-category AUC the evaluate stage wrote (metrics.per_category_auc)
+    py = pd.read_csv(io.StringIO(fs.read_text(fs.join(root, "reports", "per_category.csv"))))
+    m = py.merge(sql, on=["model_kind", "variant", "category"], suffixes=("_py", "_sql"))
+    assert len(m) == len(sql) > 0 and m["auc_py"].notna().any()
+    np.testing.assert_allclose(m["auc_sql"], m["auc_py"], atol=1e-6, rtol=0)
+    # the working directory holds only what was asked for
+    assert sorted(p.name for p in cwd.iterdir()) == ["auc.csv"]
 
 
 def _fails_fast(root: str, settings: dict[str, str], tmp_path: Path, limit_s: float = 30.0) -> str:
