@@ -50,7 +50,7 @@ from courier_spark.core.config import load_config
 from courier_spark.core.paths import TablePaths
 from courier_spark.pipeline import StageContext, run_stage
 
-from ..test_serving_client import _wheel
+from ..worlds import save_untrained_encoder
 from .conftest import PYTHON, REPO, Running, StandaloneCluster, Submission
 from .conftest import spark_home as spark_home_dir
 from .test_standalone import SUBMIT_CONF, TINY, assert_both_workers_ran_tasks, assert_tables_equal, executor_dirs, \
@@ -62,11 +62,12 @@ pytestmark = pytest.mark.slow
 # and .cluster, and pyspark's Arrow worker); their pins come from requirements/base.txt.
 EXECUTOR_PACKAGES = ("numpy", "pandas", "pyarrow", "faiss-cpu")
 VENV_PACK = "venv-pack==0.2.0"
-# The smallest encoder and k-means that make features' inputs, on the local backend: this
+# gzip level 0 (still a .tar.gz Spark unpacks): the archives never leave this
+# machine, and compressing them cost about 20 s each.
+STORED = ("--compress-level", "0")
+# The smallest encoder (untrained) and k-means that make features' inputs: this
 # test is about shipping the environment, not the stages' results.
-PREP = {**TINY, "train.backbone": "small_cnn", "train.embed_dim": 32, "train.image_size": 32,
-        "train.batch_size": 16, "train.steps": 4, "train.checkpoint_every": 2, "train.backend": "local",
-        "train.num_proc": 1, "train.loader_workers": 1, "cluster.k": 4}
+PREP = {**TINY, "train.backbone": "small_cnn", "train.embed_dim": 32, "train.image_size": 32, "cluster.k": 4}
 FEATURE_WRITE_TIME = ("valid_from", "valid_to", "updated_at")
 # site runs a .pth line that starts with "import": a short line to stderr per interpreter start
 # (twice: site reads the venv's site-packages through lib/ and the lib64 link).
@@ -92,12 +93,12 @@ def run(cmd: list[str], timeout: float = 300) -> str:
 
 
 @pytest.fixture(scope="module")
-def packed_envs(tmp_path_factory) -> dict:
+def packed_envs(tmp_path_factory, project_wheel) -> dict:
     """The wheel, a fresh venv with it and the executors' packages, and two
     archives of that venv: complete, and without courier_spark (the control)."""
     base = tmp_path_factory.mktemp("packed")
     t0 = time.monotonic()
-    wheel = _wheel(base)
+    wheel = project_wheel   # built once per test run (conftest.py)
     t_wheel = time.monotonic() - t0
     venv, py = base / "venv", base / "venv" / "bin" / "python"
     # --without-pip: the project venv's pip installs into it (--python), so the
@@ -121,10 +122,10 @@ def packed_envs(tmp_path_factory) -> dict:
     (site / "zz_packed_env_probe.pth").write_text(PROBE_PTH)
     env_tar, control_tar = base / "env.tar.gz", base / "env-no-courier.tar.gz"
     venv_pack = str(venv / "bin" / "venv-pack")
-    run([venv_pack, "-p", str(venv), "-o", str(env_tar), "-q"])
+    run([venv_pack, "-p", str(venv), "-o", str(env_tar), "-q", *STORED])
     t_pack = time.monotonic() - t0 - t_wheel - t_venv
     rel = site.relative_to(venv)
-    run([venv_pack, "-p", str(venv), "-o", str(control_tar), "-q", "--exclude", f"{rel}/courier_spark/*"])
+    run([venv_pack, "-p", str(venv), "-o", str(control_tar), "-q", *STORED, "--exclude", f"{rel}/courier_spark/*"])
     print(f"\nwheel {t_wheel:.1f}s ({wheel.name}), venv {t_venv:.1f}s, venv-pack {t_pack:.1f}s: "
           f"{env_tar.stat().st_size / 2**20:.0f} MiB (control {control_tar.stat().st_size / 2**20:.0f} MiB)")
     return {"env": env_tar, "control": control_tar, "site_rel": str(rel)}
@@ -133,16 +134,20 @@ def packed_envs(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def features_inputs(spark, tiny_dataset, tmp_path_factory) -> tuple[str, str, str]:
     """The session's tiny dataset (generate, validate, samples: shared with the
-    pipeline tests), its tables copied, then train -> embed -> cluster in local
-    mode; three copies of that root: for the cluster run, the local reference
+    pipeline tests), its tables copied, then an untrained encoder -> embed ->
+    cluster in local mode; three copies of that root: for the cluster run, the local reference
     run and the control."""
     base = tmp_path_factory.mktemp("features_inputs")
     root = str(base / "cluster")
     shared = Path(tiny_dataset[0].paths.root)
     for layer in ("bronze", "silver", "quarantine"):  # not what other tests add there (models, ...)
         shutil.copytree(shared / layer, Path(root) / layer)
-    ctx = StageContext(spark, load_config(None, overrides(PREP)), TablePaths.for_root(root))
-    for stage in ("train", "embed", "cluster"):
+    paths = TablePaths.for_root(root)
+    # An untrained encoder serves as well as a trained one: this test ships the
+    # environment; what training learns is tested elsewhere.
+    save_untrained_encoder(paths.models, embed_dim=PREP["train.embed_dim"], image_size=PREP["train.image_size"])
+    ctx = StageContext(spark, load_config(None, overrides(PREP)), paths)
+    for stage in ("embed", "cluster"):
         run_stage(stage, ctx)
     local, control = str(base / "local"), str(base / "control")
     shutil.copytree(root, local)
