@@ -26,6 +26,9 @@ import numpy as np
 import pandas as pd
 
 SCOPES = ("all", "seen", "unseen_visual", "low_visual")
+# Methods whose model and frames are the same in every setting (no pre-training
+# rows): their fits are stored once, under the plan's first setting.
+SETTING_FREE_METHODS = ("baseline", "generic", "random_init")
 FIT_KEY = ("setting", "method", "way", "model_kind", "encoder_seed", "run")
 
 
@@ -109,34 +112,49 @@ def fits_frame(records: list[dict]) -> pd.DataFrame:
 
 def _runs(df: pd.DataFrame, setting: str, method: str, way: str, kind: str, scope: str, metric: str,
           shared_setting: str) -> dict[tuple, float]:
-    """{(encoder_seed, run): value} of one method's fits (setting-free rows from ``shared_setting``)."""
+    """{(encoder_seed, run): value} of one method's fits; a setting-free
+    method's rows come from ``shared_setting`` too, a trained method's only
+    from its own setting (its encoder was pre-trained on that setting's rows)."""
+    settings = [setting, shared_setting] if method in SETTING_FREE_METHODS else [setting]
     sel = df[(df["method"] == method) & (df["way"] == way) & (df["model_kind"] == kind) & (df["scope"] == scope)
-             & df["setting"].isin([setting, shared_setting])]
+             & df["setting"].isin(settings)]
     # the setting's own rows win over shared ones
     sel = sel.assign(_own=sel["setting"] == setting).sort_values("_own")
     return {(r.encoder_seed, int(r.run)): float(getattr(r, metric)) for r in sel.itertuples()}
 
 
+def _seedless(runs: dict[tuple, float]) -> bool:
+    return bool(runs) and all(e is None or pd.isna(e) or e == -1 for e, _ in runs)
+
+
 def lift_runs(df: pd.DataFrame, setting: str, method: str, way: str, kind: str, scope: str, metric: str,
-              shared_setting: str, seeds: list[int]) -> dict[tuple, float]:
-    """{(encoder seed, run): % lift over the baseline's run at the same CTR seed}."""
+              shared_setting: str, seeds: list[int] | None = None) -> dict[tuple, float]:
+    """{(encoder seed, run): % lift over the baseline's run at the same CTR seed}.
+    ``seeds``: a seedless method's runs repeated under each of these encoder
+    seeds, to pair with a seeded method's runs (never to count as more runs)."""
     base = {j: v for (_, j), v in _runs(df, setting, "baseline", "none", kind, scope, metric,
                                         shared_setting).items()}
     own = _runs(df, setting, method, way, kind, scope, metric, shared_setting)
-    if own and all(e is None or pd.isna(e) or e == -1 for e, _ in own):   # seedless method: the same runs for every seed
+    if seeds is not None and _seedless(own):
         own = {(e, j): v for (_, j), v in own.items() for e in seeds}
     return {(e, j): 100.0 * (v / base[j] - 1.0) for (e, j), v in own.items() if j in base and base[j] > 0}
 
 
-def lift_cell(df, setting, method, way, kind, scope, metric, shared_setting, seeds) -> Cell:
-    return _cell(np.array(list(lift_runs(df, setting, method, way, kind, scope, metric, shared_setting,
-                                         seeds).values()), float))
+def lift_cell(df, setting, method, way, kind, scope, metric, shared_setting) -> Cell:
+    """A method's lift over the baseline: one value per run it has (a seedless method's runs once)."""
+    return _cell(np.array(list(lift_runs(df, setting, method, way, kind, scope, metric,
+                                         shared_setting).values()), float))
 
 
-def minus_cell(df, setting, a, b, way, kind, scope, metric, shared_setting, seeds) -> Cell:
-    """COURIER minus a rival: paired over the (encoder seed, run) both have."""
-    la = lift_runs(df, setting, a, way, kind, scope, metric, shared_setting, seeds)
-    lb = lift_runs(df, setting, b, way, kind, scope, metric, shared_setting, seeds)
+def minus_cell(df, setting, a, b, way, kind, scope, metric, shared_setting) -> Cell:
+    """COURIER minus a rival: paired over the (encoder seed, run) both have; a
+    seedless side's run j pairs with the other side's run j at each of its seeds."""
+    la = lift_runs(df, setting, a, way, kind, scope, metric, shared_setting)
+    lb = lift_runs(df, setting, b, way, kind, scope, metric, shared_setting)
+    if _seedless(lb) and not _seedless(la):
+        lb = lift_runs(df, setting, b, way, kind, scope, metric, shared_setting, sorted({e for e, _ in la}))
+    elif _seedless(la) and not _seedless(lb):
+        la = lift_runs(df, setting, a, way, kind, scope, metric, shared_setting, sorted({e for e, _ in lb}))
     keys = sorted(set(la) & set(lb), key=str)
     return _cell(np.array([la[k] - lb[k] for k in keys], float))
 
@@ -160,17 +178,17 @@ def _table(first: str, names: list[str], scopes: list[str], cell) -> str:
 
 
 def lift_table(df: pd.DataFrame, setting: str, methods: list[str], way: str, scopes: list[str],
-               shared_setting: str, seeds: list[int]) -> str:
+               shared_setting: str) -> str:
     """Each method's lift over the baseline in %."""
     return _table("method", methods, scopes, lambda m, kind, s, metric: lift_cell(
-        df, setting, m, way, kind, s, metric, shared_setting, seeds))
+        df, setting, m, way, kind, s, metric, shared_setting))
 
 
 def minus_table(df: pd.DataFrame, setting: str, rivals: list[str], way: str, scopes: list[str],
-                shared_setting: str, seeds: list[int], reference: str = "courier") -> str:
+                shared_setting: str, reference: str = "courier") -> str:
     """``reference`` minus each rival, in lift points, paired."""
     return _table("rival", rivals, scopes, lambda r, kind, s, metric: minus_cell(
-        df, setting, reference, r, way, kind, s, metric, shared_setting, seeds))
+        df, setting, reference, r, way, kind, s, metric, shared_setting))
 
 
 def coverage(df: pd.DataFrame, setting: str, methods: list[str], way: str, shared_setting: str) -> str:

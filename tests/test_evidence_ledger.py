@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import ttest_rel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from evidence_ledger import (append_lines, done_fits, fits_frame, lift_runs, minus_cell,  # noqa: E402
+from evidence_ledger import (append_lines, done_fits, fits_frame, lift_cell, lift_runs, minus_cell,  # noqa: E402
                              read_ledger, scope_masks)
 
 
@@ -63,8 +63,39 @@ def test_lifts_pair_with_the_baseline_run_and_seedless_methods_serve_every_seed(
     assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k]) for k in want)
     gen = lift_runs(df, "B", "generic", "cluster_id", "dnn", "all", "auc", "A", [0, 1])
     assert set(gen) == set(want)   # the trunk's three runs, paired with each encoder seed
-    cell = minus_cell(df, "B", "courier", "simclr", "cluster_id", "dnn", "all", "auc", "A", [0, 1])
+    cell = minus_cell(df, "B", "courier", "simclr", "cluster_id", "dnn", "all", "auc", "A")
     a = [want[k] for k in sorted(want)]
     b = [100 * (truth[("simclr", e, j)] / base[j] - 1) for e, j in sorted(want)]
     assert cell.n == 6 and cell.mean == pytest.approx(np.mean(np.subtract(a, b)))
     assert cell.p == pytest.approx(ttest_rel(a, b).pvalue)
+
+
+def test_a_seedless_method_counts_its_runs_once_and_pairs_with_every_seed():
+    rng = np.random.default_rng(1)
+    recs, base, truth = _fits(rng)
+    df = fits_frame(recs)
+    gen = [100 * (truth[("generic", -1, j)] / base[j] - 1) for j in range(3)]
+    cell = lift_cell(df, "B", "generic", "cluster_id", "dnn", "all", "auc", "A")
+    # three independent runs, not the same three repeated per encoder seed
+    assert cell.n == 3 and cell.mean == pytest.approx(np.mean(gen))
+    from scipy.stats import ttest_1samp
+    assert cell.p == pytest.approx(ttest_1samp(gen, 0.0).pvalue)
+    # against courier, run j of the trunk pairs with courier's run j at each of its seeds
+    cm = minus_cell(df, "B", "courier", "generic", "cluster_id", "dnn", "all", "auc", "A")
+    d = [100 * (truth[("courier", e, j)] / base[j] - 1) - gen[j] for e in (0, 1) for j in range(3)]
+    assert cm.n == 6 and cm.mean == pytest.approx(np.mean(d))
+
+
+def test_a_trained_method_never_borrows_another_settings_rows():
+    """A rival pre-trained in the shared setting is not that rival in another
+    setting (its encoder saw other rows): no row, no cell."""
+    rng = np.random.default_rng(2)
+    recs, base, truth = _fits(rng)
+    moved = [{**r, "setting": "A"} if r["method"] == "simclr" else r for r in recs]
+    df = fits_frame(moved)
+    assert lift_runs(df, "B", "simclr", "cluster_id", "dnn", "all", "auc", "A") == {}
+    assert lift_cell(df, "B", "simclr", "cluster_id", "dnn", "all", "auc", "A").n == 0
+    assert minus_cell(df, "B", "courier", "simclr", "cluster_id", "dnn", "all", "auc", "A").n == 0
+    # the baseline and the untrained methods are shared from the first setting
+    assert len(lift_runs(df, "B", "generic", "cluster_id", "dnn", "all", "auc", "A")) == 3
+    assert len(lift_runs(df, "A", "simclr", "cluster_id", "dnn", "all", "auc", "A")) == 6
