@@ -60,11 +60,6 @@ def wheel_venv(base: Path, wheel: Path) -> dict:
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True, timeout=60).stdout.strip())
     (site / "courier-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    # The s3a connector's jar list scripts/s3_jars.sh writes into a venv it sets up.
-    from courier_spark.core.spark import S3A_JARS_FILE_NAME
-    s3a = Path(sys.prefix) / S3A_JARS_FILE_NAME
-    if s3a.is_file():
-        shutil.copy2(s3a, venv / S3A_JARS_FILE_NAME)
     scratch, cwd, cache = base / "scratch", base / "cwd", base / "cache"
     for d in (scratch / "spark", cwd, cache):
         d.mkdir(parents=True)

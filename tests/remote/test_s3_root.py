@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pandas as pd
 import pytest
 
 from courier_spark.core import fs
+from courier_spark.core.spark import S3A_JARS_FILE_NAME
 
 from . import s3proxy
 from .test_hdfs_root import STAGES, TABLES, TINY, assert_models, assert_reports_and_run_records, courier, leftovers
@@ -59,6 +61,10 @@ def test_pipeline_sql_and_report_from_the_wheel_on_s3a_root(s3, wheel_venv, tmp_
     scratch, cwd, cache = tmp_path / "scratch", tmp_path / "cwd", tmp_path / "cache"
     cwd.mkdir()
     cache.mkdir()
+    # The s3a connector's jar list, as scripts/s3_jars.sh writes it into a venv:
+    # the project venv's (the s3 fixture ran the script; the session's wheel venv
+    # may be older than that).
+    shutil.copy2(Path(sys.prefix) / S3A_JARS_FILE_NAME, wheel_venv["venv"] / S3A_JARS_FILE_NAME)
     conf = _config(s3.s3a_settings(), tmp_path)
     sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")] + conf + wheel_venv["sets"]
     wheel = {"exe": str(wheel_venv["courier"]), "base_env": {**wheel_venv["env"], "XDG_CACHE_HOME": str(cache)}}
