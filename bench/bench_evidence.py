@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from _runs import REPO, courier, train_embed_cluster  # noqa: E402  (bench/ is the script dir)
-from evidence_ledger import (SCOPES, SETTING_FREE_METHODS, append_lines, coverage, done_fits, fits_frame,
+from evidence_ledger import (SETTING_FREE_METHODS, append_lines, coverage, done_fits, fits_frame,
                              lift_table, minus_table, read_ledger, scope_masks)
 
 BENCH_VERSION = 1
@@ -65,8 +65,9 @@ PLAN = {
     "visual_categories": VISUAL,
     "table5_methods": TABLE5,
     "ablation_methods": ABLATIONS,
-    # Methods whose model does not depend on the pre-training rows: evaluated
-    # once (under the first setting) and shared; generic has no encoder seed.
+    # Methods whose model does not depend on the pre-training rows: one model
+    # (under the first setting) whose fits are scored for every setting's
+    # scopes; generic has no encoder seed.
     "setting_free_methods": [m for m in SETTING_FREE_METHODS if m != "baseline"],   # generic, random_init
     "seedless_methods": ["generic"],
     "encoder_seeds": [0, 1, 2],
@@ -108,9 +109,23 @@ def setting_sets(setting: str, seed: int) -> list[str]:
 
 
 def fit_setting(setting: str, method: str) -> str:
-    """Where a method's fits live: setting-free methods and the baseline under the first setting."""
+    """Where a method's model lives: setting-free methods' (and the baseline's) under the first setting."""
     first = next(iter(PLAN["settings"]))
-    return first if method in PLAN["setting_free_methods"] or method == "baseline" else setting
+    return first if method in SETTING_FREE_METHODS else setting
+
+
+def scored_settings(setting: str, method: str) -> list[str]:
+    """The settings one fit's predictions are scored for: a setting-free method's
+    predictions are the same in every setting, but its scopes are not (``seen``
+    is the setting's pre-training categories), so each setting gets its own rows."""
+    return list(PLAN["settings"]) if method in SETTING_FREE_METHODS else [setting]
+
+
+def fit_lines(records: list[dict]) -> list[dict]:
+    """One line per fit done (its scope-all line; a setting-free fit, scored
+    for every setting, counted once: under its model's setting)."""
+    return [r for r in records if r.get("record", "fit") == "fit" and r.get("scope") == "all"
+            and r["setting"] == fit_setting(r["setting"], r["method"])]
 
 
 def fit_seed(method: str, seed: int) -> int:
@@ -118,16 +133,27 @@ def fit_seed(method: str, seed: int) -> int:
 
 
 def needed_fits(setting: str, seed: int, method: str, done: set) -> list[tuple]:
-    """(way, kind, run) fits of one model still missing from the ledger."""
-    st, e = fit_setting(setting, method), fit_seed(method, seed)
-    return [(w, k, j) for w in PLAN["ways"] for k in PLAN["model_kinds"] for j in range(len(PLAN["kmeans_seeds"]))
-            if (st, method, w, k, e, j) not in done]
+    """(way, kind, run, settings whose rows are missing) of one model's fits not yet in the ledger."""
+    e = fit_seed(method, seed)
+    out = []
+    for w in PLAN["ways"]:
+        for k in PLAN["model_kinds"]:
+            for j in range(len(PLAN["kmeans_seeds"])):
+                lack = [st for st in scored_settings(setting, method) if (st, method, w, k, e, j) not in done]
+                if lack:
+                    out.append((w, k, j, lack))
+    return out
 
 
 def baseline_needed(done: set) -> list[tuple]:
-    st = next(iter(PLAN["settings"]))
-    return [(k, j) for k in PLAN["model_kinds"] for j in range(len(PLAN["kmeans_seeds"]))
-            if (st, "baseline", "none", k, None, j) not in done]
+    """(kind, run, settings whose rows are missing) of the baseline's fits."""
+    out = []
+    for k in PLAN["model_kinds"]:
+        for j in range(len(PLAN["kmeans_seeds"])):
+            lack = [st for st in PLAN["settings"] if (st, "baseline", "none", k, None, j) not in done]
+            if lack:
+                out.append((k, j, lack))
+    return out
 
 
 # --------------------------------------------------------------------------- status
@@ -149,13 +175,14 @@ def todo(records: list[dict]) -> list[tuple[str, int, str, int]]:
 
 def estimate_minutes(records: list[dict], left: list[tuple]) -> float:
     models = [r for r in records if r.get("record") == "model"]
-    fits = [r["seconds"] for r in records if r.get("record", "fit") == "fit" and r.get("scope") == "all"
-            and r.get("seconds")]
+    fits = [r["seconds"] for r in fit_lines(records) if r.get("seconds")]
     fit_s = float(np.median(fits)) if fits else DEFAULT_FIT_S
+    trained = {(r["setting"], r["method"], r["encoder_seed"]) for r in models}
     total = 0.0
-    for _, _, m, n in left:
-        own = [r["seconds"] / 60 for r in models if r["method"] == m and r.get("seconds")]
-        total += float(np.median(own)) if own else DEFAULT_TRAIN_MIN.get(m, DEFAULT_TRAIN_MIN_OTHER)
+    for setting, seed, m, n in left:
+        if (fit_setting(setting, m), m, fit_seed(m, seed)) not in trained:   # else only its fits are left
+            own = [r["seconds"] / 60 for r in models if r["method"] == m and r.get("seconds")]
+            total += float(np.median(own)) if own else DEFAULT_TRAIN_MIN.get(m, DEFAULT_TRAIN_MIN_OTHER)
         total += n * fit_s / 60
     return total
 
@@ -163,10 +190,10 @@ def estimate_minutes(records: list[dict], left: list[tuple]) -> float:
 def status(_: argparse.Namespace) -> None:
     records = read_ledger(LEDGER)
     left = todo(records)
-    n_fits = sum(1 for r in records if r.get("record", "fit") == "fit" and r.get("scope") == "all")
+    n_fits = len(fit_lines(records))
     n_models = sum(1 for r in records if r.get("record") == "model")
     spent = sum(r.get("seconds", 0) for r in records if r.get("record") == "model") + \
-        sum(r.get("seconds", 0) for r in records if r.get("record", "fit") == "fit" and r.get("scope") == "all")
+        sum(r.get("seconds", 0) for r in fit_lines(records))
     print(f"[evidence] ledger {LEDGER.relative_to(REPO)}: {n_models} models, {n_fits} fits "
           f"({spent / 3600:.1f} h of work recorded)")
     print(f"[evidence] left: {len(left)} models' fits, about {estimate_minutes(records, left) / 60:.1f} h on 2 cores")
@@ -206,8 +233,11 @@ class Evaluator:
         self.train = base[base["split"] == "train"].reset_index(drop=True)
         self.test = base[base["split"] == "test"].reset_index(drop=True)
 
-    def fit(self, train, test, feature: str, kind: str, seed: int, seen: list[str] | None) -> tuple[list[dict], float]:
-        """Train on ``train``, score ``test`` -> one record per non-empty scope, and the seconds."""
+    def fit(self, train, test, feature: str, kind: str, seed: int,
+            settings: list[str]) -> tuple[dict[str, list[dict]], float]:
+        """Train on ``train``, score ``test`` -> for each of ``settings``, one
+        record per non-empty scope (its pre-training categories decide the
+        scopes); and the seconds."""
         from courier_spark.evaluate.ctr_dnn import score_dnn, train_dnn
         from courier_spark.evaluate.lgbm import score_lgbm, train_lgbm
         from courier_spark.evaluate.metrics import auc, gauc
@@ -218,13 +248,16 @@ class Evaluator:
         else:
             s = score_lgbm(train_lgbm(train, feature, seed, ecfg.lgbm, items=self.items), test)
         y = test["label"].to_numpy()
-        out = []
-        for scope, mask in scope_masks(test["category"], seen, PLAN["visual_categories"]).items():
-            if mask.sum() == 0 or y[mask].min() == y[mask].max():
-                continue
-            out.append({"scope": scope, "auc": auc(y[mask], s[mask]),
-                        "gauc": gauc(y[mask], s[mask], test["request_id"][mask], ecfg.gauc_weighting).value,
-                        "rows": int(mask.sum())})
+        out: dict[str, list[dict]] = {}
+        for st in settings:
+            seen = PLAN["settings"][st]["categories"]
+            out[st] = []
+            for scope, mask in scope_masks(test["category"], seen, PLAN["visual_categories"]).items():
+                if mask.sum() == 0 or y[mask].min() == y[mask].max():
+                    continue
+                out[st].append({"scope": scope, "auc": auc(y[mask], s[mask]),
+                                "gauc": gauc(y[mask], s[mask], test["request_id"][mask], ecfg.gauc_weighting).value,
+                                "rows": int(mask.sum())})
         return out, time.perf_counter() - t0
 
     def embeddings(self, model_version: str):
@@ -281,12 +314,10 @@ def run(args: argparse.Namespace) -> None:
         state["samples"] = True
         _save_state(root, state)
     ev = None
-    first = next(iter(PLAN["settings"]))
     for setting, seed, methods in PLAN["blocks"]:
-        seen = PLAN["settings"][setting]["categories"]
         for m in methods:
             if deadline and time.perf_counter() > deadline:
-                print(f"[evidence] --max-hours reached; stopping (resume with the same command)", flush=True)
+                print("[evidence] --max-hours reached; stopping (resume with the same command)", flush=True)
                 return
             records = read_ledger(LEDGER)
             done = done_fits(records)
@@ -308,8 +339,8 @@ def run(args: argparse.Namespace) -> None:
                                        "commit": commit(), "bench_version": BENCH_VERSION,
                                        "ts": time.strftime("%Y-%m-%dT%H:%M:%S")}])
             ev = ev or Evaluator(root)
-            _baseline(ev, done, first)
-            _method_fits(ev, st, m, mv, e, missing, PLAN["settings"][st]["categories"])
+            _baseline(ev, done)
+            _method_fits(ev, m, mv, e, missing)
         print(f"[evidence] block {setting} seed {seed} done; {(time.perf_counter() - t_start) / 60:.0f} min so far",
               flush=True)
     print("[evidence] plan complete", flush=True)
@@ -326,20 +357,27 @@ def _train_metrics(root: str, model_version: str) -> dict:
     return {"train": {k: m[k] for k in keep if k in m}}
 
 
-def _baseline(ev: Evaluator, done: set, first: str) -> None:
-    for kind, j in baseline_needed(done):
-        recs, sec = ev.fit(ev.train, ev.test, "none", kind, j, PLAN["settings"][first]["categories"])
-        append_lines(LEDGER, [_record(first, "baseline", None, "none", kind, None, j, r, sec,
-                                      PLAN["settings"][first]["categories"]) for r in recs])
-        print(f"[evidence] baseline {kind} run {j}: AUC {recs[0]['auc']:.4f} ({sec:.0f}s)", flush=True)
-        done.add((first, "baseline", "none", kind, None, j))
+def _scored_lines(by_setting: dict[str, list[dict]], method: str, mv: str | None, way: str, kind: str, seed,
+                  j: int, seconds: float) -> list[dict]:
+    return [_record(st, method, mv, way, kind, seed, j, r, seconds, PLAN["settings"][st]["categories"])
+            for st, recs in by_setting.items() for r in recs]
 
 
-def _method_fits(ev: Evaluator, setting: str, m: str, mv: str, e: int, missing: list[tuple], seen: list[str]) -> None:
+def _baseline(ev: Evaluator, done: set) -> None:
+    for kind, j, lack in baseline_needed(done):
+        by_setting, sec = ev.fit(ev.train, ev.test, "none", kind, j, lack)
+        append_lines(LEDGER, _scored_lines(by_setting, "baseline", None, "none", kind, None, j, sec))
+        first = by_setting[lack[0]][0]
+        print(f"[evidence] baseline {kind} run {j} ({', '.join(lack)}): AUC {first['auc']:.4f} ({sec:.0f}s)",
+              flush=True)
+        done.update((st, "baseline", "none", kind, None, j) for st in lack)
+
+
+def _method_fits(ev: Evaluator, m: str, mv: str, e: int, missing: list[tuple]) -> None:
     from courier_spark.evaluate.cluster_variants import kmeans_clusters, with_cluster_ids
     ids = x = sims = None
     clusters: dict[int, tuple] = {}
-    for way, kind, j in missing:
+    for way, kind, j, lack in missing:
         if way == "cluster_id":
             if j not in clusters:
                 if ids is None:
@@ -350,10 +388,11 @@ def _method_fits(ev: Evaluator, setting: str, m: str, mv: str, e: int, missing: 
         else:
             sims = sims or ev.with_sim_scores(mv)
             tr, te = sims
-        recs, sec = ev.fit(tr, te, way, kind, j, seen)
-        append_lines(LEDGER, [_record(setting, m, mv, way, kind, e, j, r, sec, seen) for r in recs])
-        print(f"[evidence] {setting} {m} ({mv}) {way} {kind} seed {e} run {j}: AUC {recs[0]['auc']:.4f} "
-              f"GAUC {recs[0]['gauc']:.4f} ({sec:.0f}s)", flush=True)
+        by_setting, sec = ev.fit(tr, te, way, kind, j, lack)
+        append_lines(LEDGER, _scored_lines(by_setting, m, mv, way, kind, e, j, sec))
+        first = by_setting[lack[0]][0]
+        print(f"[evidence] {', '.join(lack)} {m} ({mv}) {way} {kind} seed {e} run {j}: AUC {first['auc']:.4f} "
+              f"GAUC {first['gauc']:.4f} ({sec:.0f}s)", flush=True)
 
 
 # --------------------------------------------------------------------------- pre-registration
@@ -407,11 +446,10 @@ MARK_BEGIN, MARK_END = "<!-- evidence-tables:begin -->", "<!-- evidence-tables:e
 
 def render_tables(records: list[dict]) -> str:
     df = fits_frame(records)
-    first = next(iter(PLAN["settings"]))
     models = [r for r in records if r.get("record") == "model"]
-    fit_s = sum(r.get("seconds", 0) for r in records if r.get("record", "fit") == "fit" and r.get("scope") == "all")
+    fit_s = sum(r.get("seconds", 0) for r in fit_lines(records))
     lines = [f"Generated by `bench/bench_evidence.py tables` from `bench/results/evidence_ledger.jsonl` "
-             f"({len(models)} models, {int((df['scope'] == 'all').sum())} fits; "
+             f"({len(models)} models, {len(fit_lines(records))} fits; "
              f"{sum(r.get('seconds', 0) for r in models) / 3600:.1f} h of training and {fit_s / 3600:.1f} h of "
              f"CTR fits recorded on 2 cores). Cells: lift over the baseline in % (relative), mean ± sd over the "
              f"paired runs (encoder seed x k-means/CTR run), two-sided paired t-test p, n runs; bold: p < 0.05. "
@@ -422,25 +460,25 @@ def render_tables(records: list[dict]) -> str:
         for way in PLAN["ways"]:
             lines.append(f"### {setting} (pre-trained on {cats}), {way.replace('_', ' ')}: lift over the baseline")
             lines.append("")
-            lines.append("Coverage: " + coverage(df, setting, PLAN["table5_methods"], way, first) + ".")
+            lines.append("Coverage: " + coverage(df, setting, PLAN["table5_methods"], way) + ".")
             lines.append("")
             for scope in scopes[setting]:
                 lines.append(f"Scope **{scope}**:")
                 lines.append("")
-                lines.append(lift_table(df, setting, PLAN["table5_methods"], way, [scope], first))
+                lines.append(lift_table(df, setting, PLAN["table5_methods"], way, [scope]))
                 lines.append("")
             lines.append(f"COURIER minus each rival ({way.replace('_', ' ')}, lift points, paired), "
                          f"scope {scopes[setting][0]}:")
             lines.append("")
             lines.append(minus_table(df, setting, [m for m in PLAN["table5_methods"] if m != "courier"], way,
-                                     [scopes[setting][0]], first))
+                                     [scopes[setting][0]]))
             lines.append("")
     lines.append("### Ablations (v2_all, encoder seed 0)")
     lines.append("")
     for way in PLAN["ways"]:
         lines.append(f"{way.replace('_', ' ')}, scope all:")
         lines.append("")
-        lines.append(lift_table(df, "v2_all", ["courier", *PLAN["ablation_methods"]], way, ["all"], first))
+        lines.append(lift_table(df, "v2_all", ["courier", *PLAN["ablation_methods"]], way, ["all"]))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

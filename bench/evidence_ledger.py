@@ -12,8 +12,9 @@ Pairing: a method's run (encoder seed e, run j) is compared with the
 baseline's run j (same CTR seed) as a relative lift in %, and with another
 method's run (e, j); methods that have no encoder seed (``generic``: the
 trunk is one model per world) pair their run j with every e. Setting-free
-rows (the baseline and the untrained methods: the same model and frames in
-every setting) are stored once under the plan's first setting and serve all.
+methods (the baseline and the untrained ones: the same model and frames in
+every setting) fit once, and each fit is scored for every setting's scopes
+and written under each setting: a table reads its own setting's rows only.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import pandas as pd
 
 SCOPES = ("all", "seen", "unseen_visual", "low_visual")
 # Methods whose model and frames are the same in every setting (no pre-training
-# rows): their fits are stored once, under the plan's first setting.
+# rows): one fit serves every setting, scored for each setting's scopes.
 SETTING_FREE_METHODS = ("baseline", "generic", "random_init")
 FIT_KEY = ("setting", "method", "way", "model_kind", "encoder_seed", "run")
 
@@ -110,16 +111,13 @@ def fits_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
 
 
-def _runs(df: pd.DataFrame, setting: str, method: str, way: str, kind: str, scope: str, metric: str,
-          shared_setting: str) -> dict[tuple, float]:
-    """{(encoder_seed, run): value} of one method's fits; a setting-free
-    method's rows come from ``shared_setting`` too, a trained method's only
-    from its own setting (its encoder was pre-trained on that setting's rows)."""
-    settings = [setting, shared_setting] if method in SETTING_FREE_METHODS else [setting]
+def _runs(df: pd.DataFrame, setting: str, method: str, way: str, kind: str, scope: str,
+          metric: str) -> dict[tuple, float]:
+    """{(encoder_seed, run): value} of one method's fits scored for ``setting``
+    (never another setting's rows: a trained encoder saw that setting's
+    pre-training rows, and every method's scopes follow its categories)."""
     sel = df[(df["method"] == method) & (df["way"] == way) & (df["model_kind"] == kind) & (df["scope"] == scope)
-             & df["setting"].isin(settings)]
-    # the setting's own rows win over shared ones
-    sel = sel.assign(_own=sel["setting"] == setting).sort_values("_own")
+             & (df["setting"] == setting)]
     return {(r.encoder_seed, int(r.run)): float(getattr(r, metric)) for r in sel.itertuples()}
 
 
@@ -128,33 +126,31 @@ def _seedless(runs: dict[tuple, float]) -> bool:
 
 
 def lift_runs(df: pd.DataFrame, setting: str, method: str, way: str, kind: str, scope: str, metric: str,
-              shared_setting: str, seeds: list[int] | None = None) -> dict[tuple, float]:
+              seeds: list[int] | None = None) -> dict[tuple, float]:
     """{(encoder seed, run): % lift over the baseline's run at the same CTR seed}.
     ``seeds``: a seedless method's runs repeated under each of these encoder
     seeds, to pair with a seeded method's runs (never to count as more runs)."""
-    base = {j: v for (_, j), v in _runs(df, setting, "baseline", "none", kind, scope, metric,
-                                        shared_setting).items()}
-    own = _runs(df, setting, method, way, kind, scope, metric, shared_setting)
+    base = {j: v for (_, j), v in _runs(df, setting, "baseline", "none", kind, scope, metric).items()}
+    own = _runs(df, setting, method, way, kind, scope, metric)
     if seeds is not None and _seedless(own):
         own = {(e, j): v for (_, j), v in own.items() for e in seeds}
     return {(e, j): 100.0 * (v / base[j] - 1.0) for (e, j), v in own.items() if j in base and base[j] > 0}
 
 
-def lift_cell(df, setting, method, way, kind, scope, metric, shared_setting) -> Cell:
+def lift_cell(df, setting, method, way, kind, scope, metric) -> Cell:
     """A method's lift over the baseline: one value per run it has (a seedless method's runs once)."""
-    return _cell(np.array(list(lift_runs(df, setting, method, way, kind, scope, metric,
-                                         shared_setting).values()), float))
+    return _cell(np.array(list(lift_runs(df, setting, method, way, kind, scope, metric).values()), float))
 
 
-def minus_cell(df, setting, a, b, way, kind, scope, metric, shared_setting) -> Cell:
+def minus_cell(df, setting, a, b, way, kind, scope, metric) -> Cell:
     """COURIER minus a rival: paired over the (encoder seed, run) both have; a
     seedless side's run j pairs with the other side's run j at each of its seeds."""
-    la = lift_runs(df, setting, a, way, kind, scope, metric, shared_setting)
-    lb = lift_runs(df, setting, b, way, kind, scope, metric, shared_setting)
+    la = lift_runs(df, setting, a, way, kind, scope, metric)
+    lb = lift_runs(df, setting, b, way, kind, scope, metric)
     if _seedless(lb) and not _seedless(la):
-        lb = lift_runs(df, setting, b, way, kind, scope, metric, shared_setting, sorted({e for e, _ in la}))
+        lb = lift_runs(df, setting, b, way, kind, scope, metric, sorted({e for e, _ in la}))
     elif _seedless(la) and not _seedless(lb):
-        la = lift_runs(df, setting, a, way, kind, scope, metric, shared_setting, sorted({e for e, _ in lb}))
+        la = lift_runs(df, setting, a, way, kind, scope, metric, sorted({e for e, _ in lb}))
     keys = sorted(set(la) & set(lb), key=str)
     return _cell(np.array([la[k] - lb[k] for k in keys], float))
 
@@ -177,25 +173,24 @@ def _table(first: str, names: list[str], scopes: list[str], cell) -> str:
     return md(rows, head)
 
 
-def lift_table(df: pd.DataFrame, setting: str, methods: list[str], way: str, scopes: list[str],
-               shared_setting: str) -> str:
+def lift_table(df: pd.DataFrame, setting: str, methods: list[str], way: str, scopes: list[str]) -> str:
     """Each method's lift over the baseline in %."""
     return _table("method", methods, scopes, lambda m, kind, s, metric: lift_cell(
-        df, setting, m, way, kind, s, metric, shared_setting))
+        df, setting, m, way, kind, s, metric))
 
 
 def minus_table(df: pd.DataFrame, setting: str, rivals: list[str], way: str, scopes: list[str],
-                shared_setting: str, reference: str = "courier") -> str:
+                reference: str = "courier") -> str:
     """``reference`` minus each rival, in lift points, paired."""
     return _table("rival", rivals, scopes, lambda r, kind, s, metric: minus_cell(
-        df, setting, reference, r, way, kind, s, metric, shared_setting))
+        df, setting, reference, r, way, kind, s, metric))
 
 
-def coverage(df: pd.DataFrame, setting: str, methods: list[str], way: str, shared_setting: str) -> str:
+def coverage(df: pd.DataFrame, setting: str, methods: list[str], way: str) -> str:
     """Which encoder seeds and runs each method has in the ledger (DNN, scope all)."""
     parts = []
     for m in methods:
-        got = _runs(df, setting, m, way, "dnn", "all", "auc", shared_setting)
+        got = _runs(df, setting, m, way, "dnn", "all", "auc")
         seeds = sorted({"–" if e is None or pd.isna(e) or e == -1 else str(int(e)) for e, _ in got})
         parts.append(f"{m} {len(got)} runs (seeds {', '.join(seeds) or 'none'})")
     return "; ".join(parts)
