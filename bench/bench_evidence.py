@@ -197,8 +197,11 @@ def status(_: argparse.Namespace) -> None:
     print(f"[evidence] ledger {LEDGER.relative_to(REPO)}: {n_models} models, {n_fits} fits "
           f"({spent / 3600:.1f} h of work recorded)")
     print(f"[evidence] left: {len(left)} models' fits, about {estimate_minutes(records, left) / 60:.1f} h on 2 cores")
+    done = done_fits(records)
     for setting, seed, m, n in left:
-        print(f"  {setting} seed {seed}: {m} ({n} fits)")
+        lack = sorted({st for *_, sts in needed_fits(setting, seed, m, done) for st in sts})
+        scored = f", scored for {', '.join(lack)}" if lack != [setting] else ""
+        print(f"  {setting} seed {seed}: {m} ({n} fits{scored})")
 
 
 # --------------------------------------------------------------------------- run
