@@ -1,7 +1,6 @@
 """Shared fixtures: one real local Spark session with Delta for the run."""
 from __future__ import annotations
 
-
 import pytest
 
 from courier_spark.core.config import CourierConfig, load_config

@@ -103,7 +103,8 @@ def test_pipeline_sql_and_report_from_the_wheel_on_s3a_root(s3, wheel_venv, tmp_
 
     # `courier sql NAME` (a shipped query, by name) against that root, read-only
     def listing() -> list[tuple]:
-        return sorted((k, d.get("ETag"), str(d.get("LastModified"))) for k, d in store.find(prefix, detail=True).items())
+        found = store.find(prefix, detail=True)
+        return sorted((k, d.get("ETag"), str(d.get("LastModified"))) for k, d in found.items())
     before = listing()
     q = courier(["sql", "per_category_auc_lift", "--root", root, "--out", "auc.csv", "--limit", "3", *conf,
                  *wheel_venv["sets"]], scratch, cwd, timeout=600, **wheel)
